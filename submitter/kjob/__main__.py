@@ -1,0 +1,3 @@
+from kjob.cli import main
+
+main()

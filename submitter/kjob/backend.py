@@ -1,0 +1,98 @@
+"""What every backend (a Kubernetes cluster, or this machine under mpirun) offers.
+
+The CLI talks only to this interface, so `kjob status`, `list`, `logs`, `delete` and
+`fetch-ckpt` print the same shapes for a cluster job and a local run. The cluster
+backend lives in cluster.py (+ status.py, logs.py, checkpoints.py); the local one in
+local.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+# One state per job, the same words on both backends.
+STATES = ("Created", "Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "Unknown")
+FINAL_STATES = ("Succeeded", "Failed")
+
+
+@dataclass
+class PodInfo:
+    """One pod (or local process group) of a job, as `kjob status` shows it."""
+
+    name: str
+    replica: str  # "launcher", "worker-0", "master-0", ...
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    ready: bool = False
+    restarts: int = 0
+    node: str | None = None
+    reason: str | None = None  # one line: why it is pending or failing, None when healthy
+
+
+@dataclass
+class JobStatus:
+    """One job's state, explained. `to_dict()` is what `-o json|yaml` prints."""
+
+    name: str
+    namespace: str | None  # None for local runs
+    kind: str  # MPIJob | PyTorchJob | LocalRun
+    state: str  # one of STATES
+    message: str | None = None  # the condition's message or the reason in one line
+    workers: int = 0
+    gpus_per_worker: int = 0
+    image: str | None = None
+    created: str | None = None  # RFC 3339
+    started: str | None = None
+    finished: str | None = None
+    exit_code: int | None = None
+    replicas: dict[str, dict[str, int]] = field(default_factory=dict)  # {"Worker": {"active": 1, ...}}
+    pods: list[PodInfo] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LogOptions:
+    replica: str | None = None  # None: launcher (MPIJob) / master (PyTorchJob) / the run's log
+    all_replicas: bool = False
+    follow: bool = False
+    since_seconds: int | None = None
+    tail: int | None = None
+    timestamps: bool = False
+    previous: bool = False
+    save_dir: Path | None = None
+    color: bool = False
+
+
+@dataclass
+class FetchOptions:
+    dest: Path
+    which: str = "latest"  # latest | all | best | epoch
+    epoch: int | None = None
+    list_only: bool = False
+    overwrite: bool = False
+    progress: bool = False
+
+
+class Backend(Protocol):
+    """Raises only kjob.errors.KjobError subclasses."""
+
+    def status(self, name: str) -> JobStatus: ...
+
+    def list_jobs(self, all_namespaces: bool = False) -> list[JobStatus]: ...
+
+    def delete(self, name: str, wait: bool = False) -> str:
+        """Delete one job; returns a line saying what happens to its pods/processes."""
+        ...
+
+    def logs(self, name: str, options: LogOptions, write: Callable[[str], None]) -> str | None:
+        """Write log lines (no trailing newline) through `write`; return the job's final
+        state when following ended with the job, else None."""
+        ...
+
+    def fetch_checkpoints(self, name: str, options: FetchOptions) -> list[dict]:
+        """Fetch (or with list_only, list) checkpoints; returns the index entries handled."""
+        ...
