@@ -1,0 +1,309 @@
+"""JobSpec -> Kubernetes objects (MPIJob or PyTorchJob), and their YAML/JSON output.
+
+A pure builder: no I/O except reading the templates, no cluster client. The Jinja
+templates in manifests/templates/ hold the shape of the manifests; this module computes
+the values, and every value enters a template through `| tojson`, so no string in a spec
+can change the structure. The text is parsed back with yaml.safe_load; `render_objects`
+returns those dicts, and `submit` sends exactly them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from kjob.spec import JobSpec
+
+# The trainer image runs as this non-root user (images/); mpi-operator mounts the SSH
+# keys into its home, and sshd reads a config it can own.
+MPI_USER_UID = 1000
+MPI_HOME = "/home/mpiuser"
+SSH_AUTH_MOUNT_PATH = f"{MPI_HOME}/.ssh"
+SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", f"{MPI_HOME}/.sshd_config"]
+# mpi-operator writes the hostfile here; passing it explicitly works with OpenMPI 4 and 5.
+HOSTFILE = "/etc/mpi/hostfile"
+# The launcher only runs mpirun and ssh: a small, fixed request keeps it schedulable
+# on a full GPU node.
+LAUNCHER_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+# mpirun starts ranks over ssh, which does not pass the pod's environment on: these are
+# forwarded explicitly with -x (the image defines PATH, LD_LIBRARY_PATH and PYTHONPATH).
+FORWARDED_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED")
+# Set on the trainer containers unless the spec's env overrides them.
+DEFAULT_ENV = {"NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
+LABEL_NAME = "app.kubernetes.io/name"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TRAINER_MODULE = "kjob_trainer.train"
+
+
+# --- the command lines (Contract 2; also used by the local backend) -----------------------
+
+
+def _num(value: float | int) -> str:
+    """Shortest exact text of a number: 5.0 -> '5', 0.0001 -> '0.0001'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trainer_command(spec: JobSpec, *, data_path: str | None, output_path: str, synthetic: bool | None = None,
+                    device: str | None = None) -> list[str]:
+    """`python -m kjob_trainer.train ...` with every training setting of the spec written
+    out (Contract 2). `synthetic` defaults to spec.train.synthetic; `device` to gpu for a
+    GPU job, cpu otherwise. Raises ValueError when neither data nor synthetic is given."""
+    t = spec.train
+    synthetic = t.synthetic if synthetic is None else synthetic
+    if data_path is None and not synthetic:
+        raise ValueError("trainer_command: data_path is required unless synthetic")
+    cmd = ["python", "-m", TRAINER_MODULE]
+    if t.config:
+        cmd += ["--config", t.config]
+    cmd += ["--framework", spec.framework, "--model", spec.model]
+    if data_path is not None:
+        cmd += ["--data-path", data_path]
+    cmd += [
+        "--output-path", output_path,
+        "--epochs", _num(t.epochs),
+        "--batch-size", _num(t.batch_size),
+        "--lr", _num(t.lr),
+        "--momentum", _num(t.momentum),
+        "--weight-decay", _num(t.weight_decay),
+        "--warmup-epochs", _num(t.warmup_epochs),
+        "--label-smoothing", _num(t.label_smoothing),
+        "--lr-schedule", t.lr_schedule,
+        "--amp", t.amp,
+        "--channels-last" if t.channels_last else "--no-channels-last",
+        "--grad-accum", _num(t.grad_accum),
+        "--ckpt-interval", _num(t.checkpoint_interval),
+        "--keep-checkpoints", _num(t.keep_checkpoints),
+        "--resume", t.resume,
+        "--image-size", _num(t.image_size),
+        "--workers", _num(t.loader_workers),
+        "--seed", _num(t.seed),
+        "--device", device or ("gpu" if spec.gpus_per_worker else "cpu"),
+        "--eval" if t.eval else "--no-eval",
+        "--num-classes", _num(t.num_classes),
+    ]
+    if t.compile:
+        cmd.append("--compile")
+    if synthetic:
+        cmd.append("--synthetic")
+    if t.max_steps is not None:
+        cmd += ["--max-steps", _num(t.max_steps)]
+    return cmd
+
+
+def mpirun_flags(spec: JobSpec, *, local: bool) -> list[str]:
+    """mpirun options (without -np and the program). In pods: the operator's hostfile,
+    no binding (the pod's cgroup limits the CPUs), and -x for the variables ssh does not
+    carry. Locally: oversubscription (more ranks than cores) and, as root,
+    --allow-run-as-root."""
+    flags = ["--bind-to", "none", "--map-by", "slot"]
+    if local:
+        flags.append("--oversubscribe")
+        if os.geteuid() == 0:
+            flags.append("--allow-run-as-root")
+        return flags
+    flags = ["--hostfile", HOSTFILE] + flags
+    for name in dict.fromkeys(FORWARDED_ENV + tuple(spec.env)):
+        flags += ["-x", name]
+    return flags
+
+
+# --- objects -----------------------------------------------------------------------------
+
+
+def labels(spec: JobSpec) -> dict[str, str]:
+    """The labels kjob puts on the job and its pods (`kjob list` selects managed-by)."""
+    return {
+        LABEL_NAME: "kjob",
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/managed-by": "kjob",
+        "app.kubernetes.io/component": "training",
+    }
+
+
+def annotations(spec: JobSpec) -> dict[str, str]:
+    """Annotations that let `kjob status/fetch-ckpt` and conflict checks read the job back."""
+    return {
+        "kjob.dev/spec-hash": spec.spec_hash(),
+        "kjob.dev/checkpoint-claim": spec.checkpoints.claim_name,
+        "kjob.dev/output-path": spec.output_path,
+        "kjob.dev/workers": str(spec.workers),
+        "kjob.dev/gpus-per-worker": str(spec.gpus_per_worker),
+        "kjob.dev/framework": spec.framework,
+        "kjob.dev/model": spec.model,
+    }
+
+
+def _volumes(spec: JobSpec) -> tuple[list[dict], list[dict]]:
+    """(volumes, volumeMounts) of a trainer pod: dataset (read-only), checkpoints, /dev/shm."""
+    volumes, mounts = [], []
+    if spec.data is not None:
+        d = spec.data
+        if d.pvc:
+            source = {"persistentVolumeClaim": {"claimName": d.pvc, "readOnly": True}}
+        elif d.host_path:
+            source = {"hostPath": {"path": d.host_path, "type": "Directory"}}
+        else:
+            source = {"nfs": {"server": d.nfs.server, "path": d.nfs.path, "readOnly": True}}
+        volumes.append({"name": "data", **source})
+        mounts.append({"name": "data", "mountPath": d.mount_path, "readOnly": True})
+    volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpoints.claim_name}})
+    mounts.append({"name": "checkpoints", "mountPath": spec.checkpoints.mount_path})
+    # Data-loader workers share batches through /dev/shm; the runtime's default is 64 MiB.
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}})
+    mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _trainer_resources(spec: JobSpec) -> dict:
+    res = spec.resources
+    requests = {k: v for k, v in (("cpu", res.requests.cpu), ("memory", res.requests.memory)) if v}
+    limits = {k: v for k, v in (("cpu", res.limits.cpu), ("memory", res.limits.memory)) if v}
+    if spec.gpus_per_worker:
+        limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
+    return {"requests": requests, "limits": limits}
+
+
+def _env(spec: JobSpec) -> list[dict]:
+    merged = {**DEFAULT_ENV, **spec.env}
+    return [{"name": k, "value": v} for k, v in merged.items()]
+
+
+def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], env: list[dict],
+         resources: dict, trainer: bool) -> dict:
+    """Values for one pod template (manifests/templates/_pod.yaml.j2)."""
+    volumes, mounts = _volumes(spec) if trainer else ([], [])
+    return {
+        "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
+        "resources": resources, "volumes": volumes, "mounts": mounts,
+        # sshd runs as mpiuser on an unprivileged port, so every capability can go.
+        "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
+                         "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
+                         "seccompProfile": {"type": "RuntimeDefault"}},
+        "container_security": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # GPU jobs get the node's GPUs; tolerations/selector apply to the launcher too so it
+        # lands in the same pool (it is small).
+        "node_selector": dict(spec.node_selector),
+        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
+        "image_pull_secrets": [{"name": s} for s in spec.image_pull_secrets],
+    }
+
+
+def _run_policy(spec: JobSpec, min_available: int) -> dict:
+    rp = spec.run_policy
+    out: dict = {"cleanPodPolicy": rp.clean_pod_policy, "backoffLimit": rp.backoff_limit, "suspend": False}
+    if rp.active_deadline_seconds is not None:
+        out["activeDeadlineSeconds"] = rp.active_deadline_seconds
+    if rp.ttl_seconds_after_finished is not None:
+        out["ttlSecondsAfterFinished"] = rp.ttl_seconds_after_finished
+    if spec.scheduler_name == "volcano":
+        # Gang scheduling: every pod of the job or none.
+        policy: dict = {"minAvailable": min_available}
+        if spec.queue:
+            policy["queue"] = spec.queue
+        if spec.priority_class_name:
+            policy["priorityClass"] = spec.priority_class_name
+        out["schedulingPolicy"] = policy
+    return out
+
+
+def _job_labels(spec: JobSpec) -> dict[str, str]:
+    out = labels(spec)
+    if spec.queue and spec.scheduler_name != "volcano":
+        out[KUEUE_QUEUE_LABEL] = spec.queue
+    return out
+
+
+def _context(spec: JobSpec) -> dict:
+    common = {"spec": spec, "labels": _job_labels(spec), "annotations": annotations(spec),
+              "namespace": spec.namespace, "scheduler_name": spec.scheduler_name,
+              "priority_class_name": spec.priority_class_name, "image": spec.image,
+              "image_pull_policy": spec.image_pull_policy}
+    data_path = spec.data.mount_path if spec.data else None
+    train = trainer_command(spec, data_path=data_path, output_path=spec.output_path)
+    if spec.launcher == "mpi":
+        np = ["-np", str(spec.world_size)]
+        launcher = _pod(spec, container="launcher", command=["mpirun"], args=np + mpirun_flags(spec, local=False) + train,
+                        env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
+        worker = _pod(spec, container="worker", command=SSHD_COMMAND[:1], args=SSHD_COMMAND[1:], env=_env(spec),
+                      resources=_trainer_resources(spec), trainer=True)
+        return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
+                "run_policy": _run_policy(spec, spec.workers + 1)}
+    # torchrun reads --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_*
+    # variables that the training-operator sets on every replica.
+    pod = _pod(spec, container="pytorch", command=["torchrun"], args=["--module", TRAINER_MODULE] + train[3:],
+               env=_env(spec), resources=_trainer_resources(spec), trainer=True)
+    return {**common, "pod": pod, "workers_beyond_master": spec.workers - 1,
+            "nproc_per_node": str(spec.procs_per_worker), "run_policy": _run_policy(spec, spec.workers)}
+
+
+def render_objects(spec: JobSpec) -> list[dict]:
+    """The Kubernetes objects of one job (today: one MPIJob or PyTorchJob), deterministic.
+
+    Raises kjob.errors.InvalidInput if a template produced something that is not the
+    expected object (a bug, reported instead of sent)."""
+    import yaml
+
+    from kjob.errors import InvalidInput
+
+    template = "mpijob.yaml.j2" if spec.launcher == "mpi" else "pytorchjob.yaml.j2"
+    text = _environment().get_template(template).render(**_context(spec))
+    docs = [d for d in yaml.load_all(text, Loader=_yaml_loader()) if d is not None]
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != spec.kind:
+        raise InvalidInput(f"internal error: template {template} did not produce one {spec.kind}")
+    return docs
+
+
+# --- Jinja ---------------------------------------------------------------------------------
+
+# Characters that must not appear raw inside a YAML double-quoted scalar: YAML folds line
+# breaks (NEL, LS, PS) and rejects non-printable ones, so they are written as escapes.
+_YAML_RAW_UNSAFE = {0x85, 0x2028, 0x2029, 0xFEFF}
+
+
+def yaml_safe_json(value) -> str:
+    """JSON text of `value` that YAML reads back as exactly `value` (JSON is YAML 1.2;
+    non-ASCII text stays readable, risky characters become \\u/\\U escapes — PyYAML would
+    turn a JSON surrogate pair into two broken characters, so astral characters use \\U)."""
+    out = []
+    for ch in json.dumps(value, ensure_ascii=False, allow_nan=False):
+        code = ord(ch)
+        if code < 0x7F or (ch.isprintable() and code not in _YAML_RAW_UNSAFE):
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def templates_dir() -> Path:
+    """Where the Jinja templates are: manifests/templates in a checkout, kjob/templates in a wheel."""
+    from kjob import templates
+
+    return Path(templates.__file__).parent
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["tojson"] = yaml_safe_json
+    return env
+
+
+def _yaml_loader():
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)

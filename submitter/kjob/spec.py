@@ -1,0 +1,421 @@
+"""The kjob job spec: pydantic models, YAML loading with line numbers, validation.
+
+A spec file is one YAML mapping with camelCase keys (like Kubernetes); the Python
+attributes are snake_case. `load_spec(path)` returns a `JobSpec` or raises
+`InvalidInput` listing every problem as `FILE:LINE:COL: field.path: message`.
+
+Defaults follow the reference recipes (../shared/references): SGD momentum 0.9,
+lr 0.1 per 256 images, weight decay 1e-4, label smoothing 0.1, cosine schedule with
+5 warm-up epochs, 90 epochs (torchvision's ResNeXt recipe), 32 images per GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from kjob.errors import InvalidInput
+from kjob.specfile import Located, dotted, locate, parse_yaml
+
+# --- field checks --------------------------------------------------------------------
+
+# RFC 1035 label: the operators make Services named after the job and its replicas,
+# and Service names must start with a letter.
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_QUALIFIED_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes resource.Quantity: a decimal number with an optional SI/binary suffix.
+_QUANTITY_RE = re.compile(r"^(?P<num>[+]?(\d+(\.\d*)?|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+_SUFFIX = {
+    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
+    "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+# A container image reference as the distribution spec defines it (simplified):
+# [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
+_IMAGE_RE = re.compile(
+    r"^(?:(?P<registry>[A-Za-z0-9.-]+(?::\d+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+# Paths kjob itself mounts in the pods; user volumes must not shadow them.
+RESERVED_PATHS = ("/dev/shm", "/etc/mpi", "/home/mpiuser/.ssh")
+# Variables mpirun, PMIx and the training-operator set; a spec must not override them.
+RESERVED_ENV_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "PET_")
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity ("500m" -> 0.5, "2Gi" -> 2147483648).
+
+    Raises ValueError when `text` is not a quantity Kubernetes accepts."""
+    m = _QUANTITY_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
+    suffix = m.group("suffix") or ""
+    try:
+        base = Decimal(m.group("num"))
+        if suffix[:1] in ("e", "E"):
+            return base * Decimal(10) ** int(suffix[1:])
+        return base * _SUFFIX[suffix]
+    except (InvalidOperation, OverflowError) as e:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity") from e
+
+
+def _no_surrogates(value: str) -> str:
+    # Lone surrogates (from "\ud800" escapes in YAML) cannot be written as UTF-8.
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("contains an unpaired UTF-16 surrogate")
+    return value
+
+
+def _check_quantity(value: str) -> str:
+    if parse_quantity(value) <= 0:
+        raise ValueError(f"{value!r} must be greater than zero")
+    return value
+
+
+def _check_abs_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must be an absolute path (start with '/')")
+    if any(not c.isprintable() for c in value):
+        raise ValueError("must not contain control characters or line breaks")
+    if posixpath.normpath(value) != value or value.startswith("//"):
+        raise ValueError(f"{value!r} is not normalized (write {posixpath.normpath(value)!r})")
+    return value
+
+
+def _check_subdomain(value: str) -> str:
+    if len(value) > 253 or not _SUBDOMAIN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase letters, digits, '-' and '.')")
+    return value
+
+
+def _check_image(value: str) -> str:
+    if len(value) > 512 or not _IMAGE_RE.match(value):
+        raise ValueError(f"{value!r} is not an image reference (e.g. 'registry.example.com/team/kjob-trainer:0.1.0')")
+    return value
+
+
+def _check_label_value(value: str) -> str:
+    if len(value) > 63 or not _LABEL_VALUE_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid label value (<= 63 of letters, digits, '-', '_', '.')")
+    return value
+
+
+Str = Annotated[str, AfterValidator(_no_surrogates)]
+Quantity = Annotated[str, AfterValidator(_check_quantity)]
+AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+KubeName = Annotated[str, AfterValidator(_check_subdomain)]
+LabelValue = Annotated[str, AfterValidator(_check_label_value)]
+
+
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    for key, val in value.items():
+        if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
+            raise ValueError(f"key {key!r} is not a valid label key")
+        _check_label_value(val)
+    return value
+
+
+def _check_env(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if not _ENV_NAME_RE.match(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if key.startswith(RESERVED_ENV_PREFIXES):
+            raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
+    return value
+
+
+# --- models --------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    """camelCase in YAML, snake_case in Python, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class NFSSource(_Model):
+    server: Str = Field(min_length=1, description="NFS server host name or IP address.")
+    path: AbsPath = Field(description="Exported path on the server.")
+
+
+class DataVolume(_Model):
+    """Where the dataset (ImageNet layout: train/<wnid>/*.JPEG, val/...) is; mounted read-only."""
+
+    pvc: KubeName | None = Field(None, description="Name of a PersistentVolumeClaim holding the dataset.")
+    host_path: AbsPath | None = Field(None, description="A directory on every node (hostPath).")
+    nfs: NFSSource | None = Field(None, description="An NFS export.")
+    mount_path: AbsPath = Field("/data", description="Where the dataset appears inside the pods; the trainer's --data-path.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataVolume:
+        given = [k for k in ("pvc", "host_path", "nfs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of pvc, hostPath, nfs" + (f" (got {', '.join(to_camel(g) for g in given)})" if given else ""))
+        return self
+
+
+class Checkpoints(_Model):
+    """The PVC the trainer writes checkpoints to (ReadWriteMany when workers > 1)."""
+
+    claim_name: KubeName = Field(description="Name of the PersistentVolumeClaim for checkpoints.")
+    mount_path: AbsPath = Field("/checkpoints", description="Mount path; the job writes to <mountPath>/<name>.")
+
+
+class ResourceList(_Model):
+    cpu: Quantity | None = Field(None, description="CPU cores (e.g. '8', '500m').")
+    memory: Quantity | None = Field(None, description="Memory (e.g. '64Gi').")
+
+
+class Resources(_Model):
+    """Per worker pod. GPUs come from gpusPerWorker (nvidia.com/gpu limits)."""
+
+    requests: ResourceList = Field(default_factory=lambda: ResourceList(cpu="8", memory="32Gi"))
+    # No CPU limit by default: CFS throttling slows the input pipeline.
+    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="32Gi"))
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        for key in ("cpu", "memory"):
+            req, lim = getattr(self.requests, key), getattr(self.limits, key)
+            if req and lim and parse_quantity(lim) < parse_quantity(req):
+                raise ValueError(f"limits.{key} ({lim}) is smaller than requests.{key} ({req})")
+        return self
+
+
+class Toleration(_Model):
+    key: Str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class RunPolicy(_Model):
+    backoff_limit: int = Field(3, ge=0, description="Retries of the launcher (MPIJob) / replicas (PyTorchJob) before Failed.")
+    active_deadline_seconds: int | None = Field(None, gt=0, description="Fail the job after this long.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job after this long (None: keep it).")
+    # Running: delete the still-running sshd workers when the launcher ends, keep finished
+    # pods for `kjob logs`.
+    clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Which pods to delete when the job ends.")
+
+
+class TrainSettings(_Model):
+    """The trainer's flags (Contract 2). lr is for a global batch of 256; the trainer scales it."""
+
+    config: Str | None = Field(None, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
+    epochs: int = Field(90, ge=1, le=10000)
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per process (per GPU).")
+    lr: float = Field(0.1, gt=0, le=100, description="Learning rate for a global batch of 256 (scaled linearly).")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    warmup_epochs: float = Field(5, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "step"] = "cosine"
+    amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="Mixed precision.")
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model (PyTorch only).")
+    grad_accum: int = Field(1, ge=1, le=1024)
+    checkpoint_interval: int = Field(1, ge=1, description="Epochs between checkpoints.")
+    keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
+    resume: Str = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
+    image_size: int = Field(224, ge=16, le=1024)
+    loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
+    synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    seed: int = Field(0, ge=0)
+    eval: bool = Field(True, description="Evaluate on val/ after each epoch.")
+    num_classes: int = Field(1000, ge=2)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSettings:
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmupEpochs ({self.warmup_epochs:g}) must be smaller than epochs ({self.epochs})")
+        if self.resume not in ("auto", "never") and not self.resume.startswith("/"):
+            raise ValueError(f"resume must be 'auto', 'never' or an absolute path, not {self.resume!r}")
+        return self
+
+
+class LocalSettings(_Model):
+    """Only for `kjob submit --local` (mpirun on this machine)."""
+
+    processes: int | None = Field(None, ge=1, le=256, description="mpirun -np for local runs (default: workers x gpusPerWorker, at least 1).")
+    data_path: Str | None = Field(None, description="Local dataset folder; unset means synthetic data.")
+
+
+class JobSpec(_Model):
+    """A kjob training job."""
+
+    name: Str = Field(description="Job name: lowercase letters, digits and '-', starting with a letter.")
+    namespace: KubeName | None = Field(None, description="Namespace (default: the kubeconfig context's).")
+    framework: Literal["pytorch", "mindspore"] = "pytorch"
+    launcher: Literal["mpi", "torchrun"] = Field("mpi", description="mpi: MPIJob (OpenMPI); torchrun: PyTorchJob.")
+    image: Str = Field(description="The trainer image (see images/).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[KubeName] = Field(default_factory=list)
+    model: Literal["resnext50_32x4d", "resnest50"] = "resnext50_32x4d"
+    workers: int = Field(1, ge=1, le=1024, description="Worker pods (nodes).")
+    gpus_per_worker: int = Field(8, ge=0, le=16, description="GPUs per worker; 0 = a CPU job (one process per worker).")
+    resources: Resources = Field(default_factory=Resources)
+    shm_size: Quantity = Field("8Gi", description="Size of /dev/shm (a memory emptyDir) for data-loader workers.")
+    data: DataVolume | None = Field(None, description="The dataset volume; required unless train.synthetic is true.")
+    checkpoints: Checkpoints
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    env: Annotated[dict[str, Str], AfterValidator(_check_env)] = Field(default_factory=dict, description="Extra environment variables for the trainer.")
+    node_selector: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class_name: KubeName | None = None
+    scheduler_name: KubeName | None = Field(None, description="e.g. 'volcano'; None: the default scheduler.")
+    queue: KubeName | None = Field(None, description="Volcano queue (schedulerName volcano) or Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+
+    @property
+    def kind(self) -> str:
+        """The Kubernetes kind this spec renders to."""
+        return "MPIJob" if self.launcher == "mpi" else "PyTorchJob"
+
+    @property
+    def procs_per_worker(self) -> int:
+        """Processes per worker pod: one per GPU, one for a CPU job."""
+        return self.gpus_per_worker or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.procs_per_worker
+
+    @property
+    def output_path(self) -> str:
+        """The trainer's --output-path inside the pods."""
+        return posixpath.join(self.checkpoints.mount_path, self.name)
+
+    def spec_hash(self) -> str:
+        """`sha256:<hex>` of the normalized spec (defaults written out, `local` left out:
+        it does not change what is sent to a cluster)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude={"local"})
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --- checks across fields (each with the path it belongs to) ---------------------------
+
+
+def max_name_length(spec: JobSpec) -> int:
+    """The longest job name whose derived pod names stay within 63 characters."""
+    last_worker = spec.workers - 1 if spec.launcher == "mpi" else max(spec.workers - 2, 0)
+    longest_suffix = max(len(f"-worker-{last_worker}"), len("-launcher-xxxxx") if spec.launcher == "mpi" else len("-master-0"))
+    return 63 - longest_suffix
+
+
+def cross_field_problems(spec: JobSpec) -> list[tuple[tuple, str]]:
+    """Problems that involve more than one field, as (location, message) pairs."""
+    out: list[tuple[tuple, str]] = []
+    if not _NAME_RE.match(spec.name):
+        out.append((("name",), f"{spec.name!r} is not a valid job name: lowercase letters, digits and '-', starting with a letter, ending with a letter or digit"))
+    elif len(spec.name) > max_name_length(spec):
+        out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
+                    f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
+    if spec.framework == "mindspore" and spec.launcher == "torchrun":
+        out.append((("launcher",), "torchrun starts PyTorch only; use launcher: mpi with framework: mindspore"))
+    if spec.train.compile and spec.framework != "pytorch":
+        out.append((("train", "compile"), "compile is a PyTorch option; MindSpore compiles its graph itself"))
+    if spec.data is None and not spec.train.synthetic:
+        out.append((("data",), "required unless train.synthetic is true"))
+    mounts = [(("checkpoints", "mountPath"), spec.checkpoints.mount_path)]
+    if spec.data is not None:
+        mounts.insert(0, (("data", "mountPath"), spec.data.mount_path))
+    for loc, path in mounts:
+        for reserved in RESERVED_PATHS:
+            if _overlaps(path, reserved):
+                out.append((loc, f"{path!r} overlaps {reserved}, which kjob mounts itself"))
+    if len(mounts) == 2 and _overlaps(mounts[0][1], mounts[1][1]):
+        out.append((mounts[1][0], f"{mounts[1][1]!r} overlaps data.mountPath {mounts[0][1]!r}; use distinct, non-nested paths"))
+    if spec.queue and spec.scheduler_name not in (None, "volcano"):
+        out.append((("queue",), "queue works with schedulerName: volcano or the default scheduler (Kueue)"))
+    if spec.gpus_per_worker == 0 and spec.train.amp == "fp16":
+        out.append((("train", "amp"), "fp16 needs GPUs; use bf16 or off for a CPU job"))
+    return out
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate one spec file.
+
+    Raises InvalidInput (exit code 2) listing every problem as
+    `FILE:LINE:COL: field.path: message` (YAML syntax errors included)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise InvalidInput(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise InvalidInput(f"{path}: is a directory, not a spec file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: cannot read: {e}") from e
+    return parse_spec(text, str(path))
+
+
+def parse_spec(text: str, filename: str = "<spec>") -> JobSpec:
+    """Validate spec text; `filename` only appears in messages. Raises InvalidInput."""
+    doc = parse_yaml(text, filename)  # raises InvalidInput on syntax errors
+    problems = [f"{filename}:{p}" for p in doc.problems]
+    if not isinstance(doc.data, dict):
+        problems.append(f"{filename}:1:1: (top level): the spec must be a mapping of fields (name, image, ...)")
+        raise InvalidInput("invalid spec", problems=problems)
+    try:
+        spec = JobSpec.model_validate(doc.data)
+    except ValidationError as e:
+        problems += [_format(filename, doc.root, err["loc"], _message(err), at_key=err["type"] == "extra_forbidden") for err in e.errors()]
+        raise InvalidInput("invalid spec", problems=problems) from None
+    problems += [_format(filename, doc.root, loc, msg) for loc, msg in cross_field_problems(spec)]
+    if problems:
+        raise InvalidInput("invalid spec", problems=problems)
+    return spec
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field" + _suggest(err["loc"])
+    if err["type"] == "missing":
+        return "required field is missing"
+    msg = err["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def _suggest(loc: tuple) -> str:
+    import difflib
+
+    model: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        ann = getattr(field, "annotation", None) if field else None
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return ""
+        model = inner[0]
+    names = [f.alias for f in model.model_fields.values() if f.alias]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(names)})"
+
+
+def _format(filename: str, root: Located, loc: tuple, message: str, at_key: bool = False) -> str:
+    line, col, keys = locate(root, loc, at_key=at_key)
+    return f"{filename}:{line}:{col}: {dotted(keys)}: {message}"
