@@ -1,0 +1,238 @@
+"""The fast path: torchvision.io decoding, uint8 transforms, loader options, the data-wait
+meter, DALI's absence, and that channels-last / torch.compile do not change the loss curve."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kjob_trainer import fast_input as fi
+from kjob_trainer.errors import BadInput
+
+
+def _jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
+    """A smooth random colour image (upsampled noise, so it has photo-like structure)."""
+    small = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small, "RGB").resize((w, h), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """root/<class>/<i>.JPEG: 2 classes x 8 images of 120x90 (and one portrait per class)."""
+    root = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"n{c:08d}").mkdir()
+        for i in range(8):
+            w, h = (90, 120) if i == 0 else (120, 90)
+            (root / f"n{c:08d}" / f"{i}.JPEG").write_bytes(_jpeg(rng, w, h))
+    return root
+
+
+def test_decode_gives_uint8_rgb_chw(image_folder):
+    samples, classes = fi.scan_image_folder(image_folder)
+    assert classes == ["n00000000", "n00000001"] and len(samples) == 16
+    img = fi.read_rgb(samples[1][0])
+    assert img.dtype == torch.uint8 and img.shape == (3, 90, 120)
+    portrait = fi.read_rgb(samples[0][0])
+    assert portrait.shape == (3, 120, 90)
+
+
+def test_torchvision_decode_matches_pil_decode(image_folder):
+    samples, _ = fi.scan_image_folder(image_folder)
+    for path, _ in samples[:4]:
+        ours = fi.read_rgb(path)
+        pil = torch.from_numpy(np.array(fi.load_pil_rgb(path))).permute(2, 0, 1)
+        # Both are libjpeg-turbo with the same IDCT; allow a rounding step.
+        assert (ours.int() - pil.int()).abs().max() <= 2
+
+
+def test_fast_center_crop_matches_pil_path(image_folder):
+    samples, _ = fi.scan_image_folder(image_folder)
+    fast = fi.FastImageDataset(samples, size=64, train=False, decoder="torchvision")
+    slow = fi.FastImageDataset(samples, size=64, train=False, decoder="pil")
+    for i in (0, 3, 9):
+        a, label_a = fast[i]
+        b, label_b = slow[i]
+        assert a.shape == b.shape == (3, 64, 64) and a.dtype == b.dtype == torch.uint8
+        assert label_a == label_b == samples[i][1]
+        diff = (a.float() - b.float()).abs()
+        # Antialiased bilinear in torch vs PIL differ by rounding, not by geometry.
+        assert diff.mean() < 1.0 and diff.max() <= 12
+
+
+def test_train_transform_shape_and_determinism(image_folder):
+    samples, _ = fi.scan_image_folder(image_folder)
+    ds = fi.FastImageDataset(samples, size=32, train=True)
+    torch.manual_seed(7)
+    first = [ds[i][0] for i in range(4)]
+    torch.manual_seed(7)
+    again = [ds[i][0] for i in range(4)]
+    assert all(x.shape == (3, 32, 32) and x.dtype == torch.uint8 for x in first)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    torch.manual_seed(8)
+    assert not all(torch.equal(x, ds[i][0]) for i, x in enumerate(first))
+
+
+def test_normalize_batch_is_imagenet_normalisation():
+    batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    out = fi.normalize_batch(batch)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, (batch.float() / 255 - mean) / std)
+    cl = fi.normalize_batch(batch, channels_last=True, dtype=torch.bfloat16)
+    assert cl.dtype == torch.bfloat16 and cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl.float(), out, atol=0.02, rtol=0.01)
+
+
+def test_loader_options_only_pass_worker_options_with_workers():
+    none = fi.LoaderOptions(num_workers=0).dataloader_kwargs()
+    assert "prefetch_factor" not in none and "persistent_workers" not in none
+    assert none["pin_memory"] is torch.cuda.is_available()
+    two = fi.LoaderOptions(num_workers=2, prefetch_factor=3, pin_memory=False).dataloader_kwargs()
+    assert two == {"num_workers": 2, "pin_memory": False, "drop_last": True,
+                   "persistent_workers": True, "prefetch_factor": 3}
+    with pytest.raises(fi.FastInputError, match="workers must be >= 0"):
+        fi.LoaderOptions(num_workers=-1).dataloader_kwargs()
+    with pytest.raises(fi.FastInputError, match="prefetch factor must be >= 1"):
+        fi.LoaderOptions(num_workers=1, prefetch_factor=0).dataloader_kwargs()
+
+
+@pytest.mark.timeout(60)
+def test_worker_loader_through_prefetcher_and_meter(image_folder):
+    samples, _ = fi.scan_image_folder(image_folder)
+    ds = fi.FastImageDataset(samples, size=32, train=True)
+    opts = fi.LoaderOptions(num_workers=1, prefetch_factor=2, persistent_workers=True)
+    loader = fi.make_loader(ds, 4, shuffle=True, options=opts, seed=0)
+    meter = fi.DataWaitMeter(fi.DevicePrefetcher(loader, "cpu", channels_last=True))
+    for epoch in range(2):  # persistent workers serve the second epoch too
+        batches = list(meter)
+        assert len(batches) == len(meter) == 4
+    x, y = batches[0]
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert meter.steps == 8 and meter.wait_s > 0
+
+
+def test_data_wait_meter_tells_input_bound_from_compute_bound():
+    def slow_source(n, delay):
+        for i in range(n):
+            time.sleep(delay)
+            yield i
+
+    starved = fi.DataWaitMeter(slow_source(5, 0.02))
+    assert list(starved) == [0, 1, 2, 3, 4]
+    assert starved.input_bound and starved.wait_share > 0.8
+    assert starved.wait_ms_per_step >= 15
+    assert "input-bound" in starved.report()
+
+    busy = fi.DataWaitMeter(range(5))
+    for _ in busy:
+        time.sleep(0.02)  # the "training step"
+    assert not busy.input_bound and busy.wait_share < 0.1
+    assert busy.summary()["steps"] == 5 and "input-bound" not in busy.report()
+    busy.reset()
+    assert busy.steps == 0 and busy.wait_share == 0.0
+
+
+def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
+    # A None entry in sys.modules makes `import nvidia.dali` fail, DALI installed or not.
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(fi.DaliUnavailable, match=r"pip install nvidia-dali-cuda120") as e:
+        fi.make_dali_loader([("x.JPEG", 0)], 2)
+    assert isinstance(e.value, BadInput) and e.value.exit_code == 2
+    assert "\n" not in str(e.value)
+    with pytest.raises(fi.FastInputError, match="make_dali_loader"):
+        fi.FastImageDataset([("x.JPEG", 0)], decoder="dali")
+
+
+def test_dali_cpu_pipeline_when_installed(image_folder):
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (optional)")
+    samples, _ = fi.scan_image_folder(image_folder)
+    loader = fi.make_dali_loader(samples, 4, size=32, train=True, device="cpu", num_threads=1)
+    batches = list(loader)
+    assert len(batches) == 4
+    x, y = batches[0]
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert -3 < float(x.mean()) < 3
+
+
+def test_corrupt_and_bad_options_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff" + b"not a jpeg" * 10)
+    with pytest.raises(fi.CorruptImage, match=r"bad\.JPEG: cannot decode image") as e:
+        fi.read_rgb(bad)
+    assert isinstance(e.value, ValueError) and e.value.exit_code == 2
+    with pytest.raises(fi.CorruptImage, match=r"bad\.JPEG"):
+        fi.load_pil_rgb(bad)
+    with pytest.raises(fi.FastInputError, match="unknown decoder 'turbo'"):
+        fi.FastImageDataset([], decoder="turbo")
+    with pytest.raises(fi.FastInputError, match="no such folder"):
+        fi.scan_image_folder(tmp_path / "missing")
+    with pytest.raises(fi.FastInputError, match="batch size must be >= 1"):
+        fi.make_loader(fi.FastImageDataset([]), 0)
+
+
+# --------------------------------------------------------------------------- loss curves
+
+
+def _tiny_net() -> torch.nn.Module:
+    """A ResNeXt-flavoured toy: conv-BN-ReLU, a grouped conv, global pool, linear."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+
+
+def _loss_curve(batches, *, channels_last: bool, compile: bool, steps: int = 6) -> list[float]:
+    """Train the toy net from a fixed init on fixed uint8 batches with the fast-path options."""
+    torch.manual_seed(0)
+    model = _tiny_net()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-4, foreach=True)
+    step_model = torch.compile(model) if compile else model
+    losses = []
+    for images, labels in fi.DevicePrefetcher(batches[:steps], "cpu", channels_last=channels_last):
+        loss = torch.nn.functional.cross_entropy(step_model(images), labels, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach().item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def uint8_batches(image_folder):
+    samples, _ = fi.scan_image_folder(image_folder)
+    ds = fi.FastImageDataset(samples, size=24, train=True)
+    torch.manual_seed(1)
+    loader = fi.make_loader(ds, 8, shuffle=True, options=fi.LoaderOptions(num_workers=0), seed=1)
+    batches = list(loader)
+    return batches * 3  # 6 steps over the same 16 images: the loss must fall
+
+
+def test_channels_last_gives_the_same_loss_curve(uint8_batches):
+    base = _loss_curve(uint8_batches, channels_last=False, compile=False)
+    fast = _loss_curve(uint8_batches, channels_last=True, compile=False)
+    assert base[-1] < base[0]  # it learns, so equal curves mean something
+    np.testing.assert_allclose(fast, base, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # inductor compiles C++ for the forward and backward graphs (~25 s on 2 cores)
+@pytest.mark.timeout(240)
+def test_torch_compile_gives_the_same_loss_curve(uint8_batches):
+    base = _loss_curve(uint8_batches, channels_last=False, compile=False)
+    fast = _loss_curve(uint8_batches, channels_last=True, compile=True)
+    assert base[-1] < base[0]
+    np.testing.assert_allclose(fast, base, rtol=1e-3, atol=1e-4)

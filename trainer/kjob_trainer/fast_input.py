@@ -1,0 +1,500 @@
+"""The fast input pipeline: JPEG bytes -> augmented uint8 tensors -> normalised device batches.
+
+Three decoders, one output format (uint8 CHW in the workers, normalised on the device):
+
+- ``"torchvision"`` (default): ``torchvision.io.decode_jpeg`` (libjpeg-turbo) straight into a
+  tensor, then random-resized-crop / flip / resize on the uint8 tensor. No PIL object, no
+  float image on the CPU.
+- ``"pil"``: the classic ``PIL.Image.open`` + torchvision PIL transforms, for comparison and
+  for formats torchvision cannot decode.
+- ``"dali"``: NVIDIA DALI (``pip install nvidia-dali-cuda120``), decoding with nvJPEG on the
+  GPU for nodes whose CPUs cannot keep up; imported only when asked for.
+
+Workers ship uint8 images (4x less inter-process and host-to-device traffic than float32);
+``normalize_batch`` / ``DevicePrefetcher`` turn them into normalised float tensors on the
+device. ``DataWaitMeter`` wraps any batch iterator and measures the time the training loop
+spends blocked on data each step, so the trainer can say when it is input-bound.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from kjob_trainer.errors import BadInput
+
+# ImageNet statistics on the 0..255 scale, because the batches arrive as uint8.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Eval resizes the short side to size / 0.875 (256 for 224) then center-crops: the standard recipe.
+EVAL_CROP_FRACTION = 0.875
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+DECODERS = ("torchvision", "pil", "dali")
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class FastInputError(BadInput):
+    """Bad input for the pipeline (unknown decoder, missing DALI, bad option). Exit code 2."""
+
+
+class DaliUnavailable(FastInputError):
+    """The DALI pipeline was asked for but NVIDIA DALI cannot be imported (or has no GPU)."""
+
+
+class CorruptImage(FastInputError, ValueError):
+    """A file could not be decoded as an image; the message names the file.
+
+    Also a ValueError, so the trainer's skip-and-count policy for corrupt images
+    (data.ImageDataset) catches it like PIL's own decode errors.
+    """
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_rgb(data: torch.Tensor, path: str | Path = "<bytes>") -> torch.Tensor:
+    """Decode encoded image bytes (1-D uint8 tensor) to a uint8 RGB tensor of shape (3, H, W).
+
+    JPEGs go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo); anything else (ImageNet
+    has a few PNGs and CMYK files named .JPEG) through ``decode_image``, both forced to RGB.
+    Raises CorruptImage (naming `path`) when the bytes are not a decodable image.
+    """
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    try:
+        # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not installed
+        # here); they still work, so the per-call warning is muted, not the decoder.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if bytes(data[:3].tolist()) == JPEG_MAGIC:
+                return decode_jpeg(data, mode=ImageReadMode.RGB)
+            return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        raise CorruptImage(f"{path}: cannot decode image ({str(e).splitlines()[0]})") from e
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """Read and decode one image file to uint8 (3, H, W). Raises CorruptImage, OSError."""
+    data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    return decode_rgb(data, path)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+class TensorTrainTransform:
+    """Random-resized-crop + horizontal flip of a uint8 (3, H, W) tensor to (3, size, size).
+
+    Same parameter sampling as torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3,
+    torch's RNG, so DataLoader's per-worker seeding applies); the resize is antialiased
+    bilinear on uint8, which torch runs with a vectorised integer kernel.
+    """
+
+    def __init__(self, size: int, *, flip: bool = True) -> None:
+        self.size = size
+        self.flip = flip
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import RandomResizedCrop
+        from torchvision.transforms.v2 import functional as F
+
+        top, left, h, w = RandomResizedCrop.get_params(img, list(RRC_SCALE), list(RRC_RATIO))
+        out = F.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
+        if self.flip and torch.rand(1).item() < 0.5:
+            out = out.flip(-1)
+        return out
+
+
+class TensorEvalTransform:
+    """Resize the short side to size/0.875, then center-crop size x size (uint8 in, uint8 out)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        out = F.resize(img, [int(round(self.size / EVAL_CROP_FRACTION))], antialias=True)
+        return F.center_crop(out, [self.size, self.size])
+
+
+def pil_transform(size: int, *, train: bool) -> Callable[[Any], torch.Tensor]:
+    """The classic torchvision PIL pipeline, ending in a uint8 (3, size, size) tensor."""
+    from torchvision import transforms as T
+
+    if train:
+        steps = [T.RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(int(round(size / EVAL_CROP_FRACTION))), T.CenterCrop(size)]
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def load_pil_rgb(path: str | Path) -> Any:
+    """Open an image with PIL as RGB. Raises CorruptImage naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise CorruptImage(f"{path}: cannot decode image ({e})") from e
+
+
+# --------------------------------------------------------------------------- dataset + loader
+
+
+class FastImageDataset(torch.utils.data.Dataset):
+    """(path, label) samples -> (uint8 (3, size, size) tensor, label), decoded by `decoder`.
+
+    `decoder` is "torchvision" or "pil" (DALI has its own loader: make_dali_loader).
+    Raises FastInputError for an unknown decoder; __getitem__ raises CorruptImage.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], *, size: int = 224, train: bool = True,
+                 decoder: str = "torchvision") -> None:
+        if decoder not in ("torchvision", "pil"):
+            hint = " (use make_dali_loader for DALI)" if decoder == "dali" else ""
+            raise FastInputError(f"unknown decoder {decoder!r} for FastImageDataset: "
+                                 f"choose torchvision or pil{hint}")
+        if size < 1:
+            raise FastInputError(f"image size must be >= 1, got {size}")
+        self.samples = list(samples)
+        self.decoder = decoder
+        if decoder == "torchvision":
+            self.transform: Callable[[Any], torch.Tensor] = (
+                TensorTrainTransform(size) if train else TensorEvalTransform(size))
+            self.load: Callable[[str], Any] = read_rgb
+        else:
+            self.transform = pil_transform(size, train=train)
+            self.load = load_pil_rgb
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(self.load(path)), label
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """DataLoader settings of the fast path. pin_memory=None means "when CUDA is available"."""
+
+    num_workers: int = 4
+    pin_memory: bool | None = None
+    persistent_workers: bool = True
+    prefetch_factor: int = 4
+    drop_last: bool = True
+
+    def dataloader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for torch's DataLoader; worker-only options only with workers.
+
+        Raises FastInputError for a negative worker count or prefetch factor below 1.
+        """
+        if self.num_workers < 0:
+            raise FastInputError(f"loader workers must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise FastInputError(f"prefetch factor must be >= 1, got {self.prefetch_factor}")
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": pin,
+                                  "drop_last": self.drop_last}
+        if self.num_workers > 0:
+            # torch refuses these two without worker processes.
+            kwargs["persistent_workers"] = self.persistent_workers
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, sampler: Any = None,
+                shuffle: bool = False, options: LoaderOptions = LoaderOptions(),
+                seed: int | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader of uint8 batches with the fast-path options. Raises FastInputError."""
+    if batch_size < 1:
+        raise FastInputError(f"batch size must be >= 1, got {batch_size}")
+    generator = None
+    if seed is not None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
+        generator=generator, **options.dataloader_kwargs())
+
+
+# --------------------------------------------------------------------------- device side
+
+
+def normalize_batch(images: torch.Tensor, *, device: torch.device | str | None = None,
+                    channels_last: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> normalised `dtype` tensor on `device` (ImageNet mean/std).
+
+    The copy is non-blocking (it overlaps compute when the batch is in pinned memory) and
+    the float conversion happens on the device, where it is nearly free.
+    """
+    device = torch.device(device) if device is not None else images.device
+    x = images.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    inv_std = torch.tensor([1.0 / s for s in IMAGENET_STD], device=device,
+                           dtype=torch.float32).view(1, 3, 1, 1)
+    out = (x.float() - mean) * inv_std
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out.to(dtype)
+
+
+class DevicePrefetcher:
+    """Iterate (uint8 images, labels) batches as normalised device tensors, one batch ahead.
+
+    On CUDA the copy + normalisation of batch i+1 runs on a side stream while the model
+    works on batch i; elsewhere it is plain sequential normalisation.
+    """
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str,
+                 *, channels_last: bool = False, dtype: torch.dtype = torch.float32) -> None:
+        self.batches = batches
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.dtype = dtype
+
+    def _prepare(self, batch: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        x = normalize_batch(images, device=self.device, channels_last=self.channels_last, dtype=self.dtype)
+        return x, torch.as_tensor(labels).to(self.device, non_blocking=True)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.device.type != "cuda":
+            for batch in self.batches:
+                yield self._prepare(batch)
+            return
+        stream = torch.cuda.Stream(self.device)
+        pending = None
+        for batch in self.batches:
+            with torch.cuda.stream(stream):
+                ready = self._prepare(batch)
+            if pending is not None:
+                yield pending
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            for t in ready:
+                t.record_stream(torch.cuda.current_stream(self.device))
+            pending = ready
+        if pending is not None:
+            yield pending
+
+
+# --------------------------------------------------------------------------- input-bound report
+
+
+class DataWaitMeter:
+    """Wrap a batch iterable; measure how long each `next()` blocks (time waiting for data).
+
+        meter = DataWaitMeter(loader)
+        for step, (x, y) in enumerate(meter):
+            ...train...
+            if step % 50 == 0:
+                print(meter.report())      # "data wait 3.1 ms/step (2.4% of step time)"
+                meter.reset()
+
+    The step time is the wall time between two consecutive batches, so the share of time
+    waiting is wait / step. On a GPU the host runs ahead of the device, so this counts
+    only real stalls: the device starves only if the host is stuck waiting for data.
+    """
+
+    # Above this share of step time spent waiting, the run is called input-bound.
+    INPUT_BOUND_SHARE = 0.10
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches = batches
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new measuring window (the totals restart; the iteration goes on)."""
+        self.steps = 0
+        self.wait_s = 0.0
+        self.step_s = 0.0
+        self.last_wait_s = 0.0
+        self._last_return: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.batches)
+        self._last_return = None
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            now = time.perf_counter()
+            self.last_wait_s = now - start
+            self.wait_s += self.last_wait_s
+            if self._last_return is not None:
+                self.step_s += now - self._last_return
+            else:
+                self.step_s += self.last_wait_s  # first batch: all of it was waiting
+            self.steps += 1
+            self._last_return = now
+            yield batch
+
+    @property
+    def wait_ms_per_step(self) -> float:
+        return 1000.0 * self.wait_s / self.steps if self.steps else 0.0
+
+    @property
+    def wait_share(self) -> float:
+        """Fraction (0..1) of the window's wall time spent blocked on data."""
+        return self.wait_s / self.step_s if self.step_s > 0 else 0.0
+
+    @property
+    def input_bound(self) -> bool:
+        return self.steps > 0 and self.wait_share > self.INPUT_BOUND_SHARE
+
+    def summary(self) -> dict[str, float | int | bool]:
+        """The window's numbers, for metrics.jsonl."""
+        return {"data_wait_ms": round(self.wait_ms_per_step, 3),
+                "data_wait_share": round(self.wait_share, 4),
+                "input_bound": self.input_bound, "steps": self.steps}
+
+    def report(self) -> str:
+        """One human line, e.g. "data wait 3.1 ms/step (2.4% of step time)"."""
+        line = f"data wait {self.wait_ms_per_step:.1f} ms/step ({100 * self.wait_share:.1f}% of step time)"
+        if self.input_bound:
+            line += " - input-bound: add loader workers or use --input dali"
+        return line
+
+
+# --------------------------------------------------------------------------- DALI
+
+
+def import_dali() -> Any:
+    """Import NVIDIA DALI lazily. Raises DaliUnavailable with the install command."""
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.fn  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError as e:
+        raise DaliUnavailable(
+            f"the DALI input pipeline needs NVIDIA DALI, which cannot be imported here ({e}); "
+            "install it with `pip install nvidia-dali-cuda120` (CUDA 12 driver) or choose "
+            "the torchvision decoder") from e
+    return nvidia.dali
+
+
+class DaliLoader:
+    """Batches of (normalised images, int64 labels) torch tensors from an NVIDIA DALI pipeline.
+
+    Built by make_dali_loader; iterate it once per epoch. Length = batches per epoch for
+    this rank (the last partial batch is dropped in training, kept in evaluation).
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], batch_size: int, *, size: int, train: bool,
+                 rank: int, world_size: int, device: str, device_id: int, num_threads: int,
+                 seed: int, channels_last: bool, dtype: torch.dtype) -> None:
+        import_dali()
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.dtype = dtype
+        self.channels_last = channels_last
+        pipe = _dali_pipeline(
+            [p for p, _ in samples], [int(c) for _, c in samples], size=size, train=train,
+            shard_id=rank, num_shards=world_size, device=device, channels_last=channels_last,
+            batch_size=batch_size, num_threads=num_threads,
+            # DALI's CPU-only mode is spelled device_id=None.
+            device_id=device_id if device == "gpu" else None, seed=seed + rank)
+        pipe.build()
+        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
+        self._iter = DALIGenericIterator([pipe], ["images", "labels"], reader_name="Reader",
+                                         last_batch_policy=policy, auto_reset=True)
+
+    def __len__(self) -> int:
+        return len(self._iter)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for out in self._iter:
+            images, labels = out[0]["images"], out[0]["labels"]
+            if self.channels_last:  # DALI wrote NHWC: the same bytes, viewed as channels-last NCHW
+                images = images.permute(0, 3, 1, 2)
+            yield images.to(self.dtype), labels.reshape(-1).long()
+
+
+def _dali_pipeline(files: list[str], labels: list[int], *, size: int, train: bool, shard_id: int,
+                   num_shards: int, device: str, channels_last: bool, **pipe_kwargs: Any) -> Any:
+    """The DALI graph: read -> decode (+random crop) -> resize -> crop/flip/normalise."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    decode_device = "mixed" if device == "gpu" else "cpu"  # "mixed": nvJPEG, host Huffman + GPU IDCT
+
+    @pipeline_def
+    def pipeline() -> Any:
+        jpegs, label = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
+                                       random_shuffle=train, pad_last_batch=True, name="Reader")
+        if train:
+            images = fn.decoders.image_random_crop(
+                jpegs, device=decode_device, output_type=types.RGB, random_area=list(RRC_SCALE),
+                random_aspect_ratio=list(RRC_RATIO), num_attempts=10)
+            images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+            mirror = fn.random.coin_flip(probability=0.5)
+        else:
+            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=int(round(size / EVAL_CROP_FRACTION)), antialias=True)
+            mirror = 0
+        images = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW",
+            crop=(size, size), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), mirror=mirror)
+        return images, (label.gpu() if device == "gpu" else label)
+
+    return pipeline(**pipe_kwargs)
+
+
+def make_dali_loader(samples: Sequence[tuple[str, int]], batch_size: int, *, size: int = 224,
+                     train: bool = True, rank: int = 0, world_size: int = 1,
+                     device: str = "gpu", device_id: int = 0, num_threads: int = 4,
+                     seed: int = 0, channels_last: bool = False,
+                     dtype: torch.dtype = torch.float32) -> DaliLoader:
+    """A DALI loader yielding (normalised images, int64 labels) torch tensors per batch.
+
+    device="gpu" decodes with nvJPEG ("mixed") and augments on GPU `device_id`;
+    device="cpu" runs the whole pipeline on CPU threads (for testing without a GPU).
+    Each rank reads its own 1/world_size shard. Raises DaliUnavailable when DALI is not
+    installed (checked first, so the message is the same on every machine) or no GPU is
+    visible for device="gpu"; FastInputError for bad arguments.
+    """
+    import_dali()
+    if device not in ("gpu", "cpu"):
+        raise FastInputError(f"DALI device must be gpu or cpu, got {device!r}")
+    if device == "gpu" and not torch.cuda.is_available():
+        raise DaliUnavailable("the DALI input pipeline with device=gpu needs a CUDA GPU, and none is "
+                              "visible; use the torchvision decoder (or DALI device=cpu) here")
+    if batch_size < 1 or not samples:
+        raise FastInputError("the DALI loader needs batch size >= 1 and at least one sample")
+    return DaliLoader(samples, batch_size, size=size, train=train, rank=rank, world_size=world_size,
+                      device=device, device_id=device_id, num_threads=num_threads, seed=seed,
+                      channels_last=channels_last, dtype=dtype)
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) for root/<class>/<file> in sorted order, and the class names.
+
+    A small scanner for the benchmarks and tests; the trainer's own data module handles list
+    files and its error policy. Raises FastInputError for a missing or empty folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FastInputError(f"{root}: no such folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    samples = [(str(f), i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
+    if not samples:
+        raise FastInputError(f"{root}: no images in class folders")
+    return samples, classes
