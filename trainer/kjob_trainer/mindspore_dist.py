@@ -1,0 +1,198 @@
+"""MindSpore's side of the distributed bootstrap: one dynamic cluster per mpirun job.
+
+MindSpore's ranks meet through a scheduler process (`MS_ROLE=MS_SCHED`), the way its own
+`msrun` launches them. Under `mpirun -np N`, rank 0 starts that scheduler as a child
+process, and every rank sets `MS_ROLE=MS_WORKER`, `MS_SCHED_HOST`, `MS_SCHED_PORT`,
+`MS_WORKER_NUM` and `MS_NODE_ID` (= its MPI rank) before `init()`. The same path serves
+CPU (MindSpore's own collective library, mccl), GPU (NCCL) and Ascend (HCCL): `init()`
+picks the backend from the device target.
+
+Where the scheduler listens:
+- host: `$KJOB_MS_SCHED_HOST`; else 127.0.0.1 when every rank is on this host; else the
+  first host of the mpi-operator hostfile (`/etc/mpi/hostfile` or `$KJOB_HOSTFILE`): mpirun
+  maps ranks by slot, so rank 0 runs there;
+- port: `$KJOB_MS_SCHED_PORT`; else 8118 plus an offset hashed from the mpirun job id, the
+  same in every rank, so two local jobs on one machine do not collide.
+
+A rank that has not joined within `cfg.dist_timeout` seconds exits 1 with a line naming its
+rank, host and the scheduler address (a watchdog thread: `init()` itself cannot be
+interrupted). Run as `python -m kjob_trainer.mindspore_dist --scheduler` it is the
+scheduler process itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import zlib
+from dataclasses import dataclass
+
+from kjob_trainer.distributed import DEFAULT_HOSTFILE, DistEnv, hostfile_first_host
+from kjob_trainer.errors import BadInput, DistributedError
+
+# MindSpore's documentation uses 8118 for MS_SCHED_PORT; the hashed offset keeps
+# concurrent local jobs apart while every rank of one job computes the same port.
+BASE_SCHED_PORT = 8118
+PORT_SPREAD = 2000
+# Seconds the scheduler may take to exit after the last worker left, before it is killed.
+SCHEDULER_EXIT_GRACE = 30.0
+# MindSpore's C++ logging at ERROR only: its WARNING level prints dozens of lines per rank.
+QUIET_GLOG = "3"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where this job's ranks meet and what this process is in it."""
+
+    sched_host: str
+    sched_port: int
+    world_size: int
+    rank: int
+    host: str
+
+    def address(self) -> str:
+        return f"{self.sched_host}:{self.sched_port}"
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host  # MindSpore reports an unreachable name itself; the watchdog bounds the wait.
+
+
+def cluster_address(dist: DistEnv, environ: dict[str, str] | None = None) -> tuple[str, int]:
+    """(host, port) of the scheduler for this job. Raises BadInput for a malformed port."""
+    env = os.environ if environ is None else environ
+    if env.get("KJOB_MS_SCHED_PORT"):
+        try:
+            port = int(env["KJOB_MS_SCHED_PORT"])
+        except ValueError as e:
+            raise BadInput(f"KJOB_MS_SCHED_PORT={env['KJOB_MS_SCHED_PORT']!r} is not a port number") from e
+    else:
+        port = BASE_SCHED_PORT + zlib.crc32(dist.job_id.encode()) % PORT_SPREAD
+    if env.get("KJOB_MS_SCHED_HOST"):
+        return _resolve(env["KJOB_MS_SCHED_HOST"]), port
+    if dist.local_world_size == dist.world_size:
+        return "127.0.0.1", port
+    first = hostfile_first_host(env.get("KJOB_HOSTFILE", DEFAULT_HOSTFILE))
+    if first is None:
+        raise DistributedError(
+            f"{dist.where()}: ranks span several hosts but there is no hostfile "
+            f"({env.get('KJOB_HOSTFILE', DEFAULT_HOSTFILE)}) to find rank 0's host; set KJOB_MS_SCHED_HOST")
+    return _resolve(first), port
+
+
+def _die_with_parent() -> None:
+    """In the scheduler child: get SIGTERM when the rank that started it dies (even by SIGKILL)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ClusterMember:
+    """Joins the MindSpore cluster; `close()` reaps the scheduler that rank 0 started."""
+
+    def __init__(self, dist: DistEnv, timeout: float) -> None:
+        host, port = cluster_address(dist)
+        self.cluster = Cluster(host, port, dist.world_size, dist.rank, dist.host)
+        self.timeout = timeout
+        self.scheduler: subprocess.Popen | None = None
+
+    def _ms_env(self, role: str) -> dict[str, str]:
+        c = self.cluster
+        env = {"MS_ROLE": role, "MS_SCHED_HOST": c.sched_host, "MS_SCHED_PORT": str(c.sched_port),
+               "MS_WORKER_NUM": str(c.world_size), "MS_TOPO_TIMEOUT": str(int(self.timeout))}
+        if role == "MS_WORKER":
+            env["MS_NODE_ID"] = str(c.rank)
+            if c.sched_host != "127.0.0.1":
+                env.setdefault("MS_WORKER_IP", _resolve(c.host))
+        return env
+
+    def start_scheduler(self) -> None:
+        """Rank 0: start the scheduler process. Raises DistributedError if it cannot start."""
+        env = dict(os.environ)
+        env.update(self._ms_env("MS_SCHED"))
+        env.setdefault("GLOG_v", QUIET_GLOG)
+        for key in ("MS_NODE_ID", "MS_WORKER_IP"):
+            env.pop(key, None)
+        try:
+            self.scheduler = subprocess.Popen(
+                [sys.executable, "-m", "kjob_trainer.mindspore_dist", "--scheduler"],
+                env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        except OSError as e:
+            raise DistributedError(f"{self.where()}: cannot start the MindSpore scheduler ({e})") from e
+
+    def where(self) -> str:
+        c = self.cluster
+        return f"rank {c.rank}/{c.world_size} on host {c.host}"
+
+    def join(self) -> None:
+        """Set the MS_* variables and run `init()`. Exits the process (code 1) with a one-line
+        error if the cluster is not built within the timeout."""
+        from mindspore.communication import init
+
+        os.environ.update(self._ms_env("MS_WORKER"))
+        if self.cluster.rank == 0:
+            self.start_scheduler()
+        watchdog = threading.Timer(self.timeout, self._give_up)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            init()
+        except RuntimeError as e:
+            raise DistributedError(f"{self.where()} could not join the MindSpore cluster at "
+                                   f"{self.cluster.address()}: {str(e).strip().splitlines()[0]}") from e
+        finally:
+            watchdog.cancel()
+
+    def _give_up(self) -> None:
+        # Runs on the watchdog thread while init() blocks in C++; only a hard exit ends it.
+        sys.stderr.write(
+            f"Error: {self.where()} could not join the MindSpore cluster (scheduler at "
+            f"{self.cluster.address()}, {self.cluster.world_size} ranks) within {self.timeout:.0f} s\n")
+        sys.stderr.flush()
+        self._kill_scheduler()
+        os._exit(DistributedError.exit_code)
+
+    def _kill_scheduler(self) -> None:
+        if self.scheduler is not None and self.scheduler.poll() is None:
+            self.scheduler.kill()
+            self.scheduler.wait()
+
+    def close(self) -> None:
+        """Rank 0: wait for the scheduler to see every worker leave, then reap it."""
+        if self.scheduler is None:
+            return
+        try:
+            self.scheduler.wait(timeout=SCHEDULER_EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            self._kill_scheduler()
+        self.scheduler = None
+
+
+def run_scheduler() -> int:
+    """The scheduler process: `init()` as MS_SCHED returns when every worker has left."""
+    import mindspore as ms
+    from mindspore.communication import init
+
+    ms.set_device("CPU")
+    try:
+        init()
+    except RuntimeError as e:
+        sys.stderr.write(f"Error: MindSpore scheduler at {os.environ.get('MS_SCHED_HOST')}:"
+                         f"{os.environ.get('MS_SCHED_PORT')} failed: {str(e).strip().splitlines()[0]}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--scheduler"]:
+        sys.stderr.write("usage: python -m kjob_trainer.mindspore_dist --scheduler (started by rank 0)\n")
+        sys.exit(2)
+    sys.exit(run_scheduler())

@@ -1,0 +1,111 @@
+"""PyTorch plumbing the training loop needs: device, process group, optimizer, lr schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from kjob_trainer.config import TrainConfig
+from kjob_trainer.distributed import (DistEnv, local_address, publish_address, rendezvous_file,
+                                      static_address, wait_for_address)
+from kjob_trainer.errors import BadInput, DistributedError
+from kjob_trainer.models import parameter_groups
+
+
+def select_device(cfg: TrainConfig, dist: DistEnv) -> torch.device:
+    """cuda:<local rank> or cpu. Raises BadInput for --device gpu without a visible GPU."""
+    has_gpu = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    if cfg.device == "gpu" and not has_gpu:
+        raise BadInput("--device gpu: no CUDA device is visible to this process")
+    if cfg.device == "cpu" or not has_gpu:
+        return torch.device("cpu")
+    index = dist.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _store(dist: DistEnv, cfg: TrainConfig, timeout: timedelta):
+    from torch.distributed import TCPStore
+
+    fixed = static_address(dist)
+    if fixed is not None:
+        host, port = fixed
+        return TCPStore(host, port, dist.world_size, dist.is_main, timeout=timeout, wait_for_workers=False), f"{host}:{port}"
+    path = rendezvous_file(cfg.output_path, dist)
+    if dist.is_main:
+        # Port 0: the OS picks a free port, so concurrent local jobs never collide.
+        store = TCPStore("0.0.0.0", 0, dist.world_size, True, timeout=timeout, wait_for_workers=False)
+        host = local_address(dist)
+        publish_address(path, host, store.port)
+        return store, f"{host}:{store.port}"
+    host, port = wait_for_address(path, dist, cfg.dist_timeout)
+    return TCPStore(host, port, dist.world_size, False, timeout=timeout), f"{host}:{port}"
+
+
+def init_process_group(dist: DistEnv, cfg: TrainConfig, device: torch.device) -> None:
+    """Join the job's process group (NCCL on GPU, gloo on CPU). Raises DistributedError,
+    naming this rank and host, if the group is not complete within cfg.dist_timeout."""
+    import torch.distributed as td
+
+    timeout = timedelta(seconds=cfg.dist_timeout)
+    where = "?"
+    try:
+        store, where = _store(dist, cfg, timeout)
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=dist.rank,
+                              world_size=dist.world_size, timeout=timeout)
+        td.barrier()
+    except DistributedError:
+        raise
+    except (RuntimeError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DistributedError(f"{dist.where()} could not join the process group at {where} "
+                               f"within {cfg.dist_timeout:.0f} s: {first}") from e
+    if dist.is_main and static_address(dist) is None:
+        rendezvous_file(cfg.output_path, dist).unlink(missing_ok=True)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum; fused kernel on GPU, foreach (multi-tensor) on CPU."""
+    groups = parameter_groups(model, cfg.weight_decay, cfg.bn_bias_decay)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fast)
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """lr as a pure function of the optimizer step, so resuming needs only the step:
+    linear warmup from start_factor x base, then cosine to min_lr or step decay."""
+
+    base_lr: float
+    total_steps: int
+    steps_per_epoch: int
+    warmup_steps: int
+    kind: str
+    milestones: tuple[int, ...]
+    gamma: float
+    min_lr: float
+    start_factor: float
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, world_size: int, steps_per_epoch: int, total_steps: int) -> "LrSchedule":
+        return cls(cfg.scaled_lr(world_size), total_steps, steps_per_epoch,
+                   round(cfg.warmup_epochs * steps_per_epoch), cfg.lr_schedule, cfg.lr_milestones,
+                   cfg.lr_gamma, cfg.min_lr, cfg.warmup_start_factor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            frac = step / self.warmup_steps
+            return self.base_lr * (self.start_factor + (1 - self.start_factor) * frac)
+        if self.kind == "step":
+            passed = sum(1 for m in self.milestones if step >= m * self.steps_per_epoch)
+            return self.base_lr * self.gamma ** passed
+        span = max(1, self.total_steps - self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)

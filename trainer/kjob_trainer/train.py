@@ -1,0 +1,79 @@
+"""`python -m kjob_trainer.train ...`: parse flags, find this rank, hand over to a framework.
+
+Exit codes: 0 done; 2 bad input (flags, config, dataset, checkpoint); 1 other failures
+(a rank could not join, a peer died); 143 stopped by SIGTERM after saving a checkpoint.
+Errors are one `Error: ...` line on stderr, from rank 0 (other ranks print only errors
+that are their own, such as failing to join); KJOB_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from kjob_trainer.cli_args import parse_train_args
+from kjob_trainer.config import TrainConfig, make_config
+from kjob_trainer.distributed import DistEnv, dist_env
+from kjob_trainer.errors import BadInput, DistributedError, TrainerError
+
+
+def framework_runner(cfg: TrainConfig) -> Callable[[TrainConfig, DistEnv], int]:
+    """The `run(cfg, dist)` of cfg.framework. Raises BadInput if that framework is missing."""
+    if cfg.framework == "pytorch":
+        try:
+            from kjob_trainer import torch_train
+        except ImportError as e:
+            raise BadInput(f"--framework pytorch: PyTorch is not installed here ({e.name or e})") from e
+        return torch_train.run
+    try:
+        from kjob_trainer import mindspore_train
+    except ImportError as e:
+        raise BadInput(f"--framework mindspore: MindSpore support is not available here ({e.name or e})") from e
+    return mindspore_train.run
+
+
+def prepare_output(cfg: TrainConfig, dist: DistEnv) -> None:
+    """Create the output folder (every rank: the rendezvous file may live there)."""
+    try:
+        os.makedirs(cfg.output_path, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--output-path {cfg.output_path}: cannot create it ({e.strerror or e})") from e
+
+
+def report(error: BaseException, dist: DistEnv | None) -> None:
+    """Print the one-line error (see module doc for which ranks print)."""
+    own = isinstance(error, DistributedError) or not isinstance(error, TrainerError)
+    if dist is not None and not dist.is_main and not own:
+        return
+    if isinstance(error, TrainerError):
+        text = str(error)
+    else:
+        first = (str(error).strip().splitlines() or [""])[0]
+        text = f"{type(error).__name__}: {first}"
+        if dist is not None and dist.distributed:
+            text = f"{dist.where()}: {text}"
+    print(f"Error: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    dist = None
+    try:
+        dist = dist_env()
+        config_file, overrides = parse_train_args(argv)
+        cfg = make_config(config_file, overrides)
+        run = framework_runner(cfg)
+        prepare_output(cfg, dist)
+        return run(cfg, dist)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the one place errors become exit codes
+        if os.environ.get("KJOB_DEBUG"):
+            traceback.print_exc()
+        report(e, dist)
+        return e.exit_code if isinstance(e, TrainerError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
