@@ -16,7 +16,7 @@ import sys
 import click
 
 from kjob import __version__
-from kjob.errors import KjobError
+from kjob.errors import InvalidInput, KjobError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KJOB"}
 
@@ -49,6 +49,116 @@ def cli() -> None:
     Exit codes: 0 ok, 1 job failed, 2 bad input, 3 cluster unreachable,
     4 forbidden (RBAC), 5 not found, 6 conflict, 7 checkpoint verification failed.
     """
+
+
+# --- spec -> manifests (issue 2) ----------------------------------------------------------
+
+
+def spec_paths_argument(func):
+    """SPEC...: one or more spec files."""
+    return click.argument("specs", nargs=-1, required=True, metavar="SPEC...")(func)
+
+
+def format_option(func):
+    return click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+                        help="Output format: multi-document YAML, or JSON (a v1 List on stdout).")(func)
+
+
+def _render_all(paths, namespace: str | None = None) -> list[dict]:
+    """Load every spec (all problems reported together), then render them all."""
+    from kjob.render import render_objects
+    from kjob.spec import load_specs, with_namespace
+
+    return [obj for spec in load_specs(paths) for obj in render_objects(with_namespace(spec, namespace))]
+
+
+@cli.command()
+@spec_paths_argument
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write one file per object plus kustomization.yaml into this directory (replaced as a whole) instead of printing.")
+@format_option
+@click.option("-n", "--namespace", help="Set metadata.namespace (overrides the specs').")
+def render(specs, output_dir, fmt, namespace) -> None:
+    """Render job specs to MPIJob/PyTorchJob manifests.
+
+    Prints multi-document YAML (or a JSON List), or with -o writes a kustomize-ready
+    directory for GitOps (Argo CD, Flux). Nothing is written if any spec is invalid.
+    """
+    from kjob.gitops import check_unique, dump_objects, write_gitops_dir
+
+    objects = _render_all(specs, namespace)
+    if output_dir:
+        for path in write_gitops_dir(objects, output_dir, fmt):
+            click.echo(f"wrote {path}", err=True)
+    else:
+        check_unique(objects)
+        click.echo(dump_objects(objects, fmt), nl=False)
+
+
+@cli.command()
+@spec_paths_argument
+def validate(specs) -> None:
+    """Check job specs without contacting a cluster.
+
+    Reports every problem as FILE:LINE:COL: field.path: message (exit code 2);
+    prints one line per valid spec.
+    """
+    from kjob.render import render_objects
+    from kjob.spec import load_specs
+
+    for path, spec in zip(specs, load_specs(specs)):
+        render_objects(spec)  # a spec that validates must also render
+        gpus = f"{spec.gpus_per_worker} GPU{'s' if spec.gpus_per_worker != 1 else ''}" if spec.gpus_per_worker else "CPU only"
+        workers = f"{spec.workers} worker{'s' if spec.workers != 1 else ''}"
+        click.echo(f"{path}: ok ({spec.kind} {spec.name}, {spec.framework}, {workers} x {gpus})")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.File("w"), default="-", help="Write the schema to this file (default: stdout).")
+def schema(output) -> None:
+    """Print the job spec's JSON Schema.
+
+    \b
+    For editor completion and checks, put this first line in a spec file:
+      # yaml-language-server: $schema=<path or URL of the schema>
+    """
+    import json
+
+    from kjob.spec import json_schema
+
+    output.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@cli.command()
+@click.argument("spec_file", metavar="SPEC")
+@click.option("--dry-run", is_flag=True, help="Print the objects that would be sent (exactly those) and stop.")
+@format_option
+@local_option
+@kube_options
+def submit(spec_file, dry_run, fmt, local, kubeconfig, kube_context, namespace) -> None:
+    """Submit a job: validate the spec, render it and create the MPIJob/PyTorchJob
+    (or with --local, run it under mpirun on this machine)."""
+    from kjob.render import render_objects
+    from kjob.spec import load_spec, with_namespace
+
+    spec = with_namespace(load_spec(spec_file), namespace)
+    if dry_run:
+        from kjob.gitops import dump_objects
+
+        click.echo(dump_objects(render_objects(spec), fmt), nl=False)
+    elif local:
+        _submit_local(spec)
+    else:
+        _submit_cluster(spec, render_objects(spec), kubeconfig=kubeconfig, context=kube_context)
+
+
+def _submit_local(spec) -> None:
+    """The --local branch of submit (H6: kjob.local)."""
+    raise InvalidInput("kjob submit --local is not available in this build yet; use --dry-run to see the job")
+
+
+def _submit_cluster(spec, objects: list[dict], *, kubeconfig: str | None, context: str | None) -> None:
+    """The cluster branch of submit (H4: kjob.cluster): sends exactly `objects`."""
+    raise InvalidInput("kjob submit to a cluster is not available in this build yet; use --dry-run or `kjob render`")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from kjob.errors import InvalidInput
@@ -79,6 +79,11 @@ def _no_surrogates(value: str) -> str:
     return value
 
 
+def _off_is_false(value):
+    # YAML 1.1 reads an unquoted `off` as false.
+    return "off" if value is False else value
+
+
 def _check_quantity(value: str) -> str:
     if parse_quantity(value) <= 0:
         raise ValueError(f"{value!r} must be greater than zero")
@@ -113,7 +118,15 @@ def _check_label_value(value: str) -> str:
     return value
 
 
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid job name: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit")
+    return value
+
+
 Str = Annotated[str, AfterValidator(_no_surrogates)]
+JobName = Annotated[str, AfterValidator(_check_name)]
+Image = Annotated[str, AfterValidator(_check_image)]
 Quantity = Annotated[str, AfterValidator(_check_quantity)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 KubeName = Annotated[str, AfterValidator(_check_subdomain)]
@@ -143,7 +156,8 @@ def _check_env(value: dict[str, str]) -> dict[str, str]:
 class _Model(BaseModel):
     """camelCase in YAML, snake_case in Python, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+    # strict: YAML's `true` is not a worker count and `8` is not an image name.
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, strict=True)
 
 
 class NFSSource(_Model):
@@ -182,9 +196,9 @@ class ResourceList(_Model):
 class Resources(_Model):
     """Per worker pod. GPUs come from gpusPerWorker (nvidia.com/gpu limits)."""
 
-    requests: ResourceList = Field(default_factory=lambda: ResourceList(cpu="8", memory="32Gi"))
+    requests: ResourceList = Field(default_factory=lambda: ResourceList(cpu="8", memory="32Gi"), description="What the scheduler reserves (default cpu 8, memory 32Gi).")
     # No CPU limit by default: CFS throttling slows the input pipeline.
-    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="32Gi"))
+    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="32Gi"), description="Hard caps (default memory 32Gi, no CPU limit).")
 
     @model_validator(mode="after")
     def _limits_cover_requests(self) -> Resources:
@@ -196,11 +210,11 @@ class Resources(_Model):
 
 
 class Toleration(_Model):
-    key: Str | None = None
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: LabelValue | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(None, ge=0)
+    key: Str | None = Field(None, description="Taint key (none with operator Exists: every taint).")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: LabelValue | None = Field(None, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect; none: all effects.")
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
 
 
 class RunPolicy(_Model):
@@ -216,28 +230,28 @@ class TrainSettings(_Model):
     """The trainer's flags (Contract 2). lr is for a global batch of 256; the trainer scales it."""
 
     config: Str | None = Field(None, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
-    epochs: int = Field(90, ge=1, le=10000)
+    epochs: int = Field(90, ge=1, le=10000, description="Passes over the training set.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per process (per GPU).")
     lr: float = Field(0.1, gt=0, le=100, description="Learning rate for a global batch of 256 (scaled linearly).")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0, lt=1)
-    warmup_epochs: float = Field(5, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    lr_schedule: Literal["cosine", "step"] = "cosine"
-    amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="Mixed precision.")
-    channels_last: bool = True
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, lt=1, description="L2 weight decay.")
+    warmup_epochs: float = Field(5, ge=0, description="Linear lr warm-up, in epochs.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    lr_schedule: Literal["cosine", "step"] = Field("cosine", description="lr decay after warm-up.")
+    amp: Annotated[Literal["off", "bf16", "fp16"], BeforeValidator(_off_is_false)] = Field("bf16", description="Mixed precision.")
+    channels_last: bool = Field(True, description="NHWC memory format (faster convolutions on tensor cores).")
     compile: bool = Field(False, description="torch.compile the model (PyTorch only).")
-    grad_accum: int = Field(1, ge=1, le=1024)
+    grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     checkpoint_interval: int = Field(1, ge=1, description="Epochs between checkpoints.")
     keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
     resume: Str = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
-    image_size: int = Field(224, ge=16, le=1024)
+    image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
     loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
     synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Random seed (data order, initialization).")
     eval: bool = Field(True, description="Evaluate on val/ after each epoch.")
-    num_classes: int = Field(1000, ge=2)
+    num_classes: int = Field(1000, ge=2, description="Classes of the dataset.")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSettings:
@@ -258,29 +272,29 @@ class LocalSettings(_Model):
 class JobSpec(_Model):
     """A kjob training job."""
 
-    name: Str = Field(description="Job name: lowercase letters, digits and '-', starting with a letter.")
+    name: JobName = Field(description="Job name: lowercase letters, digits and '-', starting with a letter.")
     namespace: KubeName | None = Field(None, description="Namespace (default: the kubeconfig context's).")
-    framework: Literal["pytorch", "mindspore"] = "pytorch"
+    framework: Literal["pytorch", "mindspore"] = Field("pytorch", description="Training framework inside the image.")
     launcher: Literal["mpi", "torchrun"] = Field("mpi", description="mpi: MPIJob (OpenMPI); torchrun: PyTorchJob.")
-    image: Str = Field(description="The trainer image (see images/).")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    image_pull_secrets: list[KubeName] = Field(default_factory=list)
-    model: Literal["resnext50_32x4d", "resnest50"] = "resnext50_32x4d"
+    image: Image = Field(description="The trainer image (see images/).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Kubernetes imagePullPolicy.")
+    image_pull_secrets: list[KubeName] = Field(default_factory=list, description="Names of Secrets for a private registry.")
+    model: Literal["resnext50_32x4d", "resnest50"] = Field("resnext50_32x4d", description="The network to train.")
     workers: int = Field(1, ge=1, le=1024, description="Worker pods (nodes).")
     gpus_per_worker: int = Field(8, ge=0, le=16, description="GPUs per worker; 0 = a CPU job (one process per worker).")
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory of each worker pod.")
     shm_size: Quantity = Field("8Gi", description="Size of /dev/shm (a memory emptyDir) for data-loader workers.")
     data: DataVolume | None = Field(None, description="The dataset volume; required unless train.synthetic is true.")
-    checkpoints: Checkpoints
-    train: TrainSettings = Field(default_factory=TrainSettings)
+    checkpoints: Checkpoints = Field(description="The checkpoint volume (a PVC).")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings: the trainer's flags.")
     env: Annotated[dict[str, Str], AfterValidator(_check_env)] = Field(default_factory=dict, description="Extra environment variables for the trainer.")
-    node_selector: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class_name: KubeName | None = None
+    node_selector: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (as in a pod spec).")
+    priority_class_name: KubeName | None = Field(None, description="PriorityClass of the pods.")
     scheduler_name: KubeName | None = Field(None, description="e.g. 'volcano'; None: the default scheduler.")
     queue: KubeName | None = Field(None, description="Volcano queue (schedulerName volcano) or Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
-    run_policy: RunPolicy = Field(default_factory=RunPolicy)
-    local: LocalSettings = Field(default_factory=LocalSettings)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="The operator's runPolicy.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="Settings for `kjob submit --local` only.")
 
     @property
     def kind(self) -> str:
@@ -322,9 +336,7 @@ def max_name_length(spec: JobSpec) -> int:
 def cross_field_problems(spec: JobSpec) -> list[tuple[tuple, str]]:
     """Problems that involve more than one field, as (location, message) pairs."""
     out: list[tuple[tuple, str]] = []
-    if not _NAME_RE.match(spec.name):
-        out.append((("name",), f"{spec.name!r} is not a valid job name: lowercase letters, digits and '-', starting with a letter, ending with a letter or digit"))
-    elif len(spec.name) > max_name_length(spec):
+    if len(spec.name) > max_name_length(spec):
         out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
                     f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
     if spec.framework == "mindspore" and spec.launcher == "torchrun":
@@ -376,28 +388,94 @@ def load_spec(path: str | Path) -> JobSpec:
 def parse_spec(text: str, filename: str = "<spec>") -> JobSpec:
     """Validate spec text; `filename` only appears in messages. Raises InvalidInput."""
     doc = parse_yaml(text, filename)  # raises InvalidInput on syntax errors
-    problems = [f"{filename}:{p}" for p in doc.problems]
+    problems: list[tuple[int, int, str]] = [_split(p) for p in doc.problems]
     if not isinstance(doc.data, dict):
-        problems.append(f"{filename}:1:1: (top level): the spec must be a mapping of fields (name, image, ...)")
-        raise InvalidInput("invalid spec", problems=problems)
+        raise InvalidInput("invalid spec", problems=[f"{filename}:1:1: (top level): the spec must be a mapping of fields (name, image, ...)"])
+    spec = None
     try:
         spec = JobSpec.model_validate(doc.data)
     except ValidationError as e:
-        problems += [_format(filename, doc.root, err["loc"], _message(err), at_key=err["type"] == "extra_forbidden") for err in e.errors()]
-        raise InvalidInput("invalid spec", problems=problems) from None
-    problems += [_format(filename, doc.root, loc, msg) for loc, msg in cross_field_problems(spec)]
+        errors = e.errors()
+        problems += [_locate(doc.root, err["loc"], _message(err), at_key=err["type"] == "extra_forbidden") for err in errors]
+        salvaged = _without(doc.data, [err["loc"] for err in errors])
+        try:
+            # Fields that passed can still be checked against each other.
+            spec = JobSpec.model_validate(salvaged) if salvaged is not None else None
+        except ValidationError:
+            spec = None
+        bad = {tuple(err["loc"][:1]) for err in errors}
+    else:
+        bad = set()
+    if spec is not None:
+        problems += [_locate(doc.root, loc, msg) for loc, msg in cross_field_problems(spec) if tuple(loc[:1]) not in bad]
     if problems:
-        raise InvalidInput("invalid spec", problems=problems)
+        problems.sort(key=lambda p: (p[0], p[1]))
+        raise InvalidInput("invalid spec", problems=[f"{filename}:{line}:{col}: {text}" for line, col, text in problems])
     return spec
+
+
+def _split(problem: str) -> tuple[int, int, str]:
+    line, col, text = problem.split(":", 2)
+    return int(line), int(col), text.lstrip()
+
+
+def _without(data: dict, locs: list[tuple]) -> dict | None:
+    """A copy of `data` without the values at `locs` (so defaults apply), or None when a
+    required value is missing or the location cannot be removed."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for loc in locs:
+        node = data
+        for part in loc[:-1]:
+            node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+        if node is None or not _has(node, loc[-1]):
+            return None  # a missing required field: nothing to fall back to
+        if isinstance(node, dict):
+            del node[loc[-1]]
+        else:
+            return None
+    return data
+
+
+def _has(node, key) -> bool:
+    return key in node if isinstance(node, dict) else isinstance(key, int) and 0 <= key < len(node)
+
+
+# Pydantic's wording for the common cases, shorter and with the value that was given.
+_MESSAGES = {
+    "greater_than_equal": "must be at least {ge}, got {input!r}",
+    "greater_than": "must be greater than {gt}, got {input!r}",
+    "less_than_equal": "must be at most {le}, got {input!r}",
+    "less_than": "must be less than {lt}, got {input!r}",
+    "literal_error": "must be one of {expected}, got {input!r}",
+    "int_parsing": "must be an integer, got {input!r}",
+    "int_from_float": "must be a whole number, got {input!r}",
+    "int_type": "must be an integer, got {input!r}",
+    "float_parsing": "must be a number, got {input!r}",
+    "float_type": "must be a number, got {input!r}",
+    "bool_parsing": "must be true or false, got {input!r}",
+    "bool_type": "must be true or false, got {input!r}",
+    "string_type": "must be a string, got {input!r} (quote it)",
+    "string_too_short": "must not be empty",
+    "dict_type": "must be a mapping (key: value), got {input!r}",
+    "model_type": "must be a mapping of fields, got {input!r}",
+    "model_attributes_type": "must be a mapping of fields, got {input!r}",
+    "list_type": "must be a list, got {input!r}",
+    "missing": "required field is missing",
+}
 
 
 def _message(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field" + _suggest(err["loc"])
-    if err["type"] == "missing":
-        return "required field is missing"
-    msg = err["msg"]
-    return msg.removeprefix("Value error, ")
+    template = _MESSAGES.get(err["type"])
+    if template:
+        try:
+            return template.format(input=err.get("input"), **err.get("ctx", {}))
+        except (KeyError, IndexError):
+            pass
+    return err["msg"].removeprefix("Value error, ")
 
 
 def _suggest(loc: tuple) -> str:
@@ -416,6 +494,38 @@ def _suggest(loc: tuple) -> str:
     return f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(names)})"
 
 
-def _format(filename: str, root: Located, loc: tuple, message: str, at_key: bool = False) -> str:
+def _locate(root: Located, loc: tuple, message: str, at_key: bool = False) -> tuple[int, int, str]:
     line, col, keys = locate(root, loc, at_key=at_key)
-    return f"{filename}:{line}:{col}: {dotted(keys)}: {message}"
+    return line, col, f"{dotted(keys)}: {message}"
+
+
+def load_specs(paths) -> list[JobSpec]:
+    """Load several spec files, collecting the problems of all of them into one
+    InvalidInput (raised when any file has a problem)."""
+    specs, problems = [], []
+    for path in paths:
+        try:
+            specs.append(load_spec(path))
+        except InvalidInput as e:
+            problems += e.problems or [e.message]
+    if problems:
+        raise InvalidInput("invalid spec", problems=problems)
+    return specs
+
+
+def with_namespace(spec: JobSpec, namespace: str | None) -> JobSpec:
+    """The spec with its namespace replaced (the CLI's -n). Raises InvalidInput for a
+    namespace Kubernetes would reject."""
+    if not namespace:
+        return spec
+    try:
+        _check_subdomain(namespace)
+    except ValueError as e:
+        raise InvalidInput(f"--namespace: {e}") from None
+    return spec.model_copy(update={"namespace": namespace})
+
+
+def json_schema() -> dict:
+    """The spec's JSON Schema (camelCase keys), for editors (yaml-language-server)."""
+    schema = JobSpec.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://kjob.dev/schemas/jobspec.json", **schema}

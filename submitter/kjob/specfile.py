@@ -13,8 +13,22 @@ import yaml
 
 Located = yaml.Node
 
+import re
+
 # The C loader is ~10x faster and keeps the same marks; fall back when libyaml is absent.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):
+    """Safe loader that also reads `1e-4` as a number (YAML 1.2, JSON); YAML 1.1 wants
+    a dot (`1.0e-4`) and would hand the spec a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""Regenerate what the repository commits from examples/*.yaml and the spec models:
+
+    manifests/examples/<name>/   kustomize-buildable output of `kjob render -o`
+    manifests/kjob-spec.schema.json   `kjob schema` (examples' yaml-language-server line)
+    README.md spec reference     the table between the spec-reference markers
+
+Run `python -m kjob.render_examples` (`make render-examples`) after changing a spec,
+a template or the models; tests fail while any of these is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kjob.gitops import file_name, kustomization, object_text, write_gitops_dir
+from kjob.render import render_objects
+from kjob.spec import json_schema, load_spec
+from kjob.spec_docs import replace_block, spec_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+OUT = ROOT / "manifests" / "examples"
+SCHEMA = ROOT / "manifests" / "kjob-spec.schema.json"
+README = ROOT / "README.md"
+
+
+def example_specs() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.yaml"))
+
+
+def expected_example_files() -> dict[Path, str]:
+    """Every file under manifests/examples/ as `kjob render -o` writes it."""
+    files: dict[Path, str] = {}
+    for spec_path in example_specs():
+        objects = render_objects(load_spec(spec_path))
+        names = [file_name(o) for o in objects]
+        for name, obj in zip(names, objects):
+            files[OUT / spec_path.stem / name] = object_text(obj)
+        files[OUT / spec_path.stem / "kustomization.yaml"] = kustomization(names)
+    return files
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2) + "\n"
+
+
+def main() -> int:
+    for stale in sorted(p for p in OUT.iterdir() if p.is_dir()) if OUT.exists() else []:
+        if not (EXAMPLES / f"{stale.name}.yaml").exists():
+            print(f"remove {stale.relative_to(ROOT)} by hand: its spec is gone", file=sys.stderr)
+    for spec_path in example_specs():
+        written = write_gitops_dir(render_objects(load_spec(spec_path)), OUT / spec_path.stem)
+        print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in written)}")
+    SCHEMA.write_text(schema_text(), encoding="utf-8")
+    print(f"wrote {SCHEMA.relative_to(ROOT)}")
+    README.write_text(replace_block(README.read_text(encoding="utf-8"), spec_reference()), encoding="utf-8")
+    print(f"updated the spec reference in {README.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
