@@ -1,0 +1,124 @@
+"""The processes of one local run, found by their session id.
+
+A local run starts in a session of its own (the waiter is the session leader). OpenMPI's
+launcher puts every rank in a process group of its own, so the process group of the
+waiter does not hold the ranks, but the session does: `setpgid` cannot leave a session.
+"Is the run alive?" and "stop the run" therefore look at every process of the session.
+On systems without /proc (macOS) the process group of the leader stands in for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass
+class Proc:
+    pid: int
+    sid: int
+    state: str  # one letter from /proc/<pid>/stat: R, S, D, Z (zombie), ...
+    cmdline: list[str]
+
+
+def _read_stat(pid_dir: Path) -> tuple[str, int] | None:
+    """(state, session id) of one process, or None when it vanished meanwhile."""
+    try:
+        raw = (pid_dir / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[3])
+
+
+def session_processes(sid: int) -> list[Proc]:
+    """Every live (non-zombie) process of session `sid`; empty when none is left."""
+    if not PROC.is_dir():
+        return _group_fallback(sid)
+    found = []
+    for pid_dir in PROC.iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        stat = _read_stat(pid_dir)
+        # A zombie has finished; counting it would keep a dead run "Running" when its
+        # parent (e.g. a container's PID 1) never reaps it.
+        if stat is None or stat[1] != sid or stat[0] == "Z":
+            continue
+        try:
+            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        found.append(Proc(int(pid_dir.name), sid, stat[0], [c for c in cmdline if c]))
+    return sorted(found, key=lambda p: p.pid)
+
+
+def _group_fallback(pgid: int) -> list[Proc]:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return []
+    return [Proc(pgid, pgid, "?", [])]
+
+
+def process_env(pid: int, key: str) -> str | None:
+    """One environment variable of a process of ours (e.g. OMPI_COMM_WORLD_RANK), if readable."""
+    try:
+        raw = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return None
+    prefix = key.encode() + b"="
+    for item in raw.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def signal_session(sid: int, sig: int) -> int:
+    """Send `sig` to every process of the session; returns how many were signalled."""
+    procs = session_processes(sid)
+    if not PROC.is_dir():
+        try:
+            os.killpg(sid, sig)
+        except ProcessLookupError:
+            return 0
+        return len(procs)
+    sent = 0
+    for proc in procs:
+        try:
+            os.kill(proc.pid, sig)
+            sent += 1
+        except ProcessLookupError:
+            pass
+    return sent
+
+
+def stop_session(sid: int, grace: float) -> int:
+    """SIGTERM the whole session, then SIGKILL what is left after `grace` seconds.
+
+    The grace period lets the trainer write its SIGTERM checkpoint. Returns how many
+    processes were running when the stop began; returns only when none is left (or
+    after a further 10 s when something ignores even SIGKILL, e.g. stuck in the kernel).
+    """
+    count = signal_session(sid, signal.SIGTERM)
+    if count == 0:
+        return 0
+    if _wait_gone(sid, grace):
+        return count
+    signal_session(sid, signal.SIGKILL)
+    _wait_gone(sid, 10.0)
+    return count
+
+
+def _wait_gone(sid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while session_processes(sid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True

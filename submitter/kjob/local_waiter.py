@@ -1,0 +1,124 @@
+"""`python -m kjob.local_waiter RUN_DIR -- COMMAND...`: run a local job, record how it ended.
+
+`kjob submit --local` detaches: it starts this waiter in a new session and returns. The
+waiter starts the job's mpirun as its child, waits, and writes `finished` and
+`exit_code` into RUN_DIR/run.json, so the result is recorded even after kjob has exited.
+It also holds the read/update helpers of run.json (Contract 4), which the submitter and
+the waiter both write; an flock on RUN_DIR/.run.lock keeps their updates from mixing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+RUN_FILE = "run.json"
+LOCK_FILE = ".run.lock"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def _locked(run_dir: Path):
+    with open(run_dir / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """run.json as a dict; None when the folder has none. Raises ValueError when unreadable."""
+    try:
+        text = (run_dir / RUN_FILE).read_text()
+    except FileNotFoundError:
+        return None
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("run.json is not a JSON object")
+    return data
+
+
+def write_run(run_dir: Path, record: dict) -> None:
+    """Write run.json whole (temp file + fsync + rename: a reader never sees half of it)."""
+    tmp = run_dir / f".tmp-{RUN_FILE}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / RUN_FILE)
+
+
+def update_run(run_dir: Path, **fields) -> dict:
+    """Merge `fields` into run.json under the lock; returns the new record.
+
+    Raises FileNotFoundError when the run folder is gone (the run was deleted).
+    """
+    with _locked(run_dir):
+        record = read_run(run_dir) or {}
+        record.update(fields)
+        write_run(run_dir, record)
+        return record
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit code: a process killed by signal N reads 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _detach(run_dir: Path) -> None:
+    """Fork; the parent exits at once (its caller waits for it), the child goes on as
+    nobody's child. The session (its id recorded first) holds every process of the run."""
+    update_run(run_dir, sid=os.getsid(0), pgid=os.getpgid(0))
+    if os.fork() > 0:
+        os._exit(0)
+    update_run(run_dir, pid=os.getpid())
+
+
+def main(argv: list[str]) -> int:
+    detach = bool(argv) and argv[0] == "--detach"
+    argv = argv[1:] if detach else argv
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m kjob.local_waiter [--detach] RUN_DIR -- COMMAND...", file=sys.stderr)
+        return 2
+    run_dir, command = Path(argv[0]), argv[2:]
+    if detach:
+        _detach(run_dir)
+    stop = {"signal": None}
+
+    def note(signum, _frame):
+        # `kjob delete` signals the whole session, mpirun included; the waiter stays to
+        # record how mpirun ended. A Python handler (not SIG_IGN) so the child, after
+        # exec, still gets the default action.
+        stop["signal"] = signal.Signals(signum).name
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, note)
+    try:
+        proc = subprocess.Popen(command)
+    except OSError as e:
+        print(f"kjob: cannot start {command[0]}: {e}", flush=True)
+        code = 127
+    else:
+        update_run(run_dir, launcher_pid=proc.pid)
+        code = exit_status(proc.wait())
+    try:
+        update_run(run_dir, finished=now_rfc3339(), exit_code=code, stopped_by=stop["signal"])
+    except FileNotFoundError:
+        pass  # the run folder was removed while the job ran: nothing left to record into
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
