@@ -132,11 +132,13 @@ def schema(output) -> None:
 @click.argument("spec_file", metavar="SPEC")
 @click.option("--dry-run", is_flag=True, help="Print the objects that would be sent (exactly those) and stop.")
 @format_option
+@click.option("-f", "--follow", is_flag=True, help="Stream the job's log until it ends; exit 1 if it failed. Ctrl-C stops following, not the job.")
+@click.option("--replace", is_flag=True, help="Replace a job of the same name (a different spec, or a finished local run).")
 @local_option
 @kube_options
-def submit(spec_file, dry_run, fmt, local, kubeconfig, kube_context, namespace) -> None:
+def submit(spec_file, dry_run, fmt, follow, replace, local, kubeconfig, kube_context, namespace) -> None:
     """Submit a job: validate the spec, render it and create the MPIJob/PyTorchJob
-    (or with --local, run it under mpirun on this machine)."""
+    (or with --local, run it under mpirun on this machine, in ./kjob-runs/NAME)."""
     from kjob.render import render_objects
     from kjob.spec import load_spec, with_namespace
 
@@ -146,14 +148,18 @@ def submit(spec_file, dry_run, fmt, local, kubeconfig, kube_context, namespace) 
 
         click.echo(dump_objects(render_objects(spec), fmt), nl=False)
     elif local:
-        _submit_local(spec)
+        _submit_local(spec, follow=follow, replace=replace)
     else:
         _submit_cluster(spec, render_objects(spec), kubeconfig=kubeconfig, context=kube_context)
 
 
-def _submit_local(spec) -> None:
-    """The --local branch of submit (H6: kjob.local)."""
-    raise InvalidInput("kjob submit --local is not available in this build yet; use --dry-run to see the job")
+def _submit_local(spec, *, follow: bool, replace: bool) -> None:
+    """The --local branch of submit: kjob.local (detached, or followed to the end)."""
+    from kjob.local import submit_local
+
+    code = submit_local(spec, follow, replace=replace, write=click.echo)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def _submit_cluster(spec, objects: list[dict], *, kubeconfig: str | None, context: str | None) -> None:
