@@ -1,0 +1,293 @@
+"""Extract a tar stream of checkpoint files safely, verifying each file as it lands.
+
+The stream comes from a container, so it is untrusted: every entry is checked before a
+byte of it is written. Only flat regular files that the trainer's index.json names (and
+that were asked for) are accepted; absolute paths, `..`, links, devices, fifos,
+directories, sparse files, duplicates and unexpected names are refused. Each file is
+written under a `.tmp-` name in the destination, hashed while it is written, and renamed
+to its final name only when its size and sha256 match the index (Contract 3), so a
+mismatch or a cut never leaves a partial file at a final path.
+
+Memory stays bounded: the stream is consumed chunk by chunk (tarfile's stream mode
+`r|` never seeks back and never holds more than one read), never buffered whole.
+No Kubernetes imports here: the local backend reuses this module as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from kjob.errors import Conflict, InvalidInput, VerificationFailed
+
+# Size of one read from a member while hashing and writing it: big enough that the
+# per-call overhead of tarfile and hashlib disappears, small enough to be irrelevant to RSS.
+COPY_CHUNK = 1 << 20
+
+# What a checkpoint file name may look like (Contract 3: flat files written by the
+# trainer). Anything else is refused before it reaches the file system or a command line.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,254}$")
+
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One file the stream is supposed to carry, from the trainer's index.json."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class UnsafeEntry(VerificationFailed):
+    """A tar entry that would write outside the destination or is not a plain file."""
+
+
+def check_name(name: str) -> None:
+    """Raise VerificationFailed unless `name` is a flat, safe checkpoint file name."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or name.startswith(TMP_PREFIX):
+        raise VerificationFailed(f"refusing checkpoint name {name!r}: not a plain file name (Contract 3 allows flat names only)")
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in bounded chunks. Raises OSError."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def plan(dest: Path, expected: Iterable[Expected], *, overwrite: bool) -> tuple[list[Expected], list[Expected]]:
+    """Split `expected` into (already here and verified, still to fetch).
+
+    A file already at its final path with the right size and sha256 is kept (this is how
+    an interrupted transfer resumes). One that differs is refused unless `overwrite`.
+    Raises Conflict (exit 6) for a differing file without --overwrite, InvalidInput for a
+    non-file in the way.
+    """
+    have, need = [], []
+    for entry in expected:
+        check_name(entry.name)
+        target = dest / entry.name
+        if not os.path.lexists(target):
+            need.append(entry)
+            continue
+        if target.is_symlink() or not target.is_file():
+            raise InvalidInput(f"{target} exists and is not a regular file; move it away first")
+        if target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
+            have.append(entry)
+        elif overwrite:
+            need.append(entry)
+        else:
+            raise Conflict(
+                f"{target} exists and differs from the checkpoint in the index",
+                hint="pass --overwrite to replace it, or choose another --dest",
+            )
+    return have, need
+
+
+def remove_stale_temps(dest: Path) -> None:
+    """Delete `.tmp-` files a killed earlier run left in `dest` (they are never valid)."""
+    if dest.is_dir():
+        for p in dest.iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
+
+class ChunkReader:
+    """A read-only file object over an iterator of byte chunks (e.g. websocket frames).
+
+    Holds at most one chunk; `bytes_read` counts what was consumed, for progress and
+    for saying where a stream was cut.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it: Iterator[bytes] = iter(chunks)
+        self._buf = memoryview(b"")
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._it))
+            except StopIteration:
+                return b""
+        if size is None or size < 0 or size >= len(self._buf):
+            out, self._buf = bytes(self._buf), memoryview(b"")
+        else:
+            out, self._buf = bytes(self._buf[:size]), self._buf[size:]
+        self.bytes_read += len(out)
+        return out
+
+
+def _describe_refusal(member: tarfile.TarInfo) -> str | None:
+    """Why `member` may not be extracted, or None when it is a plain flat file."""
+    name = member.name
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "path escapes the destination (..)"
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "fifo"
+    if member.isdir():
+        return "directory (checkpoints are flat files)"
+    if member.issparse():
+        return "sparse file"
+    if not member.isreg():
+        return f"unsupported entry type {member.type!r}"
+    if "/" in name or "\\" in name:
+        return "file in a sub-folder (checkpoints are flat files)"
+    if not SAFE_NAME.match(name) or name.startswith(TMP_PREFIX):
+        return "not a plain file name"
+    return None
+
+
+def _write_member(src, size: int, tmp_fd: int, on_bytes: Callable[[int], None]) -> str:
+    """Copy `size` bytes from a member to `tmp_fd`, hashing them; return the hex digest."""
+    h = hashlib.sha256()
+    left = size
+    with os.fdopen(tmp_fd, "wb", closefd=False) as out:
+        while left > 0:
+            chunk = src.read(min(COPY_CHUNK, left))
+            if not chunk:
+                raise tarfile.ReadError("unexpected end of data")
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+            on_bytes(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+    return h.hexdigest()
+
+
+def extract_verified(
+    stream,
+    dest: Path,
+    wanted: Iterable[Expected],
+    *,
+    overwrite: bool = False,
+    on_bytes: Callable[[int], None] = lambda n: None,
+    on_file: Callable[[Expected], None] = lambda e: None,
+) -> list[Expected]:
+    """Extract the files of tar `stream` (a file object with read()) into `dest`.
+
+    Each member must be one of `wanted`, of the right size; it is written to a `.tmp-`
+    file, hashed on the way, and renamed into place only if its sha256 matches. Files
+    are renamed as soon as each one is verified, so a later failure keeps the earlier
+    ones (the rerun skips them). Returns the entries written, in stream order; the caller
+    checks that nothing is missing (a cut at a member boundary looks like a clean end).
+
+    Raises UnsafeEntry (exit 7) for a hostile or unexpected entry, VerificationFailed
+    (exit 7) for a size or sha256 mismatch, Conflict (exit 6) when a file is in the way and
+    `overwrite` is false, tarfile.ReadError / tarfile.HeaderError for a truncated or
+    malformed stream, and whatever the stream's read() raises. Nothing is left at a final
+    path or under a temp name for the file being written when it raises.
+    """
+    by_name = {e.name: e for e in wanted}
+    done: list[Expected] = []
+    seen: set[str] = set()
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
+        for member in tar:
+            why = _describe_refusal(member)
+            if why:
+                raise UnsafeEntry(f"refusing tar entry {member.name!r}: {why}; nothing was written for it")
+            entry = by_name.get(member.name)
+            if entry is None:
+                raise UnsafeEntry(f"refusing tar entry {member.name!r}: not one of the requested checkpoint files")
+            if member.name in seen:
+                raise UnsafeEntry(f"refusing tar entry {member.name!r}: it appears twice in the stream")
+            seen.add(member.name)
+            if member.size != entry.size:
+                raise VerificationFailed(
+                    f"{entry.name}: the stream carries {member.size} bytes but index.json says {entry.size}; "
+                    f"nothing was written at {dest / entry.name}"
+                )
+            _extract_one(tar, member, dest, entry, overwrite=overwrite, on_bytes=on_bytes)
+            done.append(entry)
+            on_file(entry)
+    return done
+
+
+def _extract_one(tar, member, dest: Path, entry: Expected, *, overwrite: bool, on_bytes) -> None:
+    """Write one member under a temp name, verify it, rename it into place."""
+    target = dest / entry.name
+    if os.path.lexists(target) and not overwrite:
+        raise Conflict(f"{target} already exists", hint="pass --overwrite to replace it")
+    fd, tmp = _mkstemp(dest, entry.name)
+    try:
+        src = tar.extractfile(member)
+        digest = _write_member(src, member.size, fd, on_bytes)
+        os.close(fd)
+        fd = -1
+        if digest != entry.sha256:
+            raise VerificationFailed(
+                f"{entry.name}: sha256 mismatch (index.json says {entry.sha256[:16]}..., "
+                f"received {digest[:16]}...); nothing was written at {target}"
+            )
+        os.replace(tmp, target)
+        tmp = None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _mkstemp(dest: Path, name: str) -> tuple[int, str]:
+    import tempfile
+
+    return tempfile.mkstemp(prefix=f"{TMP_PREFIX}{name}.", dir=dest)
+
+
+def copy_verified(src_dir: Path, dest: Path, wanted: Iterable[Expected], *, on_bytes=lambda n: None) -> list[Expected]:
+    """Copy files from a local folder into `dest` with the same temp-name + sha256 rule.
+
+    Used for local runs, where there is no tar stream. Refuses a source that is a link or
+    not a regular file (UnsafeEntry); a mismatch raises VerificationFailed and leaves
+    nothing at the final path; a missing source raises VerificationFailed naming it.
+    """
+    done = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in wanted:
+        check_name(entry.name)
+        src = src_dir / entry.name
+        if src.is_symlink() or (src.exists() and not src.is_file()):
+            raise UnsafeEntry(f"refusing {src}: not a regular file")
+        if not src.exists():
+            raise VerificationFailed(f"{entry.name}: listed in index.json but missing from {src_dir}")
+        fd, tmp = _mkstemp(dest, entry.name)
+        try:
+            with open(src, "rb") as f:
+                digest = _write_member(f, entry.size, fd, on_bytes)
+                extra = f.read(1)
+            os.close(fd)
+            fd = -1
+            if extra or digest != entry.sha256:
+                raise VerificationFailed(
+                    f"{entry.name}: sha256 or size differs from index.json; nothing was written at {dest / entry.name}"
+                )
+            os.replace(tmp, dest / entry.name)
+            tmp = None
+        except tarfile.ReadError as e:
+            raise VerificationFailed(f"{entry.name}: shorter than the {entry.size} bytes index.json says") from e
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+        done.append(entry)
+    return done
