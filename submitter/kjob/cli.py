@@ -134,9 +134,10 @@ def schema(output) -> None:
 @format_option
 @click.option("-f", "--follow", is_flag=True, help="Stream the job's log until it ends; exit 1 if it failed. Ctrl-C stops following, not the job.")
 @click.option("--replace", is_flag=True, help="Replace a job of the same name (a different spec, or a finished local run).")
+@click.option("--wait", is_flag=True, help="Return when the job Succeeded (exit 0) or Failed (exit 1).")
 @local_option
 @kube_options
-def submit(spec_file, dry_run, fmt, follow, replace, local, kubeconfig, kube_context, namespace) -> None:
+def submit(spec_file, dry_run, fmt, follow, replace, wait, local, kubeconfig, kube_context, namespace) -> None:
     """Submit a job: validate the spec, render it and create the MPIJob/PyTorchJob
     (or with --local, run it under mpirun on this machine, in ./kjob-runs/NAME)."""
     from kjob.render import render_objects
@@ -150,7 +151,8 @@ def submit(spec_file, dry_run, fmt, follow, replace, local, kubeconfig, kube_con
     elif local:
         _submit_local(spec, follow=follow, replace=replace)
     else:
-        _submit_cluster(spec, render_objects(spec), kubeconfig=kubeconfig, context=kube_context)
+        _submit_cluster(spec, render_objects(spec), kubeconfig=kubeconfig, context=kube_context, namespace=namespace,
+                        wait=wait, follow=follow, replace=replace)
 
 
 def _submit_local(spec, *, follow: bool, replace: bool) -> None:
@@ -162,9 +164,166 @@ def _submit_local(spec, *, follow: bool, replace: bool) -> None:
         raise click.exceptions.Exit(code)
 
 
-def _submit_cluster(spec, objects: list[dict], *, kubeconfig: str | None, context: str | None) -> None:
-    """The cluster branch of submit (H4: kjob.cluster): sends exactly `objects`."""
-    raise InvalidInput("kjob submit to a cluster is not available in this build yet; use --dry-run or `kjob render`")
+def _submit_cluster(spec, objects: list[dict], *, kubeconfig: str | None, context: str | None, namespace: str | None = None,
+                    wait: bool = False, follow: bool = False, replace: bool = False) -> None:
+    """The cluster branch of submit (kjob.cluster): sends exactly `objects`."""
+    _submit_cluster_run(objects, kubeconfig=kubeconfig, context=context, namespace=namespace, wait=wait, follow=follow, replace=replace)
+
+
+# -- cluster operations (H4): status, list, delete, logs, fetch-ckpt and submit's cluster path --
+def get_backend(local: bool, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None):
+    """The local backend (kjob.local) or the cluster one (kjob.cluster), imported lazily
+    so that commands which do not need the Kubernetes client never load it."""
+    if local:
+        from kjob.local import LocalBackend
+
+        return LocalBackend()
+    from kjob.cluster import ClusterBackend
+
+    return ClusterBackend(kubeconfig, context, namespace)
+
+
+def _submit_cluster_run(objects: list[dict], *, kubeconfig, context, namespace, wait: bool, follow: bool, replace: bool) -> None:
+    from kjob.backend import LogOptions
+
+    backend = get_backend(False, kubeconfig, context, namespace)
+    done = backend.submit(objects, replace=replace)
+    click.echo(done.message)
+    if follow:
+        final = backend.logs(done.name, LogOptions(follow=True, color=sys.stdout.isatty()), click.echo)
+        _say_final(done.name, final)
+    elif wait:
+        final = backend.wait(done.name, done.namespace).state
+        _say_final(done.name, final)
+
+
+def _say_final(name: str, state: str | None) -> None:
+    if state is None:
+        return
+    click.echo(f"job {name} {state}", err=True)
+    if state == "Failed":
+        raise click.exceptions.Exit(1)
+
+
+OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True, help="Output format.")
+
+
+@cli.command()
+@click.argument("name")
+@OUTPUT
+@local_option
+@kube_options
+def status(name, output, local, kubeconfig, kube_context, namespace) -> None:
+    """Show one job's state, its pods, and why a pod is pending or failing."""
+    from kjob.status import dump, format_status
+
+    st = get_backend(local, kubeconfig, kube_context, namespace).status(name)
+    click.echo(format_status(st) if output == "text" else dump(st, output))
+
+
+@cli.command(name="list")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Jobs of every namespace.")
+@OUTPUT
+@local_option
+@kube_options
+def list_(all_namespaces, output, local, kubeconfig, kube_context, namespace) -> None:
+    """List the jobs made by kjob (label app.kubernetes.io/managed-by=kjob)."""
+    from kjob.status import dump, format_list
+
+    jobs = get_backend(local, kubeconfig, kube_context, namespace).list_jobs(all_namespaces)
+    click.echo(format_list(jobs, all_namespaces) if output == "text" else dump(jobs, output))
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.option("--wait", is_flag=True, help="Return when the job and its pods are gone.")
+@local_option
+@kube_options
+def delete(names, wait, local, kubeconfig, kube_context, namespace) -> None:
+    """Delete jobs; says what happens to their pods (cleanPodPolicy, garbage collection)."""
+    backend = get_backend(local, kubeconfig, kube_context, namespace)
+    failed: list[KjobError] = []
+    for name in names:
+        try:
+            click.echo(backend.delete(name, wait=wait))
+        except KjobError as e:
+            if len(names) == 1:
+                raise
+            failed.append(e)
+            click.echo(f"Error: {e.message}", err=True)
+    if failed:
+        raise click.exceptions.Exit(max(e.exit_code for e in failed))
+
+
+def _duration(text: str | None) -> int | None:
+    """'90', '90s', '5m', '2h' -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 5m, 2h", param_hint="--since") from None
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--replica", help="Which pod: launcher, master-0, worker-3 (default: the launcher of an MPIJob, the master of a PyTorchJob).")
+@click.option("--all", "all_replicas", is_flag=True, help="Every pod, each line prefixed with its replica.")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming (across reconnects and restarts) until the job ends.")
+@click.option("--since", help="Only lines newer than this (30s, 5m, 2h).")
+@click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--timestamps", is_flag=True, help="Prefix each line with the kubelet's timestamp.")
+@click.option("--previous", is_flag=True, help="The log of the previous (crashed) container.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), help="Also write every pod's log to DIR/POD.log.")
+@local_option
+@kube_options
+def logs(name, replica, all_replicas, follow, since, tail, timestamps, previous, save_dir, local, kubeconfig, kube_context, namespace) -> None:
+    """Show or follow a job's logs; with -f, waits for the pod (saying why it is pending)
+    and ends when the job ends, printing its final state (exit 1 if it failed)."""
+    from pathlib import Path
+
+    from kjob.backend import LogOptions
+
+    if previous and follow:
+        raise click.UsageError("--previous and --follow cannot be combined")
+    if replica and all_replicas:
+        raise click.UsageError("--replica and --all cannot be combined")
+    options = LogOptions(replica=replica, all_replicas=all_replicas, follow=follow, since_seconds=_duration(since), tail=tail,
+                         timestamps=timestamps, previous=previous, save_dir=Path(save_dir) if save_dir else None, color=sys.stdout.isatty())
+    final = get_backend(local, kubeconfig, kube_context, namespace).logs(name, options, click.echo)
+    _say_final(name, final)
+
+
+@cli.command(name="fetch-ckpt")
+@click.argument("name")
+@click.option("--dest", type=click.Path(file_okay=False), default="checkpoints", show_default=True, help="Folder to put the checkpoints in.")
+@click.option("--latest", "which", flag_value="latest", default=True, help="The newest checkpoint (default).")
+@click.option("--all", "which", flag_value="all", help="Every checkpoint in the index.")
+@click.option("--best", "which", flag_value="best", help="The checkpoint with the best metric.")
+@click.option("--epoch", type=click.IntRange(min=0), help="The checkpoint of this epoch.")
+@click.option("--list", "list_only", is_flag=True, help="Show the checkpoints (epoch, size, metrics, time) without downloading.")
+@click.option("--overwrite", is_flag=True, help="Replace differing files already in --dest.")
+@local_option
+@kube_options
+def fetch_ckpt(name, dest, which, epoch, list_only, overwrite, local, kubeconfig, kube_context, namespace) -> None:
+    """Fetch checkpoints of a job, verified against the trainer's sha256 index (exit 7
+    on a mismatch); an interrupted fetch resumes, skipping verified files."""
+    from pathlib import Path
+
+    from kjob.backend import FetchOptions
+
+    options = FetchOptions(dest=Path(dest), which="epoch" if epoch is not None else which, epoch=epoch, list_only=list_only,
+                           overwrite=overwrite, progress=sys.stderr.isatty())
+    entries = get_backend(local, kubeconfig, kube_context, namespace).fetch_checkpoints(name, options)
+    for e in entries:
+        metrics = " ".join(f"{k}={v}" for k, v in (e.get("metrics") or {}).items())
+        if list_only:
+            click.echo(f"epoch {e.get('epoch')}  {e['file']}  {e.get('bytes', 0)} bytes  {metrics}  {e.get('time', '')}".rstrip())
+        else:
+            click.echo(f"{Path(dest) / e['file']}  (epoch {e.get('epoch')}, sha256 verified)")
 
 
 def main() -> None:

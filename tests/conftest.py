@@ -1,0 +1,52 @@
+"""Shared fixtures. `kube`: a Kubernetes API server over real HTTP (tests/kubefake)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubefake import FakeServer, KubeHandle
+
+
+@pytest.fixture
+def kube(tmp_path, monkeypatch):
+    """A fresh API server per test; yields a KubeHandle (`.kubeconfig`, operator/kubelet
+    methods, faults). KUBECONFIG points at it and kjob's retries/polls are made fast."""
+    server = FakeServer().start()
+    handle = KubeHandle(server, tmp_path)
+    monkeypatch.setenv("KUBECONFIG", handle.kubeconfig)
+    monkeypatch.setenv("KJOB_RETRY_BACKOFF", "0.01")
+    monkeypatch.setenv("KJOB_POLL_SECONDS", "0.05")
+    try:
+        yield handle
+    finally:
+        server.stop()
+
+
+class KjobRun:
+    """What one in-process `kjob ...` call did."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"KjobRun(code={self.code}, out={self.out[-800:]!r}, err={self.err[-800:]!r})"
+
+
+@pytest.fixture
+def run_kjob(capsys, monkeypatch):
+    """Run `kjob ARGS...` in this process through kjob.cli.main (the same error handling
+    and exit codes as the installed script); returns a KjobRun."""
+    from kjob.cli import main
+
+    def run(*args: str) -> KjobRun:
+        capsys.readouterr()
+        monkeypatch.setattr("sys.argv", ["kjob", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return KjobRun(code, captured.out, captured.err)
+
+    return run
