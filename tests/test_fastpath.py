@@ -83,6 +83,19 @@ def test_train_transform_shape_and_determinism(image_folder):
     assert not all(torch.equal(x, ds[i][0]) for i, x in enumerate(first))
 
 
+def test_rrc_boxes_fit_and_follow_torchvision_distribution():
+    torch.manual_seed(0)
+    boxes = np.array([fi.rrc_params(375, 500, torch.rand(23).tolist()) for _ in range(2000)])
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 375).all() and (left + w <= 500).all()
+    area = h * w / (375 * 500)
+    assert 0.06 < area.min() and area.max() <= 1.0
+    assert abs(area.mean() - 0.435) < 0.03  # torchvision's get_params gives 0.435 here
+    # Extreme aspect ratios never fit a try: the fallback is a centred crop at the clamped ratio.
+    assert fi.rrc_params(10, 1000, [0.99] * 23) == (0, 493, 10, 13)
+    assert fi.rrc_params(1000, 10, [0.99] * 23) == (493, 0, 13, 10)
+
+
 def test_normalize_batch_is_imagenet_normalisation():
     batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     out = fi.normalize_batch(batch)

@@ -18,6 +18,7 @@ spends blocked on data each step, so the trainer can say when it is input-bound.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def decode_rgb(data: torch.Tensor, path: str | Path = "<bytes>") -> torch.Tensor
     """Decode encoded image bytes (1-D uint8 tensor) to a uint8 RGB tensor of shape (3, H, W).
 
     JPEGs go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo); anything else (ImageNet
-    has a few PNGs and CMYK files named .JPEG) through ``decode_image``, both forced to RGB.
+    has a few PNGs and CMYK files named .JPEG) through ``decode_image``, forced to RGB.
     Raises CorruptImage (naming `path`) when the bytes are not a decodable image.
     """
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -73,9 +74,16 @@ def decode_rgb(data: torch.Tensor, path: str | Path = "<bytes>") -> torch.Tensor
         # here); they still work, so the per-call warning is muted, not the decoder.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            if bytes(data[:3].tolist()) == JPEG_MAGIC:
-                return decode_jpeg(data, mode=ImageReadMode.RGB)
-            return decode_image(data, mode=ImageReadMode.RGB)
+            if bytes(data[:3].tolist()) != JPEG_MAGIC:
+                return decode_image(data, mode=ImageReadMode.RGB)
+            # The file's own colour space first: for the usual YCbCr JPEG that is already RGB,
+            # and it decodes ~1.6x faster than mode=RGB (measured; see BENCHMARKS.md).
+            img = decode_jpeg(data)
+            if img.shape[0] == 1:
+                return img.expand(3, -1, -1)
+            if img.shape[0] != 3:  # CMYK and friends: let libjpeg-turbo convert
+                img = decode_jpeg(data, mode=ImageReadMode.RGB)
+            return img
     except RuntimeError as e:
         raise CorruptImage(f"{path}: cannot decode image ({str(e).splitlines()[0]})") from e
 
@@ -89,11 +97,41 @@ def read_rgb(path: str | Path) -> torch.Tensor:
 # --------------------------------------------------------------------------- transforms
 
 
+def rrc_params(height: int, width: int, u: Sequence[float]) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random-resized-crop box, torchvision's algorithm, from uniforms `u`.
+
+    Up to 10 tries of (area in RRC_SCALE, log-uniform ratio in RRC_RATIO) that fit in the
+    image, else a center crop at the clamped ratio. `u` holds >= 22 numbers in [0, 1):
+    two per try plus two for the position. Taking them as one torch.rand() keeps torch's
+    seeding (and the loader's per-worker seeds) while costing one op instead of ~40 small
+    ones (torchvision's get_params spends ~0.3 ms per image on them).
+    """
+    area = height * width
+    log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    for k in range(10):
+        target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[2 * k])
+        ratio = math.exp(log_lo + (log_hi - log_lo) * u[2 * k + 1])
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(u[20] * (height - h + 1))
+            left = int(u[21] * (width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < RRC_RATIO[0]:
+        w, h = width, int(round(width / RRC_RATIO[0]))
+    elif in_ratio > RRC_RATIO[1]:
+        h, w = height, int(round(height * RRC_RATIO[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class TensorTrainTransform:
     """Random-resized-crop + horizontal flip of a uint8 (3, H, W) tensor to (3, size, size).
 
-    Same parameter sampling as torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3,
-    torch's RNG, so DataLoader's per-worker seeding applies); the resize is antialiased
+    Same box distribution as torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3)
+    from torch's RNG, so DataLoader's per-worker seeding applies; the resize is antialiased
     bilinear on uint8, which torch runs with a vectorised integer kernel.
     """
 
@@ -102,12 +140,12 @@ class TensorTrainTransform:
         self.flip = flip
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms import RandomResizedCrop
         from torchvision.transforms.v2 import functional as F
 
-        top, left, h, w = RandomResizedCrop.get_params(img, list(RRC_SCALE), list(RRC_RATIO))
+        u = torch.rand(23).tolist()
+        top, left, h, w = rrc_params(img.shape[-2], img.shape[-1], u)
         out = F.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
-        if self.flip and torch.rand(1).item() < 0.5:
+        if self.flip and u[22] < 0.5:
             out = out.flip(-1)
         return out
 
