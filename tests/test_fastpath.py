@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kjob_trainer import dali_input
 from kjob_trainer import fast_input as fi
 from kjob_trainer.errors import BadInput
 
@@ -68,6 +69,25 @@ def test_fast_center_crop_matches_pil_path(image_folder):
         diff = (a.float() - b.float()).abs()
         # Antialiased bilinear in torch vs PIL differ by rounding, not by geometry.
         assert diff.mean() < 1.0 and diff.max() <= 12
+
+
+def test_image_transform_options(image_folder):
+    samples, _ = fi.scan_image_folder(image_folder)
+    path = samples[1][0]
+    for decoder in ("torchvision", "pil"):
+        x = fi.image_transform(decoder, 40, train=False, eval_resize=48, normalize=True)(path)
+        assert x.shape == (3, 40, 40) and x.dtype == torch.float32
+        raw = fi.image_transform(decoder, 40, train=False, eval_resize=48)(path)
+        torch.testing.assert_close(x, fi.normalize_batch(raw.unsqueeze(0))[0])
+    # scale=(1, 1) on a 4:3 image: the box is the whole image, only the flip is random.
+    from torchvision.transforms.v2.functional import resize
+
+    whole = resize(fi.read_rgb(path), [30, 30], antialias=True)
+    for _ in range(4):
+        out = fi.image_transform("torchvision", 30, train=True, scale=(1.0, 1.0))(path)
+        assert torch.equal(out, whole) or torch.equal(out, whole.flip(-1))
+    with pytest.raises(fi.FastInputError, match="image size must be >= 1"):
+        fi.image_transform("torchvision", 0, train=True)
 
 
 def test_train_transform_shape_and_determinism(image_folder):
@@ -161,17 +181,17 @@ def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
     # A None entry in sys.modules makes `import nvidia.dali` fail, DALI installed or not.
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(fi.DaliUnavailable, match=r"pip install nvidia-dali-cuda120") as e:
-        fi.make_dali_loader([("x.JPEG", 0)], 2)
+        dali_input.make_dali_loader([("x.JPEG", 0)], 2)
     assert isinstance(e.value, BadInput) and e.value.exit_code == 2
     assert "\n" not in str(e.value)
-    with pytest.raises(fi.FastInputError, match="make_dali_loader"):
+    with pytest.raises(fi.FastInputError, match="use make_dali_loader"):
         fi.FastImageDataset([("x.JPEG", 0)], decoder="dali")
 
 
 def test_dali_cpu_pipeline_when_installed(image_folder):
     pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (optional)")
     samples, _ = fi.scan_image_folder(image_folder)
-    loader = fi.make_dali_loader(samples, 4, size=32, train=True, device="cpu", num_threads=1)
+    loader = dali_input.make_dali_loader(samples, 4, size=32, train=True, device="cpu", num_threads=1)
     batches = list(loader)
     assert len(batches) == 4
     x, y = batches[0]

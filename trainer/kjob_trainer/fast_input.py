@@ -8,7 +8,8 @@ Three decoders, one output format (uint8 CHW in the workers, normalised on the d
 - ``"pil"``: the classic ``PIL.Image.open`` + torchvision PIL transforms, for comparison and
   for formats torchvision cannot decode.
 - ``"dali"``: NVIDIA DALI (``pip install nvidia-dali-cuda120``), decoding with nvJPEG on the
-  GPU for nodes whose CPUs cannot keep up; imported only when asked for.
+  GPU for nodes whose CPUs cannot keep up: a whole loader, in dali_input.py, which imports
+  DALI only when asked for.
 
 Workers ship uint8 images (4x less inter-process and host-to-device traffic than float32);
 ``normalize_batch`` / ``DevicePrefetcher`` turn them into normalised float tensors on the
@@ -97,31 +98,32 @@ def read_rgb(path: str | Path) -> torch.Tensor:
 # --------------------------------------------------------------------------- transforms
 
 
-def rrc_params(height: int, width: int, u: Sequence[float]) -> tuple[int, int, int, int]:
+def rrc_params(height: int, width: int, u: Sequence[float], scale: tuple[float, float] = RRC_SCALE,
+               ratio: tuple[float, float] = RRC_RATIO) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random-resized-crop box, torchvision's algorithm, from uniforms `u`.
 
-    Up to 10 tries of (area in RRC_SCALE, log-uniform ratio in RRC_RATIO) that fit in the
+    Up to 10 tries of (area fraction in `scale`, log-uniform aspect in `ratio`) that fit in the
     image, else a center crop at the clamped ratio. `u` holds >= 22 numbers in [0, 1):
     two per try plus two for the position. Taking them as one torch.rand() keeps torch's
     seeding (and the loader's per-worker seeds) while costing one op instead of ~40 small
     ones (torchvision's get_params spends ~0.3 ms per image on them).
     """
     area = height * width
-    log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for k in range(10):
-        target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[2 * k])
-        ratio = math.exp(log_lo + (log_hi - log_lo) * u[2 * k + 1])
-        w = int(round(math.sqrt(target * ratio)))
-        h = int(round(math.sqrt(target / ratio)))
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * k])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[2 * k + 1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
             top = int(u[20] * (height - h + 1))
             left = int(u[21] * (width - w + 1))
             return top, left, h, w
     in_ratio = width / height
-    if in_ratio < RRC_RATIO[0]:
-        w, h = width, int(round(width / RRC_RATIO[0]))
-    elif in_ratio > RRC_RATIO[1]:
-        h, w = height, int(round(height * RRC_RATIO[1]))
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
@@ -135,15 +137,16 @@ class TensorTrainTransform:
     bilinear on uint8, which torch runs with a vectorised integer kernel.
     """
 
-    def __init__(self, size: int, *, flip: bool = True) -> None:
+    def __init__(self, size: int, *, flip: bool = True, scale: tuple[float, float] = RRC_SCALE) -> None:
         self.size = size
         self.flip = flip
+        self.scale = scale
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
         u = torch.rand(23).tolist()
-        top, left, h, w = rrc_params(img.shape[-2], img.shape[-1], u)
+        top, left, h, w = rrc_params(img.shape[-2], img.shape[-1], u, self.scale)
         out = F.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
         if self.flip and u[22] < 0.5:
             out = out.flip(-1)
@@ -151,26 +154,29 @@ class TensorTrainTransform:
 
 
 class TensorEvalTransform:
-    """Resize the short side to size/0.875, then center-crop size x size (uint8 in, uint8 out)."""
+    """Resize the short side to `resize` (default size/0.875), then center-crop size x size
+    (uint8 in, uint8 out)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, resize: int | None = None) -> None:
         self.size = size
+        self.resize = resize or int(round(size / EVAL_CROP_FRACTION))
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
-        out = F.resize(img, [int(round(self.size / EVAL_CROP_FRACTION))], antialias=True)
+        out = F.resize(img, [self.resize], antialias=True)
         return F.center_crop(out, [self.size, self.size])
 
 
-def pil_transform(size: int, *, train: bool) -> Callable[[Any], torch.Tensor]:
+def pil_transform(size: int, *, train: bool, scale: tuple[float, float] = RRC_SCALE,
+                  resize: int | None = None) -> Callable[[Any], torch.Tensor]:
     """The classic torchvision PIL pipeline, ending in a uint8 (3, size, size) tensor."""
     from torchvision import transforms as T
 
     if train:
-        steps = [T.RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO), T.RandomHorizontalFlip()]
+        steps = [T.RandomResizedCrop(size, scale=scale, ratio=RRC_RATIO), T.RandomHorizontalFlip()]
     else:
-        steps = [T.Resize(int(round(size / EVAL_CROP_FRACTION))), T.CenterCrop(size)]
+        steps = [T.Resize(resize or int(round(size / EVAL_CROP_FRACTION))), T.CenterCrop(size)]
     return T.Compose([*steps, T.PILToTensor()])
 
 
@@ -188,6 +194,35 @@ def load_pil_rgb(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- dataset + loader
 
 
+def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float, float] = RRC_SCALE,
+                    eval_resize: int | None = None, normalize: bool = False) -> Callable[[str], torch.Tensor]:
+    """path -> (3, size, size) tensor: read, decode with `decoder`, augment (train) or
+    resize + center-crop (eval). uint8 by default; normalize=True gives the ImageNet-normalised
+    float32 tensor a dataset that does not normalise on the device expects.
+
+    Raises FastInputError for a decoder other than "torchvision" or "pil" or a bad size;
+    the returned function raises CorruptImage for an undecodable file.
+    """
+    if decoder not in ("torchvision", "pil"):
+        hint = " (DALI is a whole loader: use make_dali_loader)" if decoder == "dali" else ""
+        raise FastInputError(f"unknown decoder {decoder!r} for the worker pipeline: "
+                             f"choose torchvision or pil{hint}")
+    if size < 1:
+        raise FastInputError(f"image size must be >= 1, got {size}")
+    if decoder == "torchvision":
+        tf: Callable[[Any], torch.Tensor] = (TensorTrainTransform(size, scale=scale) if train
+                                             else TensorEvalTransform(size, resize=eval_resize))
+        load: Callable[[str], Any] = read_rgb
+    else:
+        tf, load = pil_transform(size, train=train, scale=scale, resize=eval_resize), load_pil_rgb
+
+    def transform(path: str) -> torch.Tensor:
+        out = tf(load(path))
+        return normalize_batch(out.unsqueeze(0))[0] if normalize else out
+
+    return transform
+
+
 class FastImageDataset(torch.utils.data.Dataset):
     """(path, label) samples -> (uint8 (3, size, size) tensor, label), decoded by `decoder`.
 
@@ -197,28 +232,16 @@ class FastImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]], *, size: int = 224, train: bool = True,
                  decoder: str = "torchvision") -> None:
-        if decoder not in ("torchvision", "pil"):
-            hint = " (use make_dali_loader for DALI)" if decoder == "dali" else ""
-            raise FastInputError(f"unknown decoder {decoder!r} for FastImageDataset: "
-                                 f"choose torchvision or pil{hint}")
-        if size < 1:
-            raise FastInputError(f"image size must be >= 1, got {size}")
         self.samples = list(samples)
         self.decoder = decoder
-        if decoder == "torchvision":
-            self.transform: Callable[[Any], torch.Tensor] = (
-                TensorTrainTransform(size) if train else TensorEvalTransform(size))
-            self.load: Callable[[str], Any] = read_rgb
-        else:
-            self.transform = pil_transform(size, train=train)
-            self.load = load_pil_rgb
+        self.transform = image_transform(decoder, size, train=train)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return self.transform(self.load(path)), label
+        return self.transform(path), label
 
 
 @dataclass(frozen=True)
@@ -411,115 +434,6 @@ class DataWaitMeter:
         if self.input_bound:
             line += " - input-bound: add loader workers or use --input dali"
         return line
-
-
-# --------------------------------------------------------------------------- DALI
-
-
-def import_dali() -> Any:
-    """Import NVIDIA DALI lazily. Raises DaliUnavailable with the install command."""
-    try:
-        import nvidia.dali  # noqa: F401
-        import nvidia.dali.fn  # noqa: F401
-        import nvidia.dali.plugin.pytorch  # noqa: F401
-    except ImportError as e:
-        raise DaliUnavailable(
-            f"the DALI input pipeline needs NVIDIA DALI, which cannot be imported here ({e}); "
-            "install it with `pip install nvidia-dali-cuda120` (CUDA 12 driver) or choose "
-            "the torchvision decoder") from e
-    return nvidia.dali
-
-
-class DaliLoader:
-    """Batches of (normalised images, int64 labels) torch tensors from an NVIDIA DALI pipeline.
-
-    Built by make_dali_loader; iterate it once per epoch. Length = batches per epoch for
-    this rank (the last partial batch is dropped in training, kept in evaluation).
-    """
-
-    def __init__(self, samples: Sequence[tuple[str, int]], batch_size: int, *, size: int, train: bool,
-                 rank: int, world_size: int, device: str, device_id: int, num_threads: int,
-                 seed: int, channels_last: bool, dtype: torch.dtype) -> None:
-        import_dali()
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-        self.dtype = dtype
-        self.channels_last = channels_last
-        pipe = _dali_pipeline(
-            [p for p, _ in samples], [int(c) for _, c in samples], size=size, train=train,
-            shard_id=rank, num_shards=world_size, device=device, channels_last=channels_last,
-            batch_size=batch_size, num_threads=num_threads,
-            # DALI's CPU-only mode is spelled device_id=None.
-            device_id=device_id if device == "gpu" else None, seed=seed + rank)
-        pipe.build()
-        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
-        self._iter = DALIGenericIterator([pipe], ["images", "labels"], reader_name="Reader",
-                                         last_batch_policy=policy, auto_reset=True)
-
-    def __len__(self) -> int:
-        return len(self._iter)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for out in self._iter:
-            images, labels = out[0]["images"], out[0]["labels"]
-            if self.channels_last:  # DALI wrote NHWC: the same bytes, viewed as channels-last NCHW
-                images = images.permute(0, 3, 1, 2)
-            yield images.to(self.dtype), labels.reshape(-1).long()
-
-
-def _dali_pipeline(files: list[str], labels: list[int], *, size: int, train: bool, shard_id: int,
-                   num_shards: int, device: str, channels_last: bool, **pipe_kwargs: Any) -> Any:
-    """The DALI graph: read -> decode (+random crop) -> resize -> crop/flip/normalise."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    decode_device = "mixed" if device == "gpu" else "cpu"  # "mixed": nvJPEG, host Huffman + GPU IDCT
-
-    @pipeline_def
-    def pipeline() -> Any:
-        jpegs, label = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
-                                       random_shuffle=train, pad_last_batch=True, name="Reader")
-        if train:
-            images = fn.decoders.image_random_crop(
-                jpegs, device=decode_device, output_type=types.RGB, random_area=list(RRC_SCALE),
-                random_aspect_ratio=list(RRC_RATIO), num_attempts=10)
-            images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
-            mirror = fn.random.coin_flip(probability=0.5)
-        else:
-            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=int(round(size / EVAL_CROP_FRACTION)), antialias=True)
-            mirror = 0
-        images = fn.crop_mirror_normalize(
-            images, dtype=types.FLOAT, output_layout="HWC" if channels_last else "CHW",
-            crop=(size, size), mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), mirror=mirror)
-        return images, (label.gpu() if device == "gpu" else label)
-
-    return pipeline(**pipe_kwargs)
-
-
-def make_dali_loader(samples: Sequence[tuple[str, int]], batch_size: int, *, size: int = 224,
-                     train: bool = True, rank: int = 0, world_size: int = 1,
-                     device: str = "gpu", device_id: int = 0, num_threads: int = 4,
-                     seed: int = 0, channels_last: bool = False,
-                     dtype: torch.dtype = torch.float32) -> DaliLoader:
-    """A DALI loader yielding (normalised images, int64 labels) torch tensors per batch.
-
-    device="gpu" decodes with nvJPEG ("mixed") and augments on GPU `device_id`;
-    device="cpu" runs the whole pipeline on CPU threads (for testing without a GPU).
-    Each rank reads its own 1/world_size shard. Raises DaliUnavailable when DALI is not
-    installed (checked first, so the message is the same on every machine) or no GPU is
-    visible for device="gpu"; FastInputError for bad arguments.
-    """
-    import_dali()
-    if device not in ("gpu", "cpu"):
-        raise FastInputError(f"DALI device must be gpu or cpu, got {device!r}")
-    if device == "gpu" and not torch.cuda.is_available():
-        raise DaliUnavailable("the DALI input pipeline with device=gpu needs a CUDA GPU, and none is "
-                              "visible; use the torchvision decoder (or DALI device=cpu) here")
-    if batch_size < 1 or not samples:
-        raise FastInputError("the DALI loader needs batch size >= 1 and at least one sample")
-    return DaliLoader(samples, batch_size, size=size, train=train, rank=rank, world_size=world_size,
-                      device=device, device_id=device_id, num_threads=num_threads, seed=seed,
-                      channels_last=channels_last, dtype=dtype)
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
