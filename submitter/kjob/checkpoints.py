@@ -28,9 +28,9 @@ from typing import Callable, Iterator
 from kjob.backend import FetchOptions
 from kjob.ckpt_index import INDEX_NAME, MAX_INDEX_BYTES, expected, parse_index, select, write_local_index
 from kjob.errors import ClusterUnavailable, InvalidInput, KjobError, NotFound, VerificationFailed
-from kjob.exec_stream import ExecStream, api_call, open_exec
+from kjob.exec_stream import open_exec
 from kjob.progress import Progress
-from kjob.tarsafe import ChunkReader, extract_verified, plan, remove_stale_temps
+from kjob.tarsafe import BlockReader, TruncatedStream, extract_verified, plan, remove_stale_temps
 
 CLAIM_ANNOTATION = "kjob.dev/checkpoint-claim"
 OUTPUT_ANNOTATION = "kjob.dev/output-path"
@@ -43,6 +43,7 @@ FALLBACK_IMAGE = "busybox:1.36"
 HELPER_DEADLINE_S = 3600
 # How long to wait for the helper to start before giving up with its pending reason.
 HELPER_START_TIMEOUT_S = float(os.environ.get("KJOB_FETCH_POD_TIMEOUT", "180"))
+HELPER_POLL_S = 0.25
 # No byte from the pod for this long means the connection is dead, not slow.
 IDLE_TIMEOUT_S = float(os.environ.get("KJOB_FETCH_IDLE_TIMEOUT", "120"))
 
@@ -109,19 +110,25 @@ def _template_mount(job_obj: dict, claim: str, output: str) -> str | None:
     return None
 
 
-def find_running_pod(core, target: Target) -> tuple[str, str] | None:
+def _pods_path(namespace: str, name: str | None = None) -> str:
+    from kjob.kubeapi import api_path
+
+    return api_path("v1", "pods", namespace, name)
+
+
+def find_running_pod(kube, target: Target) -> tuple[str, str] | None:
     """A Running pod of the job whose running container mounts the claim at the output path."""
-    pods = api_call(lambda: core.list_namespaced_pod(target.namespace, label_selector=f"{JOB_NAME_LABEL}={target.job}"),
-                    f"list pods of job {target.job}")
+    pods = kube.request("GET", _pods_path(target.namespace), verb="list", resource="pods", namespace=target.namespace,
+                        query={"labelSelector": f"{JOB_NAME_LABEL}={target.job}"})
     output = posixpath.dirname(target.ckpt_dir)
-    for pod in sorted(pods.items, key=lambda p: p.metadata.name):
-        if (pod.status and pod.status.phase) != "Running":
+    for pod in sorted(pods.get("items") or [], key=lambda p: p["metadata"]["name"]):
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running":
             continue
-        spec = core.api_client.sanitize_for_serialization(pod.spec)
-        hit = _claim_mount(spec, target.claim, output)
-        running = {cs.name for cs in (pod.status.container_statuses or []) if cs.state and cs.state.running}
+        hit = _claim_mount(pod.get("spec") or {}, target.claim, output)
+        running = {cs.get("name") for cs in status.get("containerStatuses") or [] if (cs.get("state") or {}).get("running")}
         if hit and hit[0] in running:
-            return pod.metadata.name, hit[0]
+            return pod["metadata"]["name"], hit[0]
     return None
 
 
@@ -180,75 +187,66 @@ def helper_pod(job_obj: dict, target: Target, name: str) -> dict:
             "spec": spec}
 
 
-def pending_reason(pod) -> str | None:
-    """One line saying why a pod is not running yet (or None when nothing is known)."""
-    st = pod.status
-    if st is None:
-        return None
-    for cs in st.container_statuses or []:
-        w = cs.state.waiting if cs.state else None
-        if w and w.reason and w.reason not in ("ContainerCreating", "PodInitializing"):
-            return f"{w.reason}: {w.message}" if w.message else w.reason
-    for cond in st.conditions or []:
-        if cond.type == "PodScheduled" and cond.status == "False":
-            return f"{cond.reason}: {cond.message}" if cond.message else cond.reason
-    return st.reason or None
-
-
 @contextmanager
-def exec_pod(core, job_obj: dict, target: Target, say: Callable[[str], None]):
+def exec_pod(kube, job_obj: dict, target: Target, say: Callable[[str], None]):
     """Yield `target` with .pod/.container set: a Running pod of the job, or a helper pod
     that is deleted on the way out whatever happens (success, error, Ctrl-C)."""
-    found = find_running_pod(core, target)
+    found = find_running_pod(kube, target)
     if found:
         target.pod, target.container = found
         yield target
         return
     name = f"{target.job[:40]}-fetch-{secrets.token_hex(3)}"
     manifest = helper_pod(job_obj, target, name)
-    api_call(lambda: core.create_namespaced_pod(target.namespace, manifest), f"create helper pod {name}")
+    kube.request("POST", _pods_path(target.namespace), verb="create", resource="pods", name=name,
+                 namespace=target.namespace, body=manifest)
     try:
-        _wait_running(core, target.namespace, name, say)
+        _wait_running(kube, target.namespace, name, say)
         target.pod, target.container = name, "fetch"
         yield target
     finally:
-        _delete_quietly(core, target.namespace, name, say)
+        _delete_quietly(kube, target.namespace, name, say)
 
 
-def _wait_running(core, namespace: str, name: str, say: Callable[[str], None]) -> None:
+def _wait_running(kube, namespace: str, name: str, say: Callable[[str], None]) -> None:
+    from kjob.status import pod_reason
+
     deadline = time.monotonic() + HELPER_START_TIMEOUT_S
     shown = None
     while True:
-        pod = api_call(lambda: core.read_namespaced_pod(name, namespace), f"get helper pod {name}")
-        phase = pod.status.phase if pod.status else None
+        pod = kube.request("GET", _pods_path(namespace, name), verb="get", resource="pods", name=name, namespace=namespace)
+        phase = (pod.get("status") or {}).get("phase")
         if phase == "Running":
             return
-        reason = pending_reason(pod)
+        events = kube.request("GET", f"/api/v1/namespaces/{namespace}/events", verb="list", resource="events",
+                              namespace=namespace, query={"fieldSelector": f"involvedObject.name={name}"})
+        reason = pod_reason(pod, events.get("items") or [])
         if phase in ("Failed", "Succeeded"):
             raise ClusterUnavailable(f"helper pod {name} ended ({phase}) before the transfer: {reason or 'no reason given'}")
         if reason and reason != shown:
             say(f"waiting for helper pod {name}: {reason}")
             shown = reason
         if time.monotonic() > deadline:
-            raise ClusterUnavailable(f"helper pod {name} did not start within {HELPER_START_TIMEOUT_S:.0f} s: "
-                                     f"{reason or 'Pending'}", hint="kjob status shows the job's pods; KJOB_FETCH_POD_TIMEOUT waits longer")
-        time.sleep(0.3)
+            raise ClusterUnavailable(f"helper pod {name} did not start within {HELPER_START_TIMEOUT_S:g} s: {reason or 'Pending'}",
+                                     hint="kjob status shows the job's pods; KJOB_FETCH_POD_TIMEOUT waits longer")
+        time.sleep(HELPER_POLL_S)
 
 
-def _delete_quietly(core, namespace: str, name: str, say: Callable[[str], None]) -> None:
+def _delete_quietly(kube, namespace: str, name: str, say: Callable[[str], None]) -> None:
     """Delete the helper; a failure here must not hide the error that got us here."""
     try:
-        api_call(lambda: core.delete_namespaced_pod(name, namespace, grace_period_seconds=0), f"delete helper pod {name}")
+        kube.request("DELETE", _pods_path(namespace, name), verb="delete", resource="pods", name=name,
+                     namespace=namespace, query={"gracePeriodSeconds": 0})
     except NotFound:
         pass
     except KjobError as e:
         say(f"warning: could not delete helper pod {name} ({e.message}); it ends itself within {HELPER_DEADLINE_S} s")
 
 
-def read_index(core, target: Target) -> dict:
+def read_index(kube, target: Target) -> dict:
     """`cat` index.json in the pod. Raises NotFound when there is none yet."""
     path = posixpath.join(target.ckpt_dir, INDEX_NAME)
-    stream = open_exec(core, target.namespace, target.pod, target.container, ["cat", path], IDLE_TIMEOUT_S)
+    stream = open_exec(kube, target.namespace, target.pod, target.container, ["cat", path], IDLE_TIMEOUT_S)
     buf = bytearray()
     with stream:
         for chunk in stream:
@@ -264,33 +262,31 @@ def read_index(core, target: Target) -> dict:
     return parse_index(bytes(buf), f"{target.claim}:{path}")
 
 
-def transfer(core, target: Target, need: list, dest: Path, *, overwrite: bool, progress: Progress) -> None:
+def transfer(kube, target: Target, need: list, dest: Path, *, overwrite: bool, progress: Progress) -> None:
     """Stream `need` with tar and extract it verified into `dest`.
 
     Raises VerificationFailed (mismatch, hostile entry, files missing from a complete
     stream), ClusterUnavailable (the stream was cut or tar failed: files verified so far
     are kept, a rerun fetches the rest), Conflict.
     """
-    import tarfile
-
     argv = ["tar", "cf", "-", "-C", target.ckpt_dir] + [e.name for e in need]
-    stream = open_exec(core, target.namespace, target.pod, target.container, argv, IDLE_TIMEOUT_S)
-    reader = ChunkReader(stream)
+    stream = open_exec(kube, target.namespace, target.pod, target.container, argv, IDLE_TIMEOUT_S)
+    blocks = BlockReader(stream)
     got: list = []
     try:
         with stream:
             try:
-                extract_verified(reader, dest, need, overwrite=overwrite, on_bytes=progress.add, on_file=got.append)
-            except (tarfile.ReadError, tarfile.HeaderError, EOFError) as e:
-                if not stream.cut and stream.exit_code() in (None, 0):
-                    raise VerificationFailed(f"the tar stream from pod {target.pod} is malformed ({e})") from e
+                extract_verified(stream, dest, need, overwrite=overwrite, on_bytes=progress.add,
+                                 on_file=got.append, blocks=blocks)
+            except TruncatedStream:
+                pass  # a cut or a failed tar: told apart below from the status
             stream.drain()
     finally:
         progress.done()
     missing = [e.name for e in need if e not in got]
     if stream.cut:
         raise ClusterUnavailable(
-            f"the transfer from pod {target.pod} was cut after {human(reader.bytes_read)}: "
+            f"the transfer from pod {target.pod} was cut after {human(blocks.bytes_read)}: "
             f"{len(got)} of {len(need)} files verified and kept in {dest}",
             hint="run the same command again to fetch only the rest")
     code = stream.exit_code()
@@ -308,10 +304,10 @@ def human(n: int) -> str:
     return human_bytes(n)
 
 
-def fetch(core, job_obj: dict, options: FetchOptions, *, say: Callable[[str], None] | None = None) -> list[dict]:
+def fetch(kube, job_obj: dict, options: FetchOptions, *, say: Callable[[str], None] | None = None) -> list[dict]:
     """List or fetch the checkpoints of `job_obj` (a job object as read from the API).
 
-    `core` is a kubernetes CoreV1Api. Returns the selected index entries. Raises only
+    `kube` is a kjob.kubeapi.Kube (requests are retried and translated there). Returns the selected index entries. Raises only
     KjobError subclasses: NotFound (no claim annotation, no index, nothing selected),
     VerificationFailed (exit 7), Conflict (a differing file in --dest), ClusterUnavailable,
     Forbidden; a KeyboardInterrupt passes through after the helper pod is deleted.
@@ -321,8 +317,8 @@ def fetch(core, job_obj: dict, options: FetchOptions, *, say: Callable[[str], No
     dest = Path(options.dest)
     if not options.list_only and dest.exists() and not dest.is_dir():
         raise InvalidInput(f"--dest {dest} exists and is not a folder")
-    with exec_pod(core, job_obj, target, say) as t:
-        index = read_index(core, t)
+    with exec_pod(kube, job_obj, target, say) as t:
+        index = read_index(kube, t)
         entries = select(index, options, f"{t.claim}:{t.ckpt_dir}")
         if options.list_only:
             return entries
@@ -333,6 +329,6 @@ def fetch(core, job_obj: dict, options: FetchOptions, *, say: Callable[[str], No
             say(f"{len(have)} file(s) already in {dest} and verified: skipped")
         if need:
             progress = Progress(sum(e.size for e in need), enabled=options.progress)
-            transfer(core, t, need, dest, overwrite=options.overwrite, progress=progress)
+            transfer(kube, t, need, dest, overwrite=options.overwrite, progress=progress)
         write_local_index(dest, index, entries)
     return entries

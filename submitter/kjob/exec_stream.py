@@ -15,81 +15,61 @@ Channel bytes (v4/v5.channel.k8s.io): 1 stdout, 2 stderr, 3 the final metav1.Sta
 from __future__ import annotations
 
 import json
-import re
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
-from kjob.errors import ClusterUnavailable, Conflict, Forbidden, KjobError, NotFound
+from kjob.errors import ClusterUnavailable, KjobError
 
 STDOUT, STDERR, STATUS, CLOSE = 1, 2, 3, 255
 # Enough stderr to explain a failure (tar names the file it could not read).
 STDERR_KEEP = 8192
+STATUS_KEEP = 65536
+# One read from the socket fills up to this much; frames are cut into pieces of at most
+# PIECE for the consumer, so a huge (or hostile) frame length never means a huge buffer.
+READ_BUFFER = 1 << 20
+PIECE = 1 << 20
 
-T = TypeVar("T")
+def exec_error(e: Exception, kube, pod: str, namespace: str) -> KjobError:
+    """A failed exec handshake -> KjobError, through kubeapi's translation.
 
+    The client wraps websocket failures in ApiException(status=0) and keeps the real one
+    as the context: a WebSocketBadStatusException carries the HTTP status and the
+    apiserver's Status body; anything else is a transport error.
+    """
+    from kjob.kubeapi import HttpError, translate
 
-def _translate(e: Exception, what: str) -> KjobError:
-    """kubernetes / urllib3 / websocket exceptions -> KjobError (exit codes 3, 4, 5, 6)."""
-    status = getattr(e, "status", None)
-    reason = str(getattr(e, "reason", "") or e)
-    body = getattr(e, "body", None)
-    if status == 0:  # the websocket handshake failed: the HTTP status is in the text
-        m = re.search(r"Handshake status (\d+)", reason)
-        status = int(m.group(1)) if m else None
-        b = re.search(r"-\+-\+- (b?['\"].*['\"])\s*$", reason, re.S)
-        body = b.group(1) if b else None
-    message = _status_message(body) or reason
-    if status == 403:
-        return Forbidden(f"forbidden: {what}: {message}")
-    if status == 404:
-        return NotFound(f"not found: {what}: {message}")
-    if status == 409:
-        return Conflict(f"conflict: {what}: {message}")
-    if status == 401:
-        return ClusterUnavailable(f"unauthorized (401): {what}: check the kubeconfig's credentials")
+    cause = e.__context__ or e
+    status = getattr(cause, "status_code", None)
     if status:
-        return ClusterUnavailable(f"{what} failed (HTTP {status}): {message}")
-    return ClusterUnavailable(f"{what}: cannot reach the API server: {message}")
-
-
-def _status_message(body) -> str | None:
-    if body is None:
-        return None
-    text = body
-    if isinstance(body, str) and body[:2] in ("b'", 'b"'):
-        text = body[2:-1].encode().decode("unicode_escape", "replace")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    try:
-        return json.loads(text).get("message")
-    except (ValueError, AttributeError):
-        return None
-
-
-def api_call(fn: Callable[[], T], what: str) -> T:
-    """Call the client; its exceptions become KjobError (the client's never escape)."""
-    try:
-        return fn()
-    except KjobError:
-        raise
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # noqa: BLE001 - ApiException, urllib3 and socket errors alike
-        raise _translate(e, what) from e
+        body = getattr(cause, "resp_body", b"") or b""
+        e = HttpError(status, body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))
+    elif cause is not e:
+        e = cause
+    return translate(e, kube=kube, verb="create", resource="pods/exec", name=pod, namespace=namespace)
 
 
 class ExecStream:
     """The stdout of one exec, chunk by chunk; stderr and the exit status on the side.
 
-    Iterate for stdout chunks (memoryviews of one frame each). After the iteration,
-    `cut` is True when the connection ended without a status frame (a lost node, a
-    dropped proxy), else `exit_code()` is the command's exit code.
+    Iterate for stdout chunks (bytes, at most PIECE each). After the iteration, `cut`
+    is True when the connection ended without a status frame (a lost node, a dropped
+    proxy), else `exit_code()` is the command's exit code.
+
+    Frames are parsed here (RFC 6455, server to client: unmasked, possibly fragmented)
+    from the client's socket through one 1 MiB read buffer: a few hundred reads for
+    200 MB instead of websocket-client's several small reads per frame.
     """
 
     def __init__(self, ws_client, what: str) -> None:
         self._ws = ws_client
         self._what = what
+        sock = ws_client.sock  # websocket.WebSocket, after the handshake
+        # Bytes websocket-client may have read past the handshake (normally none).
+        self._pre = b"".join(getattr(getattr(sock, "frame_buffer", None), "recv_buffer", []) or [])
+        self._file = sock.sock.makefile("rb", buffering=READ_BUFFER)
+        self._timeout = sock.gettimeout()
         self._stderr = bytearray()
         self._status = bytearray()
+        self._channel: int | None = None  # channel of a fragmented message in progress
         self.cut = False
         self._ended = False
 
@@ -100,57 +80,81 @@ class ExecStream:
         self.close()
 
     def close(self) -> None:
-        try:
-            self._ws.close()
-        except Exception:  # noqa: BLE001 - closing a dead socket is not news
-            pass
-
-    def __iter__(self) -> Iterator[memoryview]:
-        from websocket import ABNF, WebSocketConnectionClosedException, WebSocketTimeoutException
-
-        sock = self._ws.sock
-        while not self._ended:
+        for closer in (self._file.close, self._ws.close):
             try:
-                opcode, frame = sock.recv_data_frame(True)
-            except WebSocketTimeoutException as e:
-                raise ClusterUnavailable(f"{self._what}: no data for {sock.gettimeout():.0f} s; the connection looks dead",
-                                         hint="run the same command again to resume") from e
-            except (WebSocketConnectionClosedException, ConnectionError, OSError):
+                closer()
+            except Exception:  # noqa: BLE001 - closing a dead socket is not news
+                pass
+
+    def _read(self, n: int) -> bytes:
+        """Exactly n bytes (n <= PIECE), or raise EOFError when the connection ends."""
+        if self._pre:
+            out, self._pre = self._pre[:n], self._pre[n:]
+            if len(out) == n:
+                return out
+            n -= len(out)
+        else:
+            out = b""
+        more = self._file.read(n)
+        if len(more) < n:
+            raise EOFError
+        return out + more if out else more
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while not self._ended:
+                yield from self._frame()
+        except TimeoutError as e:
+            raise ClusterUnavailable(f"{self._what}: no data for {self._timeout:.0f} s; the connection looks dead",
+                                     hint="run the same command again to resume") from e
+        except (EOFError, OSError, ValueError):  # ValueError: read on a closed file
+            self._end()
+
+    def _frame(self) -> Iterator[bytes]:
+        b0, b1 = self._read(2)
+        fin, opcode, n = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._read(8), "big")
+        if b1 & 0x80:
+            raise ClusterUnavailable(f"{self._what}: the server sent a masked websocket frame (protocol error)")
+        if opcode >= 0x8:  # control frames: close, ping, pong (small by the RFC)
+            payload = self._read(min(n, 125)) if n else b""
+            if opcode == 0x8:
                 self._end()
-                return
-            if opcode == ABNF.OPCODE_CLOSE:
-                self._end()
-                return
-            if opcode not in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT):
-                continue  # ping/pong
-            data = frame.data
-            if isinstance(data, str):
-                data = data.encode()
-            if not data:
-                continue
-            channel, payload = data[0], memoryview(data)[1:]
+            elif opcode == 0x9:
+                self._ws.sock.pong(payload)
+            return
+        first = opcode != 0x0
+        while n > 0:
+            piece = self._read(min(n, PIECE))
+            n -= len(piece)
+            if first:
+                self._channel, piece, first = piece[0], piece[1:], False
+            channel = self._channel
             if channel == STDOUT:
-                if payload:
-                    yield payload
+                if piece:
+                    yield piece
             elif channel == STDERR:
-                self._stderr += payload
+                self._stderr += piece
                 del self._stderr[:-STDERR_KEEP]
             elif channel == STATUS:
-                self._status += payload
-                # The status is the last word: the server closes right after it.
-                self._end()
-                return
+                self._status += piece[: STATUS_KEEP - len(self._status)]
+        if fin and self._channel == STATUS:
+            self._end()  # the status is the last word: the server closes right after it
 
     def _end(self) -> None:
         self._ended = True
         self.cut = not self._status
 
     def drain(self) -> None:
-        """Read to the end (after the tar EOF, tar may still send padding and the status)."""
+        """Read to the end (after the tar EOF come tar's padding and the status)."""
         for _ in self:
             pass
 
     def stderr_text(self) -> str:
+        """The last line the command wrote to stderr ('' when none)."""
         lines = bytes(self._stderr).decode("utf-8", "replace").strip().splitlines()
         return lines[-1].strip() if lines else ""
 
@@ -177,13 +181,19 @@ class ExecStream:
         raise ClusterUnavailable(f"{self._what} failed: {st.get('message') or st.get('reason') or 'unknown error'}")
 
 
-def open_exec(core, namespace: str, pod: str, container: str | None, argv: list[str], idle_timeout: float) -> ExecStream:
-    """Start `argv` in the pod's container; returns the ExecStream. Raises KjobError."""
+def open_exec(kube, namespace: str, pod: str, container: str | None, argv: list[str], idle_timeout: float) -> ExecStream:
+    """Start `argv` in the pod's container (kube: a kjob.kubeapi.Kube); returns the
+    ExecStream. Raises KjobError (NotFound, Forbidden, ClusterUnavailable, InvalidInput)."""
+    from kubernetes import client
     from kubernetes.stream import stream
 
-    what = f"exec {argv[0]} in pod {pod}"
-    ws = api_call(lambda: stream(core.connect_get_namespaced_pod_exec, pod, namespace, command=argv,
-                                 container=container, stderr=True, stdin=False, stdout=True, tty=False,
-                                 _preload_content=False, binary=True), what)
+    try:
+        ws = stream(client.CoreV1Api(kube.api).connect_get_namespaced_pod_exec, pod, namespace, command=argv,
+                    container=container, stderr=True, stdin=False, stdout=True, tty=False,
+                    _preload_content=False, binary=True)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - ApiException and transport errors alike
+        raise exec_error(e, kube, pod, namespace) from e
     ws.sock.settimeout(idle_timeout)
-    return ExecStream(ws, what)
+    return ExecStream(ws, f"exec {argv[0]} in pod {pod}")
