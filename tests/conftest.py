@@ -47,6 +47,8 @@ def run_kjob(capsys, monkeypatch):
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         captured = capsys.readouterr()
+        # main()'s last line of defence caught something that is not a KjobError: a bug.
+        assert "internal error:" not in captured.err, captured.err
         return KjobRun(code, captured.out, captured.err)
 
     return run

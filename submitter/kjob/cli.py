@@ -74,7 +74,7 @@ def _render_all(paths, namespace: str | None = None) -> list[dict]:
 
 @cli.command()
 @spec_paths_argument
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write one file per object plus kustomization.yaml into this directory (replaced as a whole) instead of printing.")
+@click.option("-o", "--output-dir", type=click.Path(), help="Write one file per object plus kustomization.yaml into this directory (replaced as a whole) instead of printing.")
 @format_option
 @click.option("-n", "--namespace", help="Set metadata.namespace (overrides the specs').")
 def render(specs, output_dir, fmt, namespace) -> None:
@@ -329,7 +329,10 @@ def fetch_ckpt(name, dest, which, epoch, list_only, overwrite, local, kubeconfig
 def main() -> None:
     """Entry point: run the CLI and turn kjob's errors into messages and exit codes."""
     try:
-        cli.main(standalone_mode=False)
+        # With standalone_mode=False click *returns* the code of a raised Exit(n).
+        code = cli.main(standalone_mode=False, prog_name="kjob")
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:

@@ -119,15 +119,29 @@ class KubeHandle:
                 return plural, obj
         raise KeyError(f"no job {ns}/{name} on the server")
 
-    def _make_pods(self, s: State, name: str, ns: str) -> None:
+    def replace_pod(self, pod: str, namespace: str | None = None) -> str:
+        """Delete a pod and create its replica again (Pending), as the operator does for a
+        failed launcher; returns the new pod's name (a launcher gets a new suffix)."""
+        ns = namespace or self.namespace
+        old = self.get("Pod", pod, ns)
+        labels = old["metadata"]["labels"]
+        job = labels["training.kubeflow.org/job-name"]
+        only = (labels["training.kubeflow.org/replica-type"], int(labels["training.kubeflow.org/replica-index"]))
+        self._call(lambda s: s.remove("pods", ns, pod))
+        return self._call(self._make_pods, job, ns, only)[0]
+
+    def _make_pods(self, s: State, name: str, ns: str, only: tuple[str, int] | None = None) -> list[str]:
         plural, job = self._job(s, name, ns)
         key, roles = REPLICAS[plural]
+        made = []
         for role in roles:
             spec = job["spec"][key].get(role)
             if not spec:
                 continue
             template = spec.get("template", {})
             for index in range(int(spec.get("replicas", 1))):
+                if only is not None and only != (role.lower(), index):
+                    continue
                 if role == "Launcher":
                     pod_name = f"{name}-launcher-" + "".join(random.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
                 else:
@@ -153,6 +167,8 @@ class KubeHandle:
                     "status": {"phase": "Pending", "conditions": [], "containerStatuses": [self._waiting(c, "ContainerCreating") for c in pod_spec.get("containers", [])]},
                 }
                 s.put("pods", pod)
+                made.append(pod_name)
+        return made
 
     def set_condition(self, name: str, type_: str, status: str = "True", *, reason: str | None = None, message: str | None = None, namespace: str | None = None) -> None:
         """Add or update a job condition; Succeeded/Failed turn Running off, as the operators do."""

@@ -1,0 +1,151 @@
+"""The CLI against the test API server: whole job lives (MPIJob, PyTorchJob) and the exact
+message + exit code of every kind of cluster error, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.timeout(60)
+
+SERVER_FILLED = ("uid", "resourceVersion", "creationTimestamp", "generation")
+
+
+def without_server_metadata(obj: dict) -> dict:
+    obj = {k: v for k, v in obj.items() if k != "status"}
+    obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FILLED}
+    return obj
+
+
+@pytest.mark.parametrize("spec, kind, leader", [("examples/smoke.yaml", "MPIJob", "launcher"), ("examples/resnext50-torchrun.yaml", "PyTorchJob", "master-0")])
+def test_submit_status_follow_succeeded_delete(kube, run_kjob, spec, kind, leader):
+    rendered = yaml.safe_load(run_kjob("render", spec).out)
+    name = rendered["metadata"]["name"]
+    r = run_kjob("submit", spec)
+    assert (r.code, r.out) == (0, f"{kind} default/{name} created\n"), r
+    stored = kube.get(kind, name)
+    assert without_server_metadata(stored) == {**rendered, "metadata": {**rendered["metadata"], "namespace": "default"}}
+
+    pods = kube.start_job(name)
+    assert "State:     Pending" in run_kjob("status", name).out
+    kube.run_job(name)
+    st = run_kjob("status", name)
+    assert "State:     Running" in st.out and f"  {leader}" in st.out
+    kube.append_log(pods[0], ["epoch 1 top1 12.5", "epoch 2 top1 25.0"])
+
+    def finish():
+        time.sleep(0.3)
+        kube.append_log(pods[0], ["done"])
+        kube.finish_job(name)
+
+    threading.Thread(target=finish, daemon=True).start()
+    r = run_kjob("logs", name, "-f")
+    assert (r.code, r.out, r.err) == (0, "epoch 1 top1 12.5\nepoch 2 top1 25.0\ndone\n", f"job {name} Succeeded\n")
+    assert "State:     Succeeded" in run_kjob("status", name).out
+    r = run_kjob("delete", name, "--wait")
+    assert r.code == 0 and r.out.startswith(f"deleted {kind} default/{name}: ")
+    assert kube.get(kind, name) is None and kube.pods(name) == []
+
+
+def test_submit_wait_and_follow_exit_with_the_job(kube, run_kjob):
+    def operator(state):
+        while not kube.get("MPIJob", "smoke"):
+            time.sleep(0.02)
+        pods = kube.run_job("smoke")
+        kube.append_log(pods[0], ["working"])
+        time.sleep(0.2)
+        kube.finish_job("smoke", state)
+
+    threading.Thread(target=operator, args=("Succeeded",), daemon=True).start()
+    r = run_kjob("submit", "examples/smoke.yaml", "--wait")
+    assert r.code == 0 and r.err.splitlines()[-1] == "job smoke Succeeded"
+    run_kjob("delete", "smoke", "--wait")
+    threading.Thread(target=operator, args=("Failed",), daemon=True).start()
+    r = run_kjob("submit", "examples/smoke.yaml", "--follow")
+    assert (r.code, r.out) == (1, "MPIJob default/smoke created\nworking\n")
+    assert r.err.splitlines()[-1] == "job smoke Failed"
+    again = run_kjob("submit", "examples/smoke.yaml")
+    assert again.code == 0 and "already submitted with this spec" in again.out
+
+
+def test_exit_3_unreachable_tls_401_and_5xx(kube, run_kjob):
+    closed = kube.kubeconfig_variant(server="http://127.0.0.1:1", name="closed")
+    r = run_kjob("status", "smoke", "--kubeconfig", str(closed))
+    assert r.code == 3
+    assert r.err.splitlines() == ['Error: cannot reach the Kubernetes API server http://127.0.0.1:1 (context "kubefake"): connection refused',
+                                  "Error: hint: is the cluster up and the kubeconfig's server address right? (kubectl cluster-info)"]
+    tls_url = kube.server.replace("http://", "https://")
+    r = run_kjob("status", "smoke", "--kubeconfig", str(kube.kubeconfig_variant(server=tls_url, name="tls")))
+    assert r.code == 3 and r.err.startswith(f'Error: cannot reach the Kubernetes API server {tls_url} (context "kubefake"): TLS failed: ')
+    r = run_kjob("list", "--kubeconfig", str(kube.kubeconfig_variant(token="expired", name="expired")))
+    assert r.code == 3
+    assert r.err.splitlines()[0] == f'Error: the Kubernetes API server {kube.server} (context "kubefake") rejected the credentials (401 Unauthorized)'
+    kube.fault("get", "mpijobs", status=500, times=-1)
+    r = run_kjob("status", "smoke")
+    assert r.code == 3
+    assert r.err == (f'Error: the Kubernetes API server {kube.server} (context "kubefake") is failing: 500 Internal Server Error on get mpijobs "smoke" '
+                     'in namespace "default" after 4 attempts: injected fault: 500 for get mpijobs\n')
+
+
+def test_exit_4_forbidden_names_verb_and_resource(kube, run_kjob):
+    kube.deny("create", "mpijobs")
+    r = run_kjob("submit", "examples/smoke.yaml")
+    assert r.code == 4
+    assert r.err.splitlines() == ['Error: forbidden: RBAC does not allow "create mpijobs.kubeflow.org" in namespace "default" (context "kubefake")',
+                                  "Error: hint: ask a cluster admin for a Role with create on mpijobs.kubeflow.org"]
+
+
+def test_exit_4_on_the_call_itself(kube, run_kjob):
+    assert run_kjob("submit", "examples/smoke.yaml").code == 0
+    pods = kube.run_job("smoke")
+    kube.append_log(pods[0], ["x"])
+    kube.deny("get", "pods/log")
+    r = run_kjob("logs", "smoke")
+    assert r.code == 4
+    assert r.err.splitlines()[0] == (f'Error: forbidden: cannot get pods/log "{pods[0]}" in namespace "default" (context "kubefake"): pods is forbidden: '
+                                     'User "kjob-test" cannot get resource "pods" subresource "log" in API group "" in the namespace "default"')
+
+
+def test_exit_5_job_namespace_and_crd(kube, run_kjob):
+    r = run_kjob("status", "nope")
+    assert (r.code, r.err.splitlines()[0]) == (5, f'Error: job "nope" not found in namespace "default" on {kube.server} (context "kubefake")')
+    r = run_kjob("submit", "examples/smoke.yaml", "-n", "missing")
+    assert (r.code, r.err.splitlines()[0]) == (5, f'Error: namespace "missing" not found on {kube.server} (context "kubefake")')
+    kube.remove_crd("PyTorchJob")
+    r = run_kjob("submit", "examples/resnext50-torchrun.yaml")
+    assert r.code == 5
+    assert r.err.splitlines() == [
+        f'Error: the PyTorchJob API (kubeflow.org/v1 pytorchjobs) is not served by {kube.server} (context "kubefake"): training-operator v1.9 is not installed',
+        'Error: hint: install it: kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"',
+    ]
+
+
+def test_exit_6_conflict_and_replace(kube, run_kjob, tmp_path):
+    assert run_kjob("submit", "examples/smoke.yaml").code == 0
+    changed = tmp_path / "smoke.yaml"
+    changed.write_text(Path("examples/smoke.yaml").read_text().replace("workers: 2", "workers: 1"))
+    assert "workers: 1" in changed.read_text()
+    r = run_kjob("submit", str(changed))
+    assert r.code == 6
+    lines = r.err.splitlines()
+    assert lines[0].startswith('Error: MPIJob "smoke" already exists in namespace "default" with a different spec (on the server: sha256:')
+    assert lines[1] == "Error: hint: kjob submit --replace deletes it and submits this spec; or give the job another name"
+    r = run_kjob("submit", str(changed), "--replace")
+    assert (r.code, r.out) == (0, "MPIJob default/smoke replaced\n")
+
+
+def test_no_traceback_from_the_installed_script(kube, tmp_path):
+    """A real process, as users run it: the message and the code, nothing else."""
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig_variant(server="http://127.0.0.1:1", name="closed")), "KJOB_RETRIES": "1"}
+    kjob = Path(sys.executable).with_name("kjob")
+    p = subprocess.run([str(kjob), "status", "smoke"], capture_output=True, text=True, env=env, timeout=30)
+    assert p.returncode == 3 and p.stdout == ""
+    assert p.stderr.startswith('Error: cannot reach the Kubernetes API server http://127.0.0.1:1 (context "kubefake"): connection refused\n')
+    assert "Traceback" not in p.stderr
