@@ -299,8 +299,6 @@ class ClusterBackend:
         return show_logs(self, self.job(name), options, write)
 
     def fetch_checkpoints(self, name: str, options: FetchOptions) -> list[dict]:
-        from kubernetes import client
-
         from kjob.checkpoints import fetch
 
-        return fetch(client.CoreV1Api(self.kube.api), self.job(name), options, say=self.notify)
+        return fetch(self.kube, self.job(name), options, say=self.notify)
