@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 OUT = ROOT / "manifests" / "examples"
 SCHEMA = ROOT / "manifests" / "kjob-spec.schema.json"
+ARGOCD = ROOT / "manifests" / "argocd"
+# Argo CD reads custom health checks from argocd-cm, one key per group_Kind.
+HEALTH_KINDS = ("kubeflow.org_MPIJob", "kubeflow.org_PyTorchJob")
 README = ROOT / "README.md"
 
 
@@ -42,6 +45,32 @@ def expected_example_files() -> dict[Path, str]:
     return files
 
 
+def argocd_patch_text() -> str:
+    """argocd-cm patch carrying health.lua for both kinds (a strategic-merge patch)."""
+    lua = (ARGOCD / "health.lua").read_text(encoding="utf-8")
+    cm = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": "argocd-cm", "namespace": "argocd",
+                       "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"}},
+          "data": {f"resource.customizations.health.{kind}": lua for kind in HEALTH_KINDS}}
+    header = "# Generated from health.lua by `make render-examples`; apply with kubectl patch or kustomize.\n"
+    return header + _dump_with_blocks(cm)
+
+
+def _dump_with_blocks(obj) -> str:
+    """YAML with multi-line strings as literal blocks (`|`), so the Lua stays readable."""
+    import yaml
+
+    class BlockDumper(yaml.SafeDumper):
+        pass
+
+    def represent_str(dumper, data):
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    BlockDumper.add_representer(str, represent_str)
+    return yaml.dump(obj, Dumper=BlockDumper, sort_keys=False, allow_unicode=True, width=1000)
+
+
 def schema_text() -> str:
     return json.dumps(json_schema(), indent=2) + "\n"
 
@@ -54,6 +83,8 @@ def main() -> int:
         written = write_gitops_dir(render_objects(load_spec(spec_path)), OUT / spec_path.stem)
         print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in written)}")
     SCHEMA.write_text(schema_text(), encoding="utf-8")
+    (ARGOCD / "argocd-cm-patch.yaml").write_text(argocd_patch_text(), encoding="utf-8")
+    print(f"wrote {(ARGOCD / 'argocd-cm-patch.yaml').relative_to(ROOT)}")
     print(f"wrote {SCHEMA.relative_to(ROOT)}")
     README.write_text(replace_block(README.read_text(encoding="utf-8"), spec_reference()), encoding="utf-8")
     print(f"updated the spec reference in {README.relative_to(ROOT)}")

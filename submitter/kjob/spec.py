@@ -44,7 +44,7 @@ _SUFFIX = {
 # A container image reference as the distribution spec defines it (simplified):
 # [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
 _IMAGE_RE = re.compile(
-    r"^(?:(?P<registry>[A-Za-z0-9.-]+(?::\d+)?)/)?"
+    r"^(?:(?P<registry>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d+)?)/)?"
     r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
@@ -133,21 +133,28 @@ KubeName = Annotated[str, AfterValidator(_check_subdomain)]
 LabelValue = Annotated[str, AfterValidator(_check_label_value)]
 
 
-def _check_labels(value: dict[str, str]) -> dict[str, str]:
-    for key, val in value.items():
-        if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
-            raise ValueError(f"key {key!r} is not a valid label key")
-        _check_label_value(val)
+def _check_label_key(key: str) -> str:
+    if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
+        raise ValueError(f"{key!r} is not a valid label key")
+    return key
+
+
+def _check_env_name(key: str) -> str:
+    if not _ENV_NAME_RE.match(key):
+        raise ValueError(f"{key!r} is not a valid environment variable name")
+    if key.startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
+    return key
+
+
+def _check_resume(value: str) -> str:
+    if value not in ("auto", "never") and not value.startswith("/"):
+        raise ValueError(f"must be 'auto', 'never' or an absolute path, not {value!r}")
     return value
 
 
-def _check_env(value: dict[str, str]) -> dict[str, str]:
-    for key in value:
-        if not _ENV_NAME_RE.match(key):
-            raise ValueError(f"{key!r} is not a valid environment variable name")
-        if key.startswith(RESERVED_ENV_PREFIXES):
-            raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
-    return value
+LabelKey = Annotated[str, AfterValidator(_check_label_key)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
 
 
 # --- models --------------------------------------------------------------------------
@@ -157,7 +164,9 @@ class _Model(BaseModel):
     """camelCase in YAML, snake_case in Python, unknown keys rejected."""
 
     # strict: YAML's `true` is not a worker count and `8` is not an image name.
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, strict=True)
+    # Only the camelCase keys: `batch_size` in a spec is a typo, not a synonym.
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=False, validate_by_alias=True,
+                              frozen=True, strict=True)
 
 
 class NFSSource(_Model):
@@ -200,14 +209,6 @@ class Resources(_Model):
     # No CPU limit by default: CFS throttling slows the input pipeline.
     limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="32Gi"), description="Hard caps (default memory 32Gi, no CPU limit).")
 
-    @model_validator(mode="after")
-    def _limits_cover_requests(self) -> Resources:
-        for key in ("cpu", "memory"):
-            req, lim = getattr(self.requests, key), getattr(self.limits, key)
-            if req and lim and parse_quantity(lim) < parse_quantity(req):
-                raise ValueError(f"limits.{key} ({lim}) is smaller than requests.{key} ({req})")
-        return self
-
 
 class Toleration(_Model):
     key: Str | None = Field(None, description="Taint key (none with operator Exists: every taint).")
@@ -229,7 +230,7 @@ class RunPolicy(_Model):
 class TrainSettings(_Model):
     """The trainer's flags (Contract 2). lr is for a global batch of 256; the trainer scales it."""
 
-    config: Str | None = Field(None, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
+    config: Str | None = Field(None, min_length=1, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
     epochs: int = Field(90, ge=1, le=10000, description="Passes over the training set.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per process (per GPU).")
     lr: float = Field(0.1, gt=0, le=100, description="Learning rate for a global batch of 256 (scaled linearly).")
@@ -244,7 +245,7 @@ class TrainSettings(_Model):
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     checkpoint_interval: int = Field(1, ge=1, description="Epochs between checkpoints.")
     keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
-    resume: Str = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
+    resume: Annotated[str, AfterValidator(_check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
     image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
     loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
     synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
@@ -253,20 +254,12 @@ class TrainSettings(_Model):
     eval: bool = Field(True, description="Evaluate on val/ after each epoch.")
     num_classes: int = Field(1000, ge=2, description="Classes of the dataset.")
 
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainSettings:
-        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise ValueError(f"warmupEpochs ({self.warmup_epochs:g}) must be smaller than epochs ({self.epochs})")
-        if self.resume not in ("auto", "never") and not self.resume.startswith("/"):
-            raise ValueError(f"resume must be 'auto', 'never' or an absolute path, not {self.resume!r}")
-        return self
-
 
 class LocalSettings(_Model):
     """Only for `kjob submit --local` (mpirun on this machine)."""
 
     processes: int | None = Field(None, ge=1, le=256, description="mpirun -np for local runs (default: workers x gpusPerWorker, at least 1).")
-    data_path: Str | None = Field(None, description="Local dataset folder; unset means synthetic data.")
+    data_path: Str | None = Field(None, min_length=1, description="Local dataset folder; unset means synthetic data.")
 
 
 class JobSpec(_Model):
@@ -287,8 +280,8 @@ class JobSpec(_Model):
     data: DataVolume | None = Field(None, description="The dataset volume; required unless train.synthetic is true.")
     checkpoints: Checkpoints = Field(description="The checkpoint volume (a PVC).")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings: the trainer's flags.")
-    env: Annotated[dict[str, Str], AfterValidator(_check_env)] = Field(default_factory=dict, description="Extra environment variables for the trainer.")
-    node_selector: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict, description="Node labels the pods must match.")
+    env: dict[EnvName, Str] = Field(default_factory=dict, description="Extra environment variables for the trainer.")
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (as in a pod spec).")
     priority_class_name: KubeName | None = Field(None, description="PriorityClass of the pods.")
     scheduler_name: KubeName | None = Field(None, description="e.g. 'volcano'; None: the default scheduler.")
@@ -339,6 +332,13 @@ def cross_field_problems(spec: JobSpec) -> list[tuple[tuple, str]]:
     if len(spec.name) > max_name_length(spec):
         out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
                     f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
+    for key in ("cpu", "memory"):
+        req, lim = getattr(spec.resources.requests, key), getattr(spec.resources.limits, key)
+        if req and lim and parse_quantity(lim) < parse_quantity(req):
+            out.append((("resources", "limits", key), f"{lim} is less than requests.{key} ({req})"))
+    t = spec.train
+    if t.warmup_epochs >= t.epochs and t.warmup_epochs > 0:
+        out.append((("train", "warmupEpochs"), f"must be less than epochs ({t.epochs}), got {t.warmup_epochs:g}"))
     if spec.framework == "mindspore" and spec.launcher == "torchrun":
         out.append((("launcher",), "torchrun starts PyTorch only; use launcher: mpi with framework: mindspore"))
     if spec.train.compile and spec.framework != "pytorch":
@@ -495,6 +495,8 @@ def _suggest(loc: tuple) -> str:
 
 
 def _locate(root: Located, loc: tuple, message: str, at_key: bool = False) -> tuple[int, int, str]:
+    if loc and loc[-1] == "[key]":  # pydantic's marker for a bad key of a mapping
+        loc, at_key = loc[:-1], True
     line, col, keys = locate(root, loc, at_key=at_key)
     return line, col, f"{dotted(keys)}: {message}"
 

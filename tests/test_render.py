@@ -1,0 +1,206 @@
+"""Rendering: CRD validity, the trainer command line (Contract 2), escaping of every
+value, determinism (kjob.render + manifests/templates)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kjob.render import mpirun_flags, render_objects, templates_dir, trainer_command, yaml_safe_json
+from kjob.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / ".." / "shared"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+MINIMAL = "name: job\nimage: ghcr.io/kjob/trainer:0.1.0\ndata: {pvc: imagenet}\ncheckpoints: {claimName: ckpt}\n"
+# Every optional feature at once, for the schema checks.
+EVERYTHING = MINIMAL.replace("data: {pvc: imagenet}\n", "data: {nfs: {server: nfs.local, path: /exports/in}, mountPath: /in}\n") + """
+namespace: team-a
+imagePullPolicy: Always
+imagePullSecrets: [regcred]
+resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: "2", memory: 2Gi}}
+env: {NCCL_SOCKET_IFNAME: eth0, EMPTY: ""}
+nodeSelector: {nvidia.com/gpu.product: A100-SXM4-80GB}
+tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}, {key: a, value: b, tolerationSeconds: 60, effect: NoExecute}]
+priorityClassName: high
+schedulerName: volcano
+queue: research
+runPolicy: {backoffLimit: 0, activeDeadlineSeconds: 86400, ttlSecondsAfterFinished: 3600, cleanPodPolicy: All}
+train: {config: imagenet.yaml, compile: true, maxSteps: 100, resume: /checkpoints/job/checkpoints/epoch-0001.pt}
+"""
+
+
+@functools.cache
+def crd_validator(kind: str):
+    import jsonschema
+
+    file = {"MPIJob": "mpijobs.kubeflow.org.v2beta1.yaml", "PyTorchJob": "pytorchjobs.kubeflow.org.v1.yaml"}[kind]
+    crd = yaml.load((SHARED / "crds" / file).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (version,) = [v for v in crd["spec"]["versions"] if v["served"]]
+    return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
+
+
+def assert_valid_for_crd(obj: dict) -> None:
+    errors = sorted(crd_validator(obj["kind"]).iter_errors(obj), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_examples_validate_against_the_operator_crds(path):
+    (obj,) = render_objects(load_spec(path))
+    assert_valid_for_crd(obj)
+
+
+@pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
+def test_every_optional_feature_validates_against_the_crds(launcher):
+    (obj,) = render_objects(parse_spec(EVERYTHING + f"launcher: {launcher}\nworkers: 3\n"))
+    assert_valid_for_crd(obj)
+    assert obj["metadata"]["namespace"] == "team-a"
+    assert obj["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 4 if launcher == "mpi" else 3, "queue": "research", "priorityClass": "high"}
+
+
+def test_crd_check_can_fail():
+    (obj,) = render_objects(parse_spec(MINIMAL))
+    obj["spec"]["slotsPerWorker"] = "eight"
+    with pytest.raises(AssertionError, match="slotsPerWorker"):
+        assert_valid_for_crd(obj)
+
+
+def test_mpijob_shape():
+    (job,) = render_objects(parse_spec(MINIMAL + "workers: 2\nenv: {NCCL_IB_DISABLE: '1'}\n"))
+    s = job["spec"]
+    assert (s["slotsPerWorker"], s["launcherCreationPolicy"], s["sshAuthMountPath"], s["mpiImplementation"]) == (
+        8, "WaitForWorkersReady", "/home/mpiuser/.ssh", "OpenMPI")
+    assert s["runPolicy"]["cleanPodPolicy"] == "Running"
+    launcher = s["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    worker = s["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert s["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+    (lc,), (wc,) = launcher["containers"], worker["containers"]
+    assert lc["command"] == ["mpirun"] and lc["args"][:2] == ["-np", "16"]
+    program = lc["args"].index("python")
+    assert lc["args"][2:program] == mpirun_flags(parse_spec(MINIMAL + "env: {NCCL_IB_DISABLE: '1'}\n"), local=False)
+    assert lc["args"][program:program + 3] == ["python", "-m", "kjob_trainer.train"]
+    assert ["-x", "NCCL_IB_DISABLE"] == lc["args"][lc["args"].index("NCCL_IB_DISABLE") - 1:][:2]
+    assert [wc["command"], wc["args"]] == [["/usr/sbin/sshd"], ["-De", "-f", "/home/mpiuser/.sshd_config"]]
+    assert wc["resources"]["limits"]["nvidia.com/gpu"] == "8" and "nvidia.com/gpu" not in lc["resources"]["limits"]
+    for pod, c in ((launcher, lc), (worker, wc)):
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["name"]: m for m in wc["volumeMounts"]}
+    assert mounts["data"]["readOnly"] is True and mounts["dshm"]["mountPath"] == "/dev/shm"
+    vols = {v["name"]: v for v in worker["volumes"]}
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert vols["data"]["persistentVolumeClaim"] == {"claimName": "imagenet", "readOnly": True}
+
+
+def test_pytorchjob_shape():
+    (job,) = render_objects(parse_spec(MINIMAL + "launcher: torchrun\nworkers: 3\ngpusPerWorker: 4\n"))
+    s = job["spec"]
+    assert s["nprocPerNode"] == "4"
+    master, worker = s["pytorchReplicaSpecs"]["Master"], s["pytorchReplicaSpecs"]["Worker"]
+    assert (master["replicas"], worker["replicas"]) == (1, 2)
+    (c,) = master["template"]["spec"]["containers"]
+    assert c["name"] == "pytorch"  # the training-operator finds its container by this name
+    assert c["command"] == ["torchrun"] and c["args"][:2] == ["--module", "kjob_trainer.train"]
+    assert not any(a.startswith(("--nnodes", "--nproc", "--master")) for a in c["args"])  # from PET_* instead
+    single = render_objects(parse_spec(MINIMAL + "launcher: torchrun\n"))[0]
+    assert list(single["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+def test_labels_and_annotations():
+    spec = parse_spec(MINIMAL.replace("checkpoints: {claimName: ckpt}", "checkpoints: {claimName: ckpt, mountPath: /out}") + "gpusPerWorker: 2\n")
+    (job,) = render_objects(spec)
+    assert job["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "kjob", "app.kubernetes.io/instance": "job",
+        "app.kubernetes.io/managed-by": "kjob", "app.kubernetes.io/component": "training"}
+    ann = job["metadata"]["annotations"]
+    assert ann["kjob.dev/spec-hash"] == spec.spec_hash()
+    assert (ann["kjob.dev/checkpoint-claim"], ann["kjob.dev/output-path"]) == ("ckpt", "/out/job")
+    assert (ann["kjob.dev/workers"], ann["kjob.dev/gpus-per-worker"]) == ("1", "2")
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        assert replica["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "job"
+    kueue = render_objects(parse_spec(MINIMAL + "queue: team-q\n"))[0]
+    assert kueue["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
+
+
+def test_trainer_command_is_what_the_trainer_parses():
+    """Contract 2: the rendered flags parse in kjob_trainer and carry the spec's values."""
+    from kjob_trainer.cli_args import parse_train_args
+    from kjob_trainer.config import make_config, validate
+
+    for path in EXAMPLES:
+        spec = load_spec(path)
+        cmd = trainer_command(spec, data_path=spec.data.mount_path if spec.data else None, output_path=spec.output_path)
+        assert cmd[:3] == ["python", "-m", "kjob_trainer.train"]
+        config_file, overrides = parse_train_args(cmd[3:])
+        cfg = make_config(config_file, overrides)
+        validate(cfg)
+        t = spec.train
+        assert (cfg.framework, cfg.model, cfg.output_path) == (spec.framework, spec.model, f"/checkpoints/{spec.name}")
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
+        assert (cfg.warmup_epochs, cfg.label_smoothing, cfg.amp, cfg.channels_last) == (t.warmup_epochs, t.label_smoothing, t.amp, t.channels_last)
+        assert (cfg.synthetic, cfg.max_steps, cfg.image_size, cfg.workers) == (t.synthetic, t.max_steps, t.image_size, t.loader_workers)
+        assert cfg.device == ("gpu" if spec.gpus_per_worker else "cpu")
+
+
+def test_trainer_command_options():
+    spec = parse_spec(MINIMAL)
+    cmd = trainer_command(spec, data_path=None, output_path="/tmp/run", synthetic=True, device="cpu")
+    assert "--synthetic" in cmd and "--data-path" not in cmd
+    assert cmd[cmd.index("--device") + 1] == "cpu" and cmd[cmd.index("--output-path") + 1] == "/tmp/run"
+    with pytest.raises(ValueError):
+        trainer_command(spec, data_path=None, output_path="/tmp/run")
+
+
+def test_mpirun_flags_local_and_in_pods():
+    spec = parse_spec(MINIMAL)
+    local = mpirun_flags(spec, local=True)
+    assert "--oversubscribe" in local and ("--allow-run-as-root" in local) == (os.geteuid() == 0)
+    assert "--hostfile" not in local and "-x" not in local
+    pods = mpirun_flags(spec, local=False)
+    assert pods[:2] == ["--hostfile", "/etc/mpi/hostfile"] and "--allow-run-as-root" not in pods
+    exported = [pods[i + 1] for i, f in enumerate(pods) if f == "-x"]
+    assert exported == ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED"]
+    assert ["--bind-to", "none"] == pods[pods.index("--bind-to"):][:2]
+
+
+TEMPLATE_EXPR = re.compile(r"\{\{(.*?)\}\}", re.S)
+
+
+def unescaped_expressions(text: str) -> list[str]:
+    """Every `{{ ... }}` that does not end in `| tojson`."""
+    return [m.group(0) for m in TEMPLATE_EXPR.finditer(text) if not re.fullmatch(r"-?\s*\S.*\|\s*tojson\s*-?", m.group(1), re.S)]
+
+
+def test_every_template_value_goes_through_tojson():
+    templates = sorted(templates_dir().glob("*.j2"))
+    assert len(templates) >= 3
+    for path in templates:
+        assert unescaped_expressions(path.read_text()) == [], path.name
+    assert unescaped_expressions("a: {{ x }}\nb: {{ y | tojson }}\nc: {{ z | tojson | upper }}") == ["{{ x }}", "{{ z | tojson | upper }}"]
+
+
+def test_yaml_safe_json_round_trips_awkward_text():
+    for text in ["a\nb", "\u2028\u2029\x85", "\ufeffbom", "🎉 emoji", "tab\there", "\x00\x1f\x7f\x9f", "'\"\\", "---", "{{ x }}", ": ", "#", "null", "1e3"]:
+        assert yaml.safe_load("k: " + yaml_safe_json(text)) == {"k": text}, repr(text)
+
+
+def test_rendering_is_deterministic_across_processes():
+    code = ("import sys; from kjob.spec import load_spec; from kjob.render import render_objects; from kjob.gitops import dump_objects;"
+            "sys.stdout.write(''.join(dump_objects(render_objects(load_spec(p))) for p in sys.argv[1:]))")
+    outputs = set()
+    for seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outputs.add(subprocess.run([sys.executable, "-c", code, *map(str, EXAMPLES)], env=env, capture_output=True, text=True, check=True, timeout=60).stdout)
+    assert len(outputs) == 1
+    from kjob.gitops import dump_objects
+
+    assert outputs.pop() == "".join(dump_objects(render_objects(load_spec(p))) for p in EXAMPLES)
