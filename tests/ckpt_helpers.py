@@ -71,7 +71,7 @@ def create_job(kube, job: dict) -> dict:
 
     api = client.CustomObjectsApi(config.new_client_from_config(kube.kubeconfig))
     group, version = job["apiVersion"].split("/")
-    return api.create_namespaced_custom_object(group, version, job["metadata"]["namespace"], "mpijobs", job)
+    return api.create_namespaced_custom_object(group, version, job["metadata"].get("namespace") or "default", "mpijobs", job)
 
 
 def helper_pods(kube, job: str) -> list[dict]:
@@ -85,6 +85,7 @@ class HelperKubelet:
     def __init__(self, kube, job: str, *, delay: float = 0.0, start: bool = True) -> None:
         self.kube, self.job, self.delay, self.start = kube, job, delay, start
         self.seen: set[str] = set()
+        self.manifests: list[dict] = []  # each helper pod as first seen on the server
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -101,6 +102,8 @@ class HelperKubelet:
         while not self._stop.is_set():
             for pod in helper_pods(self.kube, self.job):
                 name = pod["metadata"]["name"]
+                if name not in self.seen:
+                    self.manifests.append(pod)
                 self.seen.add(name)
                 if self.start and name not in started and pod.get("status", {}).get("phase") != "Running":
                     if self.delay:

@@ -105,7 +105,7 @@ class ExecStream:
             while not self._ended:
                 yield from self._frame()
         except TimeoutError as e:
-            raise ClusterUnavailable(f"{self._what}: no data for {self._timeout:.0f} s; the connection looks dead",
+            raise ClusterUnavailable(f"{self._what}: no data for {self._timeout:g} s; the connection looks dead",
                                      hint="run the same command again to resume") from e
         except (EOFError, OSError, ValueError):  # ValueError: read on a closed file
             self._end()
@@ -154,9 +154,11 @@ class ExecStream:
             pass
 
     def stderr_text(self) -> str:
-        """The last line the command wrote to stderr ('' when none)."""
-        lines = bytes(self._stderr).decode("utf-8", "replace").strip().splitlines()
-        return lines[-1].strip() if lines else ""
+        """What the command said on stderr, in one line: its last three messages, without
+        tar's closing "Exiting with failure status" ('' when it said nothing)."""
+        lines = [ln.strip() for ln in bytes(self._stderr).decode("utf-8", "replace").splitlines() if ln.strip()]
+        lines = [ln for ln in lines if "Exiting with failure status" not in ln] or lines
+        return "; ".join(lines[-3:])
 
     def exit_code(self) -> int | None:
         """0, the command's non-zero exit code, or None when no status arrived.

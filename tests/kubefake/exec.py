@@ -66,6 +66,7 @@ class _Fault:
     command: str | None  # only an exec whose argv[0] is this; None: any
     cut_after: int | None = None
     flip_byte_at: int | None = None
+    stall_after: int | None = None
 
 
 def _claim_mounts(pod: dict, claims: dict[str, Path], container: str | None) -> dict[str, Path]:
@@ -120,12 +121,14 @@ class ExecRegistry:
         with self._lock:
             self._pod(namespace, pod).handler = handler
 
-    def fault(self, namespace: str, pod: str, *, command: str | None = "tar", cut_after: int | None = None,
-              flip_byte_at: int | None = None) -> None:
-        """Damage the stdout of the next matching exec once: drop the connection after
-        `cut_after` bytes (no status frame, like a lost node), or flip one byte."""
+    def fault(self, namespace: str, pod: str | None = None, *, command: str | None = "tar", cut_after: int | None = None,
+              flip_byte_at: int | None = None, stall_after: int | None = None) -> None:
+        """Damage the stdout of the next matching exec (argv[0] == command) once: drop the
+        connection after `cut_after` bytes (no status frame, like a lost node), flip the
+        byte at offset `flip_byte_at`, or go silent after `stall_after` bytes until the
+        client hangs up. `pod=None`: whichever pod execs next (e.g. a helper pod)."""
         with self._lock:
-            self._pod(namespace, pod).faults.append(_Fault(command, cut_after, flip_byte_at))
+            self._pod(namespace, pod or "*").faults.append(_Fault(command, cut_after, flip_byte_at, stall_after))
 
     def calls_for(self, pod: str) -> list[ExecCall]:
         with self._lock:
@@ -138,9 +141,10 @@ class ExecRegistry:
             claims = {c: p for (ns, c), p in self._claims.items() if ns == namespace}
             p = self._pods.get((namespace, name)) or _PodExec()
             plan = _PodExec({**_claim_mounts(pod, claims, container), **p.mounts}, p.handler)
-            for i, f in enumerate(p.faults):
-                if f.command is None or (argv and argv[0] == f.command):
-                    return plan, p.faults.pop(i)
+            for faults in (p.faults, self._pods.get((namespace, "*"), _PodExec()).faults):
+                for i, f in enumerate(faults):
+                    if f.command is None or (argv and argv[0] == f.command):
+                        return plan, faults.pop(i)
             return plan, None
 
 
@@ -184,8 +188,8 @@ def _map_argv(argv: list[str], mounts: dict[str, Path]) -> list[str]:
 class _Sender:
     """Writes stdout frames, applying a fault; raises _Cut when the fault cuts."""
 
-    def __init__(self, ws: web.WebSocketResponse, call: ExecCall, fault: _Fault | None) -> None:
-        self.ws, self.call, self.fault = ws, call, fault
+    def __init__(self, ws: web.WebSocketResponse, call: ExecCall, fault: _Fault | None, client_gone) -> None:
+        self.ws, self.call, self.fault, self.client_gone = ws, call, fault, client_gone
 
     async def stdout(self, data: bytes) -> None:
         f = self.fault
@@ -194,8 +198,11 @@ class _Sender:
             i = f.flip_byte_at - start
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         if f and f.cut_after is not None and start + len(data) >= f.cut_after:
-            data = data[: f.cut_after - start]
-            await self._frames(STDOUT, data)
+            await self._frames(STDOUT, data[: f.cut_after - start])
+            raise _Cut()
+        if f and f.stall_after is not None and start + len(data) >= f.stall_after:
+            await self._frames(STDOUT, data[: f.stall_after - start])
+            await self.client_gone  # silent until the client hangs up
             raise _Cut()
         await self._frames(STDOUT, data)
 
@@ -225,8 +232,10 @@ async def _run_folder(argv: list[str], mounts: dict[str, Path], send: _Sender) -
             await send.stdout(chunk)
     except BaseException:
         proc.kill()
+        # Read both pipes to their end so their transports close (no ResourceWarning).
+        await proc.stdout.read()
+        await err_task
         await proc.wait()
-        err_task.cancel()
         raise
     code = await proc.wait()
     return code, await err_task, None
@@ -274,8 +283,8 @@ def exec_route(registry: ExecRegistry, get_pod: Callable[[str, str], dict | None
         call = ExecCall(ns, name, container, list(argv))
         with registry._lock:
             registry.calls.append(call)
-        send = _Sender(ws, call, fault)
         reader = asyncio.ensure_future(_drain_client(ws))
+        send = _Sender(ws, call, fault, reader)
         try:
             if p.handler is not None:
                 code, stderr, internal = await _run_handler(argv, p.handler, send)
