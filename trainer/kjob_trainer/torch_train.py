@@ -19,6 +19,7 @@ from kjob_trainer import data as data_mod
 from kjob_trainer.checkpoints import CheckpointDir, epoch_name, step_name
 from kjob_trainer.config import TrainConfig
 from kjob_trainer.dataset_index import check_num_classes, find_splits
+from kjob_trainer.fast_input import DataWaitMeter
 from kjob_trainer.distributed import DistEnv
 from kjob_trainer.errors import BadInput, Terminated
 from kjob_trainer.metrics import MetricsLog, plot_curves, progress_line
@@ -185,9 +186,12 @@ class Trainer:
         per_step = r["seconds"] / max(self.cfg.log_interval, 1)
         eta = (self.total_steps - self.pos.step) * per_step
         wait_ms = 1000 * r["data_wait"] / max(self.cfg.log_interval, 1)
+        extra = f"data-wait {wait_ms:.0f}ms/step"
+        wait_share = r["data_wait"] / max(r["seconds"], 1e-9)
+        if wait_share > DataWaitMeter.INPUT_BOUND_SHARE:  # say it plainly when the GPU starves
+            extra += f" ({100 * wait_share:.0f}% of step time: input-bound, add --workers or use DALI)"
         self.log.print(progress_line(epoch=epoch, epochs=self.cfg.epochs, step=self.pos.step, total_steps=self.total_steps,
-                                     loss=r["loss"], lr=lr, images_per_s=rate, eta_s=eta,
-                                     extra=f"data-wait {wait_ms:.0f}ms/step"))
+                                     loss=r["loss"], lr=lr, images_per_s=rate, eta_s=eta, extra=extra))
         self.log.record("train", self.pos.step, epoch=epoch, loss=r["loss"], top1=r["train_top1"], lr=lr,
                         images_per_s=rate, data_wait_ms=wait_ms)
         self.tally.reset()
