@@ -56,6 +56,8 @@ def _parser(prog: str) -> OneLineParser:
     a("--keep-checkpoints", "--keep_checkpoint_max", dest="keep_checkpoints", type=int, metavar="N")
     a("--resume", "--checkpoint_file_path", dest="resume", metavar="{auto,never,PATH}")
     a("--image-size", "--image_size", dest="image_size", type=int, metavar="N")
+    a("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="random horizontal flip (default on)")
+    a("--crop-scale-min", dest="crop_scale_min", type=float, metavar="F", help="min area fraction of the random crop")
     a("--eval-resize", dest="eval_resize", type=int, metavar="N")
     a("--workers", "-j", "--num_parallel_workers", dest="workers", type=int, metavar="N", help="loader processes per rank")
     a("--synthetic", action="store_true", help="random images, no dataset needed")

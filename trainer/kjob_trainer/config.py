@@ -61,6 +61,8 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | PATH
     image_size: int = 224
     eval_resize: int | None = None  # None: image_size * 256 / 224, the usual ratio
+    hflip: bool = True  # random horizontal flip in training (off for data where mirroring changes meaning)
+    crop_scale_min: float = 0.08  # smallest area fraction of the random-resized crop (Inception's 8%)
     workers: int = 4  # loader processes per rank
     synthetic: bool = False
     synthetic_samples: int = 1281167  # images per epoch of synthetic data (ImageNet's count)
@@ -197,6 +199,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.lr > 0 and cfg.momentum >= 0 and cfg.weight_decay >= 0, "--lr must be positive; --momentum and --weight-decay not negative")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(cfg.warmup_epochs >= 0 and cfg.dist_timeout > 0, "--warmup-epochs must not be negative; --dist-timeout must be positive")
+    _check(0 < cfg.crop_scale_min <= 1, f"--crop-scale-min must be in (0, 1], got {cfg.crop_scale_min}")
     _check(0 <= cfg.max_bad_images < 1, "--max-bad-images is a fraction in [0, 1)")
     _check(cfg.synthetic or bool(cfg.data_path), "no dataset: give --data-path DIR or --synthetic")
     _check(bool(cfg.resume), "--resume must be auto, never or a checkpoint path")

@@ -39,7 +39,9 @@ def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[Image.Image], t
     from torchvision import transforms as T
 
     if train:
-        steps = [T.RandomResizedCrop(cfg.image_size, antialias=True), T.RandomHorizontalFlip()]
+        steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
+        if cfg.hflip:
+            steps.append(T.RandomHorizontalFlip())
     else:
         steps = [T.Resize(cfg.eval_resize_size(), antialias=True), T.CenterCrop(cfg.image_size)]
     return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])

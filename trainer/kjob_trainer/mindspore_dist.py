@@ -23,11 +23,11 @@ scheduler process itself.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -38,11 +38,13 @@ from kjob_trainer.errors import BadInput, DistributedError
 # concurrent local jobs apart while every rank of one job computes the same port.
 BASE_SCHED_PORT = 8118
 PORT_SPREAD = 2000
-# Seconds the scheduler may take to exit after the last worker left, before it is killed.
-SCHEDULER_EXIT_GRACE = 30.0
+# The scheduler exits by itself a few seconds after the last worker process has exited (it
+# waits for the workers' unregistration, which MindSpore sends only at process exit, so
+# rank 0 cannot wait for it). If rank 0 dies first, the scheduler gives the other workers
+# this long to leave, then exits anyway: it never outlives the job by more.
+ORPHAN_GRACE_S = 20.0
 # MindSpore's C++ logging at ERROR only: its WARNING level prints dozens of lines per rank.
 QUIET_GLOG = "3"
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -88,20 +90,14 @@ def cluster_address(dist: DistEnv, environ: dict[str, str] | None = None) -> tup
     return _resolve(first), port
 
 
-def _die_with_parent() -> None:
-    """In the scheduler child: get SIGTERM when the rank that started it dies (even by SIGKILL)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class ClusterMember:
     """Joins the MindSpore cluster; `close()` reaps the scheduler that rank 0 started."""
 
-    def __init__(self, dist: DistEnv, timeout: float) -> None:
+    def __init__(self, dist: DistEnv, timeout: float, log_path: str | None = None) -> None:
         host, port = cluster_address(dist)
         self.cluster = Cluster(host, port, dist.world_size, dist.rank, dist.host)
         self.timeout = timeout
+        self.log_path = log_path
         self.scheduler: subprocess.Popen | None = None
 
     def _ms_env(self, role: str) -> dict[str, str]:
@@ -121,12 +117,20 @@ class ClusterMember:
         env.setdefault("GLOG_v", QUIET_GLOG)
         for key in ("MS_NODE_ID", "MS_WORKER_IP"):
             env.pop(key, None)
+        env["KJOB_MS_PARENT_PID"] = str(os.getpid())
+        # Its output goes to a file, not to rank 0's stdout: mpirun would otherwise wait for
+        # the scheduler to close that pipe before it finishes.
+        log = None
         try:
+            log = open(self.log_path, "ab") if self.log_path else None
             self.scheduler = subprocess.Popen(
-                [sys.executable, "-m", "kjob_trainer.mindspore_dist", "--scheduler"],
-                env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                [sys.executable, "-m", "kjob_trainer.mindspore_dist", "--scheduler"], env=env,
+                stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
         except OSError as e:
             raise DistributedError(f"{self.where()}: cannot start the MindSpore scheduler ({e})") from e
+        finally:
+            if log is not None:
+                log.close()
 
     def where(self) -> str:
         c = self.cluster
@@ -166,21 +170,29 @@ class ClusterMember:
             self.scheduler.wait()
 
     def close(self) -> None:
-        """Rank 0: wait for the scheduler to see every worker leave, then reap it."""
-        if self.scheduler is None:
-            return
-        try:
-            self.scheduler.wait(timeout=SCHEDULER_EXIT_GRACE)
-        except subprocess.TimeoutExpired:
-            self._kill_scheduler()
-        self.scheduler = None
+        """Rank 0: leave the scheduler to exit after this process (see ORPHAN_GRACE_S); reap
+        it if it already has."""
+        if self.scheduler is not None and self.scheduler.poll() is not None:
+            self.scheduler = None
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Scheduler thread: once the rank that started it is gone, allow ORPHAN_GRACE_S for the
+    other workers to leave, then end the process."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(0)
 
 
 def run_scheduler() -> int:
-    """The scheduler process: `init()` as MS_SCHED returns when every worker has left."""
+    """The scheduler process: `init()` as MS_SCHED returns (or exits) when every worker has left."""
     import mindspore as ms
     from mindspore.communication import init
 
+    parent = int(os.environ.get("KJOB_MS_PARENT_PID", "0"))
+    if parent:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     ms.set_device("CPU")
     try:
         init()

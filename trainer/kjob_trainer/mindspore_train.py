@@ -57,7 +57,8 @@ def setup_context(cfg: TrainConfig, dist: DistEnv) -> ClusterMember | None:
     ms.set_seed(cfg.seed)
     member = None
     if dist.distributed:
-        member = ClusterMember(dist, cfg.dist_timeout)
+        Path(cfg.output_path).mkdir(parents=True, exist_ok=True)
+        member = ClusterMember(dist, cfg.dist_timeout, log_path=str(Path(cfg.output_path) / "ms-scheduler.log"))
         member.join()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=dist.world_size)

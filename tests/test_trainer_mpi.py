@@ -1,0 +1,209 @@
+"""The PyTorch trainer under real OpenMPI `mpirun` on the CPU: all ranks take part, resume
+after a killed rank ends on the same weights, SIGTERM leaves a loadable checkpoint, a kill
+during a checkpoint write never breaks `latest`, and the model really learns (digits)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from kjob_trainer.checkpoints import CheckpointDir, sha256_file
+from kjob_trainer.data import ShardBatches
+from kjob_trainer.metrics import read_metrics
+from kjob_trainer.models import build_model
+from kjob_trainer.torch_state import load_state, restore_model
+
+from trainer_utils import REPO, run_trainer, trainer_cmd, trainer_env, write_digits, write_tiny_folder
+
+
+def index_of(out: Path) -> dict:
+    try:
+        return json.loads((out / "checkpoints" / "index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def rank_process(mpirun: subprocess.Popen, rank: int) -> psutil.Process:
+    for child in psutil.Process(mpirun.pid).children(recursive=True):
+        try:
+            if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank) and "python" in child.name():
+                return child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"rank {rank} process not found")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_eight_ranks_all_train_and_rank0_writes_a_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    proc = run_trainer("--synthetic", "--synthetic-samples", "64", "--num-classes", "10", "--image-size", "32",
+                       "--batch-size", "2", "--max-steps", "2", "--workers", "0", "--log-interval", "1",
+                       "--output-path", str(out), np_=8, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "on 8 x cpu, global batch 16" in proc.stdout
+    ranks = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "ranks"][-1]
+    # Every rank's own count of samples and sum of sample ids, all-reduced to rank 0, equals
+    # what its shard of the epoch holds: all 8 ranks took part, each with its own samples.
+    expected_sum = []
+    for r in range(8):
+        shard = ShardBatches(64, 2, r, 8, seed=0, train=True)
+        shard.set_epoch(0)
+        expected_sum.append(sum(sum(b) for b, _ in zip(shard, range(2))))
+    assert ranks["samples"] == [4] * 8 and ranks["id_sum"] == expected_sum
+    index = index_of(out)
+    latest = out / "checkpoints" / index["latest"]
+    assert index["latest"] == "step-00000002.pt" and sha256_file(latest) == index["checkpoints"][-1]["sha256"]
+    assert load_state(latest)["step"] == 2
+
+
+RESUME_ARGS = ["--image-size", "24", "--batch-size", "2", "--epochs", "2", "--workers", "0", "--num-classes", "4",
+               "--log-interval", "1", "--ckpt-steps", "2", "--seed", "3", "--no-eval", "--lr", "0.2"]
+
+
+def final_weights(out: Path) -> dict:
+    return load_state(out / "checkpoints" / "epoch-0002.pt")["model"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_killed_rank_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
+    write_tiny_folder(tmp_path / "ds", classes=4, per_class=6)  # 24 images: 6 steps/epoch on 2 ranks
+    args = ["--data-path", str(tmp_path / "ds"), *RESUME_ARGS]
+    whole = run_trainer(*args, "--output-path", str(tmp_path / "whole"), np_=2, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    out = tmp_path / "broken"
+    with open(tmp_path / "log1", "w") as log:
+        proc = subprocess.Popen(trainer_cmd(*args, "--output-path", str(out), np_=2), stdout=log, stderr=subprocess.STDOUT,
+                                env=trainer_env(), cwd=REPO)
+        try:
+            # Step 8 is mid-way through epoch 2: kill rank 1 as soon as it is saved.
+            wait_for(lambda: index_of(out).get("latest") == "step-00000008.pt", proc, 240, "the step-8 checkpoint")
+            rank_process(proc, 1).kill()
+            assert proc.wait(timeout=60) != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    latest = index_of(out)["latest"]
+    assert latest.startswith("step-") and latest != "epoch-0002.pt"
+    mid = load_state(out / "checkpoints" / latest)
+    assert (mid["epoch"], mid["batches"] > 0) == (1, True)
+
+    resumed = run_trainer(*args, "--output-path", str(out), "--resume", "auto", np_=2, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {out / 'checkpoints' / latest}" in resumed.stdout
+    a, b = final_weights(tmp_path / "whole"), final_weights(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), rtol=1e-4, atol=1e-6), key
+    # ...and training moved the weights after the resume point (the check is not vacuous).
+    assert not torch.allclose(mid["model"]["fc.weight"], b["fc.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_saves_a_loadable_checkpoint_at_the_current_step(tmp_path):
+    out = tmp_path / "out"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(trainer_cmd("--synthetic", "--synthetic-samples", "4000", "--num-classes", "5",
+                                            "--image-size", "24", "--batch-size", "2", "--workers", "0",
+                                            "--log-interval", "1", "--epochs", "1", "--output-path", str(out), np_=2),
+                                stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
+        try:
+            wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
+            proc.send_signal(signal.SIGTERM)  # mpirun forwards it to every rank
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = (tmp_path / "log").read_text()
+    assert code != 0 and "SIGTERM: saved a checkpoint at step" in text, text[-3000:]
+    index = index_of(out)
+    assert index["latest"].startswith("step-")
+    state = load_state(out / "checkpoints" / index["latest"])
+    assert state["step"] >= 2 and state["batches"] == state["step"]
+    restore_model(build_model("resnext50_32x4d", 5), state, Path(index["latest"]))
+
+
+SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+from kjob_trainer.checkpoints import CheckpointDir
+ck = CheckpointDir(Path(sys.argv[1]), "pytorch", "resnext50_32x4d")
+ck.save("epoch-0001.pt", lambda p: p.write_bytes(b"good" * 1000), epoch=1, step=10)
+def slow(p):
+    with open(p, "wb") as f:
+        while True:
+            f.write(b"x" * 4096); f.flush(); time.sleep(0.01)
+ck.save("epoch-0002.pt", slow, epoch=2, step=20)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_process_killed_while_writing_a_checkpoint_leaves_latest_valid(tmp_path):
+    folder = tmp_path / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(folder)])
+    try:
+        wait_for(lambda: any(p.name.startswith(".tmp-epoch-0002") and p.stat().st_size > 8192
+                             for p in folder.glob(".tmp-*")), proc, 50, "the second write to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    index = json.loads((folder / "index.json").read_text())
+    assert index["latest"] == "epoch-0001.pt" and [e["file"] for e in index["checkpoints"]] == ["epoch-0001.pt"]
+    assert not (folder / "epoch-0002.pt").exists()
+    ck = CheckpointDir(folder, "pytorch", "resnext50_32x4d")
+    assert ck.resolve_resume("auto") == folder / "epoch-0001.pt"
+    ck.save("epoch-0002.pt", lambda p: p.write_bytes(b"ok"), epoch=2, step=20)
+    assert not list(folder.glob(".tmp-*"))  # the next save clears the dead writer's temp file
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_ranks_learn_digits_to_90_percent(tmp_path):
+    """ResNeXt50_32x4d itself, from scratch, on sklearn digits (8x8 upscaled to 16 px: the
+    size that fits the time on 2 CPU cores), no flip (mirrored digits change meaning)."""
+    write_digits(tmp_path / "digits")
+    out = tmp_path / "out"
+    proc = run_trainer("--data-path", str(tmp_path / "digits"), "--output-path", str(out), *DIGITS_ARGS,
+                       np_=2, timeout=880)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[-1]["top1"] >= 90.0, evals
+    assert (out / "curves.png").stat().st_size > 0 and list((out / "tensorboard").iterdir())
+    index = index_of(out)
+    assert index["best"] and index["checkpoints"][-1]["metrics"]["top1"] == evals[-1]["top1"]
+    ev = run_trainer("--checkpoint", str(out / "checkpoints" / index["latest"]), "--data-path",
+                     str(tmp_path / "digits"), "--json", "--workers", "0", module="kjob_trainer.evaluate", timeout=120)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["top1"] == pytest.approx(evals[-1]["top1"])
+
+
+DIGITS_ARGS = ["--image-size", "16", "--batch-size", "16", "--epochs", "5", "--workers", "0", "--lr", "0.2",
+               "--warmup-epochs", "0.5", "--crop-scale-min", "0.6", "--no-hflip", "--label-smoothing", "0.1",
+               "--log-interval", "20", "--keep-checkpoints", "1"]
