@@ -60,6 +60,34 @@ def test_follow_survives_five_stream_cuts_in_10000_lines(kube, run_kjob):
     assert r.err.splitlines()[-1] == "job smoke Succeeded"
 
 
+def test_cuts_while_reading_a_finished_pod_lose_nothing(kube, run_kjob):
+    """The job is over before kjob connects: the log of a terminated container is read
+    to its end through cuts, not given up after the first one."""
+    pods = submit(kube, run_kjob)
+    lines = [f"line {i}" for i in range(3000)]
+    kube.append_log(pods[0], lines, timestamp_ns=(time.time_ns() // 10**9 - 5) * 10**9)
+    kube.finish_job("smoke")
+    cuts = [kube.fault("get", "pods/log", cut_after_bytes=3_000 + 4_000 * i) for i in range(5)]
+    r = run_kjob("logs", "smoke", "-f")
+    assert r.out.splitlines() == lines and [c.hits for c in cuts] == [1] * 5
+
+
+def test_a_silent_stream_is_resumed_without_counting_as_a_failure(kube, run_kjob, monkeypatch):
+    monkeypatch.setenv("KJOB_LOG_IDLE_SECONDS", "0.1")
+    monkeypatch.setenv("KJOB_RETRIES", "1")  # 3 failures would give up
+    pods = submit(kube, run_kjob)
+    kube.append_log(pods[0], ["before"])
+
+    def later():
+        time.sleep(1.0)  # ~10 idle timeouts
+        kube.append_log(pods[0], ["after"])
+        kube.finish_job("smoke")
+
+    in_background(later)
+    r = run_kjob("logs", "smoke", "-f")
+    assert (r.code, r.out) == (0, "before\nafter\n")
+
+
 def test_follow_continues_through_a_container_restart(kube, run_kjob):
     pods = submit(kube, run_kjob)
     kube.append_log(pods[0], [f"first {i}" for i in range(50)])

@@ -109,18 +109,22 @@ class Session:
         self._write = write
         self.final: str | None = None
         self.poll = _env_float("KJOB_POLL_SECONDS", 2.0)
-        self.idle = _env_float("KJOB_LOG_IDLE_SECONDS", 30.0)  # reconnect a silent stream this often
+        self.idle = _env_float("KJOB_LOG_IDLE_SECONDS", 10.0)  # reconnect a silent stream this often
         self.wanted = {options.replica or default_replica(job)} if not options.all_replicas else None
         self.colors: dict[str, str] = {}
 
     def shows(self, replica: str) -> bool:
         return self.wanted is None or replica in self.wanted or (replica == "master-0" and "master" in self.wanted)
 
-    def emit(self, replica: str, pod: str, ts: str, text: str, saver) -> None:
-        line = f"{ts} {text}" if self.options.timestamps else text
+    def emit(self, replica: str, entries: list[tuple[str, str]], saver) -> None:
+        """Write (timestamp, text) lines of one replica: one write per network chunk,
+        not per line (a flush per line costs more than everything else together)."""
+        if not entries:
+            return
+        lines = [f"{ts} {text}" for ts, text in entries] if self.options.timestamps else [text for _, text in entries]
         with self.lock:
             if saver is not None:
-                saver.write(line + "\n")
+                saver.write("\n".join(lines) + "\n")
             if not self.shows(replica):
                 return
             if self.options.all_replicas:
@@ -128,8 +132,8 @@ class Session:
                 if self.options.color:
                     color = self.colors.setdefault(replica, COLORS[len(self.colors) % len(COLORS)])
                     prefix = f"{color}{prefix}{RESET}"
-                line = f"{prefix} {line}"
-            self._write(line)
+                lines = [f"{prefix} {line}" for line in lines]
+            self._write("\n".join(lines))
 
     def pods(self) -> list[dict]:
         from kjob.cluster import job_pods
@@ -210,14 +214,17 @@ class Follower:
                 time.sleep(self.s.poll)
                 continue
             was_over = terminated(pod)
-            self.stream(pod)
-            if was_over:
-                self.done.add(key)
+            complete = self.stream(pod)
+            if was_over and complete:
+                self.done.add(key)  # a finished container's log, read to its end
             elif self.s.final:
-                return  # the job ended while this pod still runs (workers after a launcher)
+                pod = self.pod()
+                if pod is not None and started(pod) and not terminated(pod):
+                    return  # still running after the job ended (workers after a launcher)
+                # it ended too: the next round reads the rest of its log
 
-    def stream(self, pod: dict) -> None:
-        """One connection: read until the stream ends, breaks or idles."""
+    def stream(self, pod: dict) -> bool:
+        """One connection: read until the stream ends (True), breaks or idles (False)."""
         opts, name = self.s.options, pod["metadata"]["name"]
         if self.s.options.save_dir is not None and self.saver is None:
             self.saver = open(Path(opts.save_dir) / f"{name}.log", "a", encoding="utf-8")
@@ -231,38 +238,50 @@ class Follower:
             resp = self.s.kube.request("GET", self.s.log_path(name), verb="get", resource="pods/log", name=name, namespace=self.s.namespace, query=query, stream=True, timeout=(self.s.kube.timeout[0], self.s.idle))
         except (InvalidInput, NotFound):
             time.sleep(self.s.poll)  # not started after all / gone: look at the pod again
-            return
+            return False
         except ClusterUnavailable:
             self.broke()
-            return
+            return False
         self.first = False
         try:
-            for ts, text in lines_of(resp):
-                if self.cursor.accept(parse_ts(ts)):
+            for batch in batches_of(resp):
+                shown = [(ts, text) for ts, text in batch if self.cursor.accept(parse_ts(ts))]
+                if shown:
                     self.failures = 0
-                    self.s.emit(self.replica, name, ts, text, self.saver)
-        except Exception:  # noqa: BLE001 - a dropped/idle stream (urllib3 errors): resume from the cursor
-            if not self.s.final:
-                self.broke(quiet=True)
+                    self.s.emit(self.replica, shown, self.saver)
+        except Exception as e:  # noqa: BLE001 - a dropped/idle stream (urllib3 errors): resume from the cursor
+            if not _idle(e):  # silence is not a failure: a trainer may print nothing for minutes
+                self.broke()
+            return False
         finally:
             resp.release_conn()
+        return True
 
-    def broke(self, quiet: bool = False) -> None:
+    def broke(self) -> None:
         self.failures += 1
         if self.failures > max(self.s.kube.retry.attempts, 1) * 3:
             raise ClusterUnavailable(f"the log stream of {self.replica} keeps breaking: giving up after {self.failures} reconnects to {self.s.kube.where()}")
         time.sleep(min(self.s.kube.retry.backoff * self.failures, 2.0))
 
 
-def lines_of(resp):
-    """(timestamp, text) per complete line; a partial last line is dropped (a cut)."""
+def _idle(e: Exception) -> bool:
+    import urllib3.exceptions as u
+
+    return isinstance(e, (u.ReadTimeoutError, TimeoutError))
+
+
+def batches_of(resp):
+    """Lists of (timestamp, text), one per network chunk; a partial last line is kept
+    for the next chunk, and dropped if the stream breaks (the resume re-reads it)."""
     buf = b""
     for chunk in resp.stream(256 * 1024, decode_content=False):
         buf += chunk
         *complete, buf = buf.split(b"\n")
+        batch = []
         for raw in complete:
             ts, _, text = raw.decode("utf-8", "replace").partition(" ")
-            yield ts, text
+            batch.append((ts, text))
+        yield batch
 
 
 def show_logs(backend, job: dict, options: LogOptions, write: Callable[[str], None]) -> str | None:
@@ -327,9 +346,7 @@ def show_once(session: Session) -> None:
             Path(opts.save_dir).mkdir(parents=True, exist_ok=True)
             saver = open(Path(opts.save_dir) / f"{name}{'.previous' if opts.previous else ''}.log", "w", encoding="utf-8")
         try:
-            for raw in text.splitlines():
-                ts, _, line = raw.partition(" ")
-                session.emit(replica, name, ts, line, saver)
+            session.emit(replica, [tuple(raw.partition(" ")[::2]) for raw in text.splitlines()], saver)
         finally:
             if saver is not None:
                 saver.close()

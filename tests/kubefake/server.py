@@ -76,6 +76,9 @@ class FakeServer:
         self.port = site._server.sockets[0].getsockname()[1]
 
     def call(self, fn, *args):
+        if self.loop.is_closed():
+            raise RuntimeError("the test API server is stopped")
+
         async def run():
             return fn(self.state, *args)
 

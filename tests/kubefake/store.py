@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import re
 import time
 import uuid
@@ -36,10 +37,15 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=1024)
+def _second(sec: int) -> str:
+    return datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def format_ts(ns: int) -> str:
     """The kubelet's log timestamp: RFC 3339 with a fixed 9-digit fraction."""
     sec, frac = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
+    return f"{_second(sec)}.{frac:09d}Z"
 
 
 def parse_time(text: str) -> int:
