@@ -214,3 +214,17 @@ def test_light_commands_import_no_heavy_modules(args):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert re.search(r"HEAVY=(.*)$", r.stderr).group(1) == ""
+
+
+def test_readme_cli_reference_names_every_command():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## CLI reference"):]
+    for path, _ in _commands(cli):
+        assert f"`kjob {' '.join(path)}" in section, f"README's CLI reference lacks kjob {' '.join(path)}"
+
+
+def test_options_from_environment_variables(capsys, monkeypatch):
+    monkeypatch.setenv("KJOB_RENDER_FORMAT", "json")
+    monkeypatch.setenv("KJOB_SUBMIT_NAMESPACE", "team-env")
+    assert json.loads(kjob(capsys, "render", SPEC)[1])["kind"] == "List"
+    assert yaml.safe_load(kjob(capsys, "submit", SPEC, "--dry-run")[1])["metadata"]["namespace"] == "team-env"

@@ -204,3 +204,17 @@ def test_rendering_is_deterministic_across_processes():
     from kjob.gitops import dump_objects
 
     assert outputs.pop() == "".join(dump_objects(render_objects(load_spec(p))) for p in EXAMPLES)
+
+
+@pytest.mark.parametrize("spec_text", [p.read_text() for p in EXAMPLES] + [EVERYTHING], ids=[p.stem for p in EXAMPLES] + ["everything"])
+def test_pod_templates_are_valid_core_objects(spec_text):
+    """The CRD schemas embed PodTemplateSpec without rejecting unknown keys; the strict
+    core schema catches a misspelt field in a pod template."""
+    import kubernetes_validate
+
+    (job,) = render_objects(parse_spec(spec_text))
+    replicas = job["spec"].get("mpiReplicaSpecs") or job["spec"]["pytorchReplicaSpecs"]
+    for role, replica in replicas.items():
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{job['metadata']['name']}-{role.lower()}"},
+                    "template": replica["template"]}
+        kubernetes_validate.validate(template, "1.32.0", strict=True)

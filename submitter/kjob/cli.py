@@ -60,7 +60,8 @@ def spec_paths_argument(func):
 
 
 def format_option(func):
-    return click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+    # Named `format` (not fmt) so that the environment variable is KJOB_<CMD>_FORMAT.
+    return click.option("--format", "format", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
                         help="Output format: multi-document YAML, or JSON (a v1 List on stdout).")(func)
 
 
@@ -77,7 +78,7 @@ def _render_all(paths, namespace: str | None = None) -> list[dict]:
 @click.option("-o", "--output-dir", type=click.Path(), help="Write one file per object plus kustomization.yaml into this directory (replaced as a whole) instead of printing.")
 @format_option
 @click.option("-n", "--namespace", help="Set metadata.namespace (overrides the specs').")
-def render(specs, output_dir, fmt, namespace) -> None:
+def render(specs, output_dir, format, namespace) -> None:  # noqa: A002 - the option's name
     """Render job specs to MPIJob/PyTorchJob manifests.
 
     Prints multi-document YAML (or a JSON List), or with -o writes a kustomize-ready
@@ -87,11 +88,11 @@ def render(specs, output_dir, fmt, namespace) -> None:
 
     objects = _render_all(specs, namespace)
     if output_dir:
-        for path in write_gitops_dir(objects, output_dir, fmt):
+        for path in write_gitops_dir(objects, output_dir, format):
             click.echo(f"wrote {path}", err=True)
     else:
         check_unique(objects)
-        click.echo(dump_objects(objects, fmt), nl=False)
+        click.echo(dump_objects(objects, format), nl=False)
 
 
 @cli.command()
@@ -137,7 +138,7 @@ def schema(output) -> None:
 @click.option("--wait", is_flag=True, help="Return when the job Succeeded (exit 0) or Failed (exit 1).")
 @local_option
 @kube_options
-def submit(spec_file, dry_run, fmt, follow, replace, wait, local, kubeconfig, kube_context, namespace) -> None:
+def submit(spec_file, dry_run, format, follow, replace, wait, local, kubeconfig, kube_context, namespace) -> None:
     """Submit a job: validate the spec, render it and create the MPIJob/PyTorchJob
     (or with --local, run it under mpirun on this machine, in ./kjob-runs/NAME)."""
     from kjob.render import render_objects
@@ -147,7 +148,7 @@ def submit(spec_file, dry_run, fmt, follow, replace, wait, local, kubeconfig, ku
     if dry_run:
         from kjob.gitops import dump_objects
 
-        click.echo(dump_objects(render_objects(spec), fmt), nl=False)
+        click.echo(dump_objects(render_objects(spec), format), nl=False)
     elif local:
         _submit_local(spec, follow=follow, replace=replace)
     else:

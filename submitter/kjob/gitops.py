@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from kjob.errors import InvalidInput
@@ -79,6 +77,9 @@ def write_gitops_dir(objects: list[dict], out_dir: str | Path, fmt: str = "yaml"
 
     Raises InvalidInput when `out_dir` is a file, or a non-empty directory kjob did not
     write (it is never merged into), or cannot be written; nothing is left behind then."""
+    import shutil
+    import tempfile  # imports random -> hashlib/OpenSSL: only when writing a directory
+
     out = Path(out_dir)
     check_unique(objects)
     if out.exists() and not out.is_dir():
@@ -105,6 +106,8 @@ def write_gitops_dir(objects: list[dict], out_dir: str | Path, fmt: str = "yaml"
 
 def _replace_dir(new: Path, out: Path) -> None:
     """Move `new` to `out`; an existing `out` is renamed away first and removed after."""
+    import shutil
+
     if not out.exists():
         new.rename(out)
         return

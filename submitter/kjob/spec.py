@@ -11,150 +11,41 @@ lr 0.1 per 256 images, weight decay 1e-4, label smoothing 0.1, cosine schedule w
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import posixpath
-import re
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Literal
+
+# pydantic looks for plugins in the entry points of every installed package when the
+# first model class is built (~30 ms in a large environment); kjob's models use none.
+# Switched off while this module builds its models, then restored.
+_PLUGINS_ENV = "PYDANTIC_DISABLE_PLUGINS"
+_plugins_setting = os.environ.get(_PLUGINS_ENV)
+os.environ[_PLUGINS_ENV] = "__all__"
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from kjob.errors import InvalidInput
+from kjob.spec_checks import (  # noqa: F401  (parse_quantity, max_name_length: part of this module's API)
+    RESERVED_ENV_PREFIXES, RESERVED_PATHS, check_abs_path, check_env_name, check_image, check_label_key,
+    check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, off_is_false,
+    cross_field_problems, max_name_length, parse_quantity,
+)
 from kjob.specfile import Located, dotted, locate, parse_yaml
 
-# --- field checks --------------------------------------------------------------------
-
-# RFC 1035 label: the operators make Services named after the job and its replicas,
-# and Service names must start with a letter.
-_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_QUALIFIED_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Kubernetes resource.Quantity: a decimal number with an optional SI/binary suffix.
-_QUANTITY_RE = re.compile(r"^(?P<num>[+]?(\d+(\.\d*)?|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
-_SUFFIX = {
-    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
-    "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-# A container image reference as the distribution spec defines it (simplified):
-# [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
-_IMAGE_RE = re.compile(
-    r"^(?:(?P<registry>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
-# Paths kjob itself mounts in the pods; user volumes must not shadow them.
-RESERVED_PATHS = ("/dev/shm", "/etc/mpi", "/home/mpiuser/.ssh")
-# Variables mpirun, PMIx and the training-operator set; a spec must not override them.
-RESERVED_ENV_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "PET_")
+Str = Annotated[str, AfterValidator(no_surrogates)]
+JobName = Annotated[str, AfterValidator(check_name)]
+Image = Annotated[str, AfterValidator(check_image)]
+Quantity = Annotated[str, AfterValidator(check_quantity)]
+AbsPath = Annotated[str, AfterValidator(check_abs_path)]
+KubeName = Annotated[str, AfterValidator(check_subdomain)]
+LabelValue = Annotated[str, AfterValidator(check_label_value)]
 
 
-def parse_quantity(text: str) -> Decimal:
-    """The value of a Kubernetes quantity ("500m" -> 0.5, "2Gi" -> 2147483648).
-
-    Raises ValueError when `text` is not a quantity Kubernetes accepts."""
-    m = _QUANTITY_RE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
-    suffix = m.group("suffix") or ""
-    try:
-        base = Decimal(m.group("num"))
-        if suffix[:1] in ("e", "E"):
-            return base * Decimal(10) ** int(suffix[1:])
-        return base * _SUFFIX[suffix]
-    except (InvalidOperation, OverflowError) as e:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity") from e
-
-
-def _no_surrogates(value: str) -> str:
-    # Lone surrogates (from "\ud800" escapes in YAML) cannot be written as UTF-8.
-    if any("\ud800" <= c <= "\udfff" for c in value):
-        raise ValueError("contains an unpaired UTF-16 surrogate")
-    return value
-
-
-def _off_is_false(value):
-    # YAML 1.1 reads an unquoted `off` as false.
-    return "off" if value is False else value
-
-
-def _check_quantity(value: str) -> str:
-    if parse_quantity(value) <= 0:
-        raise ValueError(f"{value!r} must be greater than zero")
-    return value
-
-
-def _check_abs_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"{value!r} must be an absolute path (start with '/')")
-    if any(not c.isprintable() for c in value):
-        raise ValueError("must not contain control characters or line breaks")
-    if posixpath.normpath(value) != value or value.startswith("//"):
-        raise ValueError(f"{value!r} is not normalized (write {posixpath.normpath(value)!r})")
-    return value
-
-
-def _check_subdomain(value: str) -> str:
-    if len(value) > 253 or not _SUBDOMAIN_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase letters, digits, '-' and '.')")
-    return value
-
-
-def _check_image(value: str) -> str:
-    if len(value) > 512 or not _IMAGE_RE.match(value):
-        raise ValueError(f"{value!r} is not an image reference (e.g. 'registry.example.com/team/kjob-trainer:0.1.0')")
-    return value
-
-
-def _check_label_value(value: str) -> str:
-    if len(value) > 63 or not _LABEL_VALUE_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid label value (<= 63 of letters, digits, '-', '_', '.')")
-    return value
-
-
-def _check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid job name: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit")
-    return value
-
-
-Str = Annotated[str, AfterValidator(_no_surrogates)]
-JobName = Annotated[str, AfterValidator(_check_name)]
-Image = Annotated[str, AfterValidator(_check_image)]
-Quantity = Annotated[str, AfterValidator(_check_quantity)]
-AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
-KubeName = Annotated[str, AfterValidator(_check_subdomain)]
-LabelValue = Annotated[str, AfterValidator(_check_label_value)]
-
-
-def _check_label_key(key: str) -> str:
-    if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
-        raise ValueError(f"{key!r} is not a valid label key")
-    return key
-
-
-def _check_env_name(key: str) -> str:
-    if not _ENV_NAME_RE.match(key):
-        raise ValueError(f"{key!r} is not a valid environment variable name")
-    if key.startswith(RESERVED_ENV_PREFIXES):
-        raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
-    return key
-
-
-def _check_resume(value: str) -> str:
-    if value not in ("auto", "never") and not value.startswith("/"):
-        raise ValueError(f"must be 'auto', 'never' or an absolute path, not {value!r}")
-    return value
-
-
-LabelKey = Annotated[str, AfterValidator(_check_label_key)]
-EnvName = Annotated[str, AfterValidator(_check_env_name)]
+LabelKey = Annotated[str, AfterValidator(check_label_key)]
+EnvName = Annotated[str, AfterValidator(check_env_name)]
 
 
 # --- models --------------------------------------------------------------------------
@@ -239,13 +130,13 @@ class TrainSettings(_Model):
     warmup_epochs: float = Field(5, ge=0, description="Linear lr warm-up, in epochs.")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     lr_schedule: Literal["cosine", "step"] = Field("cosine", description="lr decay after warm-up.")
-    amp: Annotated[Literal["off", "bf16", "fp16"], BeforeValidator(_off_is_false)] = Field("bf16", description="Mixed precision.")
+    amp: Annotated[Literal["off", "bf16", "fp16"], BeforeValidator(off_is_false)] = Field("bf16", description="Mixed precision.")
     channels_last: bool = Field(True, description="NHWC memory format (faster convolutions on tensor cores).")
     compile: bool = Field(False, description="torch.compile the model (PyTorch only).")
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     checkpoint_interval: int = Field(1, ge=1, description="Epochs between checkpoints.")
     keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
-    resume: Annotated[str, AfterValidator(_check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
+    resume: Annotated[str, AfterValidator(check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
     image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
     loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
     synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
@@ -312,57 +203,16 @@ class JobSpec(_Model):
         """`sha256:<hex>` of the normalized spec (defaults written out, `local` left out:
         it does not change what is sent to a cluster)."""
         data = self.model_dump(mode="json", by_alias=True, exclude={"local"})
+        import hashlib  # loads OpenSSL: only when a hash is wanted
+
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
-# --- checks across fields (each with the path it belongs to) ---------------------------
-
-
-def max_name_length(spec: JobSpec) -> int:
-    """The longest job name whose derived pod names stay within 63 characters."""
-    last_worker = spec.workers - 1 if spec.launcher == "mpi" else max(spec.workers - 2, 0)
-    longest_suffix = max(len(f"-worker-{last_worker}"), len("-launcher-xxxxx") if spec.launcher == "mpi" else len("-master-0"))
-    return 63 - longest_suffix
-
-
-def cross_field_problems(spec: JobSpec) -> list[tuple[tuple, str]]:
-    """Problems that involve more than one field, as (location, message) pairs."""
-    out: list[tuple[tuple, str]] = []
-    if len(spec.name) > max_name_length(spec):
-        out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
-                    f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
-    for key in ("cpu", "memory"):
-        req, lim = getattr(spec.resources.requests, key), getattr(spec.resources.limits, key)
-        if req and lim and parse_quantity(lim) < parse_quantity(req):
-            out.append((("resources", "limits", key), f"{lim} is less than requests.{key} ({req})"))
-    t = spec.train
-    if t.warmup_epochs >= t.epochs and t.warmup_epochs > 0:
-        out.append((("train", "warmupEpochs"), f"must be less than epochs ({t.epochs}), got {t.warmup_epochs:g}"))
-    if spec.framework == "mindspore" and spec.launcher == "torchrun":
-        out.append((("launcher",), "torchrun starts PyTorch only; use launcher: mpi with framework: mindspore"))
-    if spec.train.compile and spec.framework != "pytorch":
-        out.append((("train", "compile"), "compile is a PyTorch option; MindSpore compiles its graph itself"))
-    if spec.data is None and not spec.train.synthetic:
-        out.append((("data",), "required unless train.synthetic is true"))
-    mounts = [(("checkpoints", "mountPath"), spec.checkpoints.mount_path)]
-    if spec.data is not None:
-        mounts.insert(0, (("data", "mountPath"), spec.data.mount_path))
-    for loc, path in mounts:
-        for reserved in RESERVED_PATHS:
-            if _overlaps(path, reserved):
-                out.append((loc, f"{path!r} overlaps {reserved}, which kjob mounts itself"))
-    if len(mounts) == 2 and _overlaps(mounts[0][1], mounts[1][1]):
-        out.append((mounts[1][0], f"{mounts[1][1]!r} overlaps data.mountPath {mounts[0][1]!r}; use distinct, non-nested paths"))
-    if spec.queue and spec.scheduler_name not in (None, "volcano"):
-        out.append((("queue",), "queue works with schedulerName: volcano or the default scheduler (Kueue)"))
-    if spec.gpus_per_worker == 0 and spec.train.amp == "fp16":
-        out.append((("train", "amp"), "fp16 needs GPUs; use bf16 or off for a CPU job"))
-    return out
-
-
-def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+if _plugins_setting is None:
+    del os.environ[_PLUGINS_ENV]
+else:
+    os.environ[_PLUGINS_ENV] = _plugins_setting
 
 
 # --- loading -------------------------------------------------------------------------
@@ -521,7 +371,7 @@ def with_namespace(spec: JobSpec, namespace: str | None) -> JobSpec:
     if not namespace:
         return spec
     try:
-        _check_subdomain(namespace)
+        check_subdomain(namespace)
     except ValueError as e:
         raise InvalidInput(f"--namespace: {e}") from None
     return spec.model_copy(update={"namespace": namespace})
