@@ -274,3 +274,11 @@ def test_dead_session_without_exit_code_is_failed(tmp_path):
     assert status.state == "Failed"
     assert status.message == ("the processes ended without recording an exit code (killed?); "
                               "last log line: Error: rank 1: out of memory")
+
+
+def test_a_path_is_not_a_run_name(runs):
+    (runs / "keep.txt").write_text("x")
+    proc = kjob(runs, "delete", "../keep.txt", "--local")
+    assert proc.returncode == 2
+    assert proc.stderr == "Error: '../keep.txt' is not a job name (lowercase letters, digits and '-')\n"
+    assert (runs / "keep.txt").exists()

@@ -20,6 +20,7 @@ the cluster backend. Decisions (README "Local runs"):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,8 @@ from kjob.errors import Conflict, InvalidInput, JobFailed, KjobError, NotFound
 from kjob.local_waiter import now_rfc3339, read_run, update_run, write_run
 
 RUNS_DIR = "kjob-runs"
+# Spec names are DNS-1123 labels; anything else is refused before it becomes a path.
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # How long `delete` lets the trainer write its SIGTERM checkpoint before SIGKILL.
 STOP_GRACE_S = 20.0
 # How often following checks for new log bytes / the end of the run.
@@ -49,6 +52,10 @@ class LocalBackend:
     # -- reading a run -------------------------------------------------------------
 
     def run_dir(self, name: str) -> Path:
+        """The folder of run `name`. Raises InvalidInput for a name that is not a job
+        name (a path like '../x' must never reach rmtree)."""
+        if not _NAME.fullmatch(name):
+            raise InvalidInput(f"{name!r} is not a job name (lowercase letters, digits and '-')")
         return self.root / name
 
     def _record(self, name: str) -> dict:
@@ -107,12 +114,14 @@ class LocalBackend:
         """
         record = self._record(name)
         stopped = 0
-        if record.get("exit_code") is None and record.get("sid") and _same_host(record):
+        # Also after an exit code: a rank that outlived mpirun would hold the session.
+        if record.get("sid") and _same_host(record):
             stopped = local_procs.stop_session(int(record["sid"]), STOP_GRACE_S)
         kept = _remove_run_folder(self.run_dir(name))
         what = f"stopped {stopped} process(es)" if stopped else "no process was running"
         if kept:
-            return f"deleted local run {name} ({what}); its checkpoints stay in {kept} (rm -r {kept.parent} removes them)"
+            return (f"deleted local run {name} ({what}); its checkpoints stay in {_show(kept)} "
+                    f"(rm -r {_show(kept.parent)} removes them)")
         return f"deleted local run {name} ({what})"
 
     def logs(self, name: str, options: LogOptions, write: Callable[[str], None]) -> str | None:
@@ -124,7 +133,7 @@ class LocalBackend:
         _check_log_options(options)
         log = self.run_dir(name) / "train.log"
         offset = _write_tail(log, options.tail, write)
-        if options.save_dir is not None:
+        if options.save_dir is not None and log.is_file():
             options.save_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, options.save_dir / f"{name}.log")
         if not options.follow:
