@@ -330,5 +330,8 @@ def fetch(kube, job_obj: dict, options: FetchOptions, *, say: Callable[[str], No
         if need:
             progress = Progress(sum(e.size for e in need), enabled=options.progress)
             transfer(kube, t, need, dest, overwrite=options.overwrite, progress=progress)
+            secs = max(time.monotonic() - progress.start, 1e-6)
+            say(f"transferred {len(need)} file(s), {human(progress.n)} in {secs:.2f} s "
+                f"({human(progress.n / secs)}/s) from pod {t.pod}, sha256 verified")
         write_local_index(dest, index, entries)
     return entries
