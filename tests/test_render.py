@@ -63,7 +63,7 @@ def test_every_optional_feature_validates_against_the_crds(launcher):
     (obj,) = render_objects(parse_spec(EVERYTHING + f"launcher: {launcher}\nworkers: 3\n"))
     assert_valid_for_crd(obj)
     assert obj["metadata"]["namespace"] == "team-a"
-    assert obj["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 4 if launcher == "mpi" else 3, "queue": "research", "priorityClass": "high"}
+    assert obj["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 3, "queue": "research", "priorityClass": "high"}
 
 
 def test_crd_check_can_fail():
@@ -78,7 +78,7 @@ def test_mpijob_shape():
     s = job["spec"]
     assert (s["slotsPerWorker"], s["launcherCreationPolicy"], s["sshAuthMountPath"], s["mpiImplementation"]) == (
         8, "WaitForWorkersReady", "/home/mpiuser/.ssh", "OpenMPI")
-    assert s["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert s["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3}  # no suspend: Kueue owns it
     launcher = s["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
     worker = s["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert s["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
@@ -218,3 +218,15 @@ def test_pod_templates_are_valid_core_objects(spec_text):
         template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{job['metadata']['name']}-{role.lower()}"},
                     "template": replica["template"]}
         kubernetes_validate.validate(template, "1.32.0", strict=True)
+
+
+def test_templates_ship_in_the_wheel():
+    """`pip install .` (not only editable) must carry every template as package data."""
+    import fnmatch
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert (ROOT / setup["package-dir"]["kjob.templates"]).resolve() == templates_dir().resolve()
+    assert "kjob.templates" in setup["packages"]
+    for template in templates_dir().glob("*.j2"):
+        assert any(fnmatch.fnmatch(template.name, pat) for pat in setup["package-data"]["kjob.templates"]), template.name

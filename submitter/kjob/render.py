@@ -194,7 +194,9 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
 
 def _run_policy(spec: JobSpec, min_available: int) -> dict:
     rp = spec.run_policy
-    out: dict = {"cleanPodPolicy": rp.clean_pod_policy, "backoffLimit": rp.backoff_limit, "suspend": False}
+    # No `suspend`: Kueue suspends and resumes jobs itself, and a value written here would
+    # make GitOps tools fight it (the operators' default is not suspended).
+    out: dict = {"cleanPodPolicy": rp.clean_pod_policy, "backoffLimit": rp.backoff_limit}
     if rp.active_deadline_seconds is not None:
         out["activeDeadlineSeconds"] = rp.active_deadline_seconds
     if rp.ttl_seconds_after_finished is not None:
@@ -231,7 +233,9 @@ def _context(spec: JobSpec) -> dict:
         worker = _pod(spec, container="worker", command=SSHD_COMMAND[:1], args=SSHD_COMMAND[1:], env=_env(spec),
                       resources=_trainer_resources(spec), trainer=True)
         return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
-                "run_policy": _run_policy(spec, spec.workers + 1)}
+                # Gang size = the workers only: with WaitForWorkersReady the launcher pod
+                # appears after them, so counting it would deadlock (mpi-operator#608).
+                "run_policy": _run_policy(spec, spec.workers)}
     # torchrun reads --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_*
     # variables that the training-operator sets on every replica.
     pod = _pod(spec, container="pytorch", command=["torchrun"], args=["--module", TRAINER_MODULE] + train[3:],
