@@ -149,3 +149,21 @@ def test_no_traceback_from_the_installed_script(kube, tmp_path):
     assert p.returncode == 3 and p.stdout == ""
     assert p.stderr.startswith('Error: cannot reach the Kubernetes API server http://127.0.0.1:1 (context "kubefake"): connection refused\n')
     assert "Traceback" not in p.stderr
+
+
+def test_cluster_modules_do_not_import_the_kubernetes_client_until_used():
+    code = ("import sys, kjob.cli, kjob.cluster, kjob.kubeapi, kjob.status, kjob.logs; "
+            "from kjob.cli import cli; from click.testing import CliRunner; "
+            "assert CliRunner().invoke(cli, ['logs', '--help']).exit_code == 0; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3', 'torch')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout) == (0, "[]\n"), p.stderr
+
+
+def test_every_cluster_command_has_help_text():
+    from kjob.cli import cli
+
+    for name in ("status", "list", "delete", "logs", "fetch-ckpt", "submit"):
+        assert cli.commands[name].help and len(cli.commands[name].help) > 20
+        for param in cli.commands[name].params:
+            assert getattr(param, "help", None) or param.param_type_name == "argument", (name, param.name)

@@ -185,6 +185,8 @@ def test_transport_errors_become_cluster_unavailable(kube, server):
 def test_forbidden_names_the_verb_and_resource(kube):
     backend = ClusterBackend()
     backend.submit(objects())
+    kube.deny("list", "events")  # optional: status still works without Events
+    assert backend.status("smoke").state == "Pending"
     kube.deny("list", "pods")
     with pytest.raises(Forbidden) as e:
         backend.status("smoke")

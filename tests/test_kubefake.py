@@ -113,7 +113,6 @@ def test_watch_sends_bookmarks(kube):
     import urllib.request
 
     req = urllib.request.Request(f"{kube.server}/apis/kubeflow.org/v2beta1/namespaces/default/mpijobs?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion=1000", headers={"Authorization": f"Bearer {kube.token}"})
-    kube.compact()
     with urllib.request.urlopen(req, timeout=5) as resp:
         events = [json.loads(line) for line in resp.read().splitlines()]
     assert events and all(e["type"] == "BOOKMARK" for e in events)
@@ -221,3 +220,17 @@ def test_deleting_a_job_collects_its_pods(kube, api):
     kube.start_job("pi")
     custom.delete_namespaced_custom_object("kubeflow.org", "v2beta1", "default", "mpijobs", "pi")
     assert core.list_namespaced_pod("default").items == []
+
+
+def test_update_patch_and_the_status_subresource(kube, api):
+    custom, _ = api
+    created = create(custom, {**MPIJOB, "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}})
+    assert "status" not in created  # status is a subresource: ignored on create
+    patched = custom.patch_namespaced_custom_object("kubeflow.org", "v2beta1", "default", "mpijobs", "pi", {"spec": {"slotsPerWorker": 2}})
+    assert patched["spec"]["slotsPerWorker"] == 2 and patched["metadata"]["generation"] == 2
+    stale = {**created, "spec": {**created["spec"], "slotsPerWorker": 4}}
+    with pytest.raises(ApiException) as e:
+        custom.replace_namespaced_custom_object("kubeflow.org", "v2beta1", "default", "mpijobs", "pi", stale)
+    assert e.value.status == 409 and "the object has been modified" in json.loads(e.value.body)["message"]
+    status = custom.patch_namespaced_custom_object_status("kubeflow.org", "v2beta1", "default", "mpijobs", "pi", {"status": {"conditions": [{"type": "Running", "status": "True"}]}, "spec": {"slotsPerWorker": 9}})
+    assert status["status"]["conditions"][0]["type"] == "Running" and status["spec"]["slotsPerWorker"] == 2

@@ -99,8 +99,8 @@ def _check_access(kube: Kube, namespace: str, verb: str, resource: str, sub: str
     body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": attrs}}
     try:
         review = kube.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", verb="create", resource="selfsubjectaccessreviews", body=body)
-    except Forbidden:
-        return None  # not allowed to ask: the real calls will tell
+    except (Forbidden, NotFound):
+        return None  # not allowed to ask (or no such API): the real calls will tell
     if review.get("status", {}).get("allowed"):
         return None
     what = resource + (f"/{sub}" if sub else "") + (f".{group}" if group else "")
@@ -257,7 +257,11 @@ class ClusterBackend:
 
         job = self.job(name, namespace)
         pods = job_pods(self.kube, job)
-        return job_status(job, pods, job_events(self.kube, job, pods))
+        try:
+            events = job_events(self.kube, job, pods)
+        except Forbidden:
+            events = []  # many roles may not read Events: the pods' own status still explains most
+        return job_status(job, pods, events)
 
     def list_jobs(self, all_namespaces: bool = False) -> list[JobStatus]:
         from kjob.status import job_status
