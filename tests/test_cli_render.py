@@ -228,3 +228,17 @@ def test_options_from_environment_variables(capsys, monkeypatch):
     monkeypatch.setenv("KJOB_SUBMIT_NAMESPACE", "team-env")
     assert json.loads(kjob(capsys, "render", SPEC)[1])["kind"] == "List"
     assert yaml.safe_load(kjob(capsys, "submit", SPEC, "--dry-run")[1])["metadata"]["namespace"] == "team-env"
+
+
+def test_render_dir_failure_leaves_nothing(capsys, tmp_path, monkeypatch):
+    """A write that fails half-way (disk full) leaves neither DIR, nor the parents kjob
+    created for it, nor a temporary directory."""
+    from kjob import gitops
+
+    def fail(_new, _out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gitops, "_replace_dir", fail)
+    code, _, err = kjob(capsys, "render", SPEC, "-o", tmp_path / "a" / "b" / "out")
+    assert (code, err) == (2, f"Error: {tmp_path / 'a' / 'b' / 'out'}: cannot write: No space left on device\n")
+    assert list(tmp_path.iterdir()) == []

@@ -86,10 +86,12 @@ def write_gitops_dir(objects: list[dict], out_dir: str | Path, fmt: str = "yaml"
         raise InvalidInput(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not _written_by_kjob(out):
         raise InvalidInput(f"{out}: directory is not empty and was not written by `kjob render`; give a new or empty directory")
+    created = [p for p in out.absolute().parents if not p.exists()]  # removed again on failure
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
+        _remove_empty(created)
         raise InvalidInput(f"{out}: cannot create the directory: {e.strerror or e}") from e
     try:
         names = [file_name(o, fmt) for o in objects]
@@ -100,8 +102,18 @@ def write_gitops_dir(objects: list[dict], out_dir: str | Path, fmt: str = "yaml"
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise InvalidInput(f"{out}: cannot write: {e.strerror or e}") from e
     return [out / n for n in names] + [out / "kustomization.yaml"]
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the directories this run created (deepest first), if still empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def _replace_dir(new: Path, out: Path) -> None:
