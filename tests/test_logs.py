@@ -93,7 +93,8 @@ def test_follow_continues_through_a_container_restart(kube, run_kjob):
     kube.append_log(pods[0], [f"first {i}" for i in range(50)])
 
     def crash_and_restart():
-        time.sleep(0.3)
+        kube.wait_for_requests("get", "pods/log", 1)  # kjob follows the first container
+        time.sleep(0.1)
         kube.restart_container(pods[0], exit_code=137)
         kube.append_log(pods[0], [f"second {i}" for i in range(50)])
         time.sleep(0.3)
@@ -113,9 +114,11 @@ def test_follow_waits_for_the_pod_and_moves_to_a_new_launcher(kube, run_kjob):
         time.sleep(0.2)
         pods = kube.run_job("smoke")
         kube.append_log(pods[0], ["from the first launcher"])
-        time.sleep(0.3)
+        kube.wait_for_requests("get", "pods/log", 1)
         kube.pod_terminated(pods[0], exit_code=1, reason="Error")
-        time.sleep(0.3)
+        # The follower reads the ended container once more before the pod may go.
+        kube.wait_for_requests("get", "pods/log", 2)
+        time.sleep(0.1)
         launcher = kube.replace_pod(pods[0])
         kube.pod_running(launcher)
         kube.append_log(launcher, ["from the retried launcher"])

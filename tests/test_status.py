@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 import yaml
@@ -84,9 +83,12 @@ def test_pending_reason_in_status_and_while_logs_wait(kube, run_kjob, case):
     assert st.code == 0
     assert f"Message:   launcher: {expected}" in st.out
     assert json.loads(run_kjob("status", "smoke", "-o", "json").out)["message"].startswith(f"launcher: {expected}")
+    events_before = kube.requests("list", "events")
 
     def end():
-        time.sleep(0.4)
+        # Events are listed right before the waiting line is printed; the second list
+        # comes a poll later, after that line.
+        kube.wait_for_requests("list", "events", events_before + 2)
         kube.set_condition("smoke", "Failed")
 
     threading.Thread(target=end, daemon=True).start()

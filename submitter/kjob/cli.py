@@ -16,7 +16,7 @@ import sys
 import click
 
 from kjob import __version__
-from kjob.errors import InvalidInput, KjobError
+from kjob.errors import KjobError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KJOB"}
 

@@ -56,6 +56,7 @@ async def gate(request: web.Request, verb: str, resource: str, group: str = "", 
     """Authenticate, apply RBAC denials and injected faults. Returns a Fault with a
     stream cut for the handler to honour, else None. Raises Abort."""
     state: State = request.app[STATE]
+    state.requests[(verb, resource)] = state.requests.get((verb, resource), 0) + 1
     if request.headers.get("Authorization") != f"Bearer {state.token}":
         raise Abort(401, "Unauthorized")
     denied = (verb, resource, namespace) in state.denied or (verb, resource, None) in state.denied

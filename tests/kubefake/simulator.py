@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from pathlib import Path
 
 import yaml
@@ -85,6 +86,19 @@ class KubeHandle:
     def compact(self) -> None:
         """Forget the watch history: resuming from any earlier resourceVersion gets 410 Gone."""
         self._call(lambda s: (s.history.clear(), setattr(s, "compacted_rv", s.rv)))
+
+    def requests(self, verb: str, resource: str) -> int:
+        """How many `verb resource` requests ("get", "pods/log") the server has seen."""
+        return self._call(lambda s: s.requests.get((verb, resource), 0))
+
+    def wait_for_requests(self, verb: str, resource: str, count: int, timeout: float = 20.0) -> None:
+        """Block until the server has seen `count` such requests: lets a test act only
+        after the client got somewhere, instead of sleeping and hoping."""
+        deadline = time.monotonic() + timeout
+        while self.requests(verb, resource) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server saw {self.requests(verb, resource)} '{verb} {resource}' requests, not {count}")
+            time.sleep(0.01)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:

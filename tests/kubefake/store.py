@@ -96,6 +96,7 @@ class State:
         self.bookmark_interval = 1.0
         self.username = "kjob-test"
         self.last_log_ns = 0
+        self.requests: dict[tuple[str, str], int] = {}  # (verb, resource) -> how many arrived
         self.extensions: dict[str, object] = {}  # route modules' own state (e.g. "exec")
         for ns in ("default", "kube-system"):
             self.put("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}})
