@@ -193,3 +193,15 @@ def test_forbidden_names_the_verb_and_resource(kube):
     assert e.value.message == ('forbidden: cannot list pods in namespace "default" (context "kubefake"): pods is forbidden: '
                                'User "kjob-test" cannot list resource "pods" in API group "" in the namespace "default"')
     assert cluster.JOB_KINDS["MPIJob"] == ("kubeflow.org/v2beta1", "mpijobs")
+
+
+def test_which_transport_errors_are_retried():
+    import urllib3.exceptions as u
+
+    from kjob.kubeapi import _no_connection
+
+    refused = u.MaxRetryError(None, "/x", u.NewConnectionError(None, "Connection refused"))
+    assert _no_connection(refused, "GET") and _no_connection(refused, "POST")
+    broken = u.ProtocolError("Connection aborted")
+    assert _no_connection(broken, "GET") and not _no_connection(broken, "POST")  # a create may have happened
+    assert not _no_connection(u.MaxRetryError(None, "/x", u.SSLError("certificate verify failed")), "GET")

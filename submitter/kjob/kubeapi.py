@@ -144,11 +144,13 @@ def _query_value(value):
 def _no_connection(e: Exception, method: str) -> bool:
     """A transport error where retrying is safe: any for reads, no-connection for POST."""
     import urllib3.exceptions as u
+    from kubernetes.client.exceptions import ApiException
 
-    if isinstance(e, KjobError) or type(e).__name__ == "ApiException":  # TLS errors: retrying will not help
-        return False
     if isinstance(e, u.MaxRetryError):
         e = e.reason or e
+    # The client turns TLS failures into ApiException(status=0): retrying will not help.
+    if isinstance(e, (KjobError, ApiException, u.SSLError)):
+        return False
     if method != "POST":
         return isinstance(e, (u.HTTPError, OSError))
     return isinstance(e, (u.NewConnectionError, ConnectionRefusedError))
