@@ -167,3 +167,12 @@ def test_every_cluster_command_has_help_text():
         assert cli.commands[name].help and len(cli.commands[name].help) > 20
         for param in cli.commands[name].params:
             assert getattr(param, "help", None) or param.param_type_name == "argument", (name, param.name)
+
+
+def test_delete_several_names_goes_on_past_a_missing_one(kube, run_kjob):
+    assert run_kjob("submit", "examples/smoke.yaml").code == 0
+    r = run_kjob("delete", "ghost", "smoke")
+    assert r.code == 5
+    assert r.out == "deleted MPIJob default/smoke: it had no pods yet\n"
+    assert r.err.startswith('Error: job "ghost" not found in namespace "default"')
+    assert kube.get("MPIJob", "smoke") is None

@@ -165,3 +165,34 @@ def test_follow_ends_with_a_failed_job_and_exit_1(kube, run_kjob):
     assert r.code == 1
     assert r.out.splitlines() == ["Traceback (most recent call last):", "RuntimeError: NCCL error"]
     assert r.err.splitlines()[-1] == "job smoke Failed"
+
+
+def test_all_replicas_end_when_the_job_succeeds_with_workers_still_running(kube, run_kjob, monkeypatch):
+    monkeypatch.setenv("KJOB_LOG_IDLE_SECONDS", "0.2")
+    pods = submit(kube, run_kjob)
+    for pod in pods:
+        kube.append_log(pod, [f"up {pod}"])
+
+    def finish():
+        kube.wait_for_requests("get", "pods/log", 3)
+        kube.finish_job("smoke", keep_workers_running=True)
+
+    in_background(finish)
+    r = run_kjob("logs", "smoke", "-f", "--all")
+    assert r.code == 0 and len(r.out.splitlines()) == 3
+    assert r.err.splitlines()[-2:] == [
+        "warning: job Succeeded while 2 worker pod(s) are still Running (cleanPodPolicy Running): they hold their GPUs until `kjob delete smoke`",
+        "job smoke Succeeded",
+    ]
+
+
+def test_colour_prefixes_per_replica(kube, run_kjob):
+    from kjob.backend import LogOptions
+    from kjob.cluster import ClusterBackend
+
+    pods = submit(kube, run_kjob)
+    for pod in pods:
+        kube.append_log(pod, ["x"])
+    out: list[str] = []
+    ClusterBackend().logs("smoke", LogOptions(all_replicas=True, color=True), out.append)
+    assert out == ["\033[36m[launcher]\033[0m x", "\033[33m[worker-0]\033[0m x", "\033[32m[worker-1]\033[0m x"]

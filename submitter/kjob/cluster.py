@@ -294,13 +294,27 @@ class ClusterBackend:
                 self.notify(line)
                 last = line
             if st.state in FINAL_STATES:
+                for warning in st.warnings:
+                    self.notify(f"warning: {warning}")
                 return st
             time.sleep(poll_seconds())
 
     def logs(self, name: str, options: LogOptions, write: Callable[[str], None]) -> str | None:
         from kjob.logs import show_logs
 
-        return show_logs(self, self.job(name), options, write)
+        final = show_logs(self, self.job(name), options, write)
+        if final is not None:
+            self._warn(name)
+        return final
+
+    def _warn(self, name: str) -> None:
+        """Say the status warnings of a job that just ended (workers left running)."""
+        try:
+            warnings = self.status(name).warnings
+        except NotFound:
+            return  # already deleted (TTL): nothing left to warn about
+        for warning in warnings:
+            self.notify(f"warning: {warning}")
 
     def fetch_checkpoints(self, name: str, options: FetchOptions) -> list[dict]:
         from kjob.checkpoints import fetch
