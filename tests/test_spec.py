@@ -191,3 +191,16 @@ def test_every_model_field_has_an_alias_and_the_models_are_frozen():
                 if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
                     todo.append(arg)
     assert len(seen) >= 9
+
+
+def test_building_the_models_leaves_pydantic_plugins_alone():
+    """spec.py builds its models with a stand-in plugin loader (start-up time); it must
+    be gone afterwards, so that other models get pydantic's real one."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kjob.spec; assert 'pydantic.plugin._loader' not in sys.modules;"
+            "import pydantic\nclass M(pydantic.BaseModel):\n    a: int = 1\n"
+            "from pydantic.plugin import _loader; assert hasattr(_loader, 'PYDANTIC_ENTRY_POINT_GROUP'); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout == "ok\n", r.stderr
