@@ -385,4 +385,4 @@ def with_namespace(spec: JobSpec, namespace: str | None) -> JobSpec:
 def json_schema() -> dict:
     """The spec's JSON Schema (camelCase keys), for editors (yaml-language-server)."""
     schema = JobSpec.model_json_schema(by_alias=True)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://kjob.dev/schemas/jobspec.json", **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -4,6 +4,7 @@ drift from what `kjob validate` accepts; tests/test_render_examples.py checks it
 from __future__ import annotations
 
 import json
+import types
 import typing
 
 from pydantic import BaseModel
@@ -27,7 +28,7 @@ def _type_name(annotation) -> str:
         return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{v}`" for v in typing.get_args(annotation))
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         parts = [_type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
         return " \\| ".join(parts) + " (optional)"
     if origin is list:
