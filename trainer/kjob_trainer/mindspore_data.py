@@ -102,8 +102,9 @@ def _image_ops(cfg: TrainConfig, train: bool) -> list:
     import mindspore.dataset.vision as vision
 
     if train:
-        steps = [vision.RandomResizedCrop(cfg.image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
-                 vision.RandomHorizontalFlip(0.5)]
+        steps = [vision.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0), ratio=(0.75, 1.333))]
+        if cfg.hflip:
+            steps.append(vision.RandomHorizontalFlip(0.5))
     else:
         steps = [vision.Resize(cfg.eval_resize_size()), vision.CenterCrop(cfg.image_size)]
     return [*steps, vision.Normalize(MEAN, STD), vision.HWC2CHW()]

@@ -16,7 +16,8 @@ import numpy as np
 from kjob_trainer.errors import BadInput
 
 # Extra keys kjob stores in a .ckpt beside the parameters (MindSpore's append_dict).
-META_KEYS = ("kjob_framework", "kjob_model", "kjob_epoch", "kjob_step", "kjob_config", "kjob_metrics")
+META_KEYS = ("kjob_framework", "kjob_model", "kjob_epoch", "kjob_step", "kjob_config", "kjob_metrics",
+             "kjob_classes")
 
 
 def allreduce_sum(values: np.ndarray, distributed: bool) -> np.ndarray:
@@ -65,48 +66,50 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise BadInput(f"checkpoint {path}: has no kjob metadata (was it written by kjob's MindSpore trainer?)")
     info = {"framework": str(meta.get("kjob_framework", "mindspore")), "model": str(meta["kjob_model"]),
             "epoch": int(meta["kjob_epoch"].asnumpy()), "step": int(meta["kjob_step"].asnumpy()),
-            "config": json.loads(meta["kjob_config"]), "metrics": json.loads(meta.get("kjob_metrics") or "{}")}
+            "config": json.loads(meta["kjob_config"]), "metrics": json.loads(meta.get("kjob_metrics") or "{}"),
+            "classes": json.loads(meta.get("kjob_classes") or "null")}
     return params, info
 
 
-def evaluate_checkpoint(checkpoint: str, data_path: str | None, *, batch_size: int = 32, device: str = "auto",
+def evaluate_checkpoint(checkpoint: str, data_path: str, *, batch_size: int = 32, device: str = "auto",
                         workers: int = 2, dist=None) -> dict[str, Any]:
-    """Top-1/top-5 of a kjob MindSpore checkpoint on the val split of `data_path`
-    (the data path stored in the checkpoint when None).
+    """Top-1/top-5 of a kjob MindSpore checkpoint on the val images of `data_path`
+    (DIR/val/<class>/, DIR/val_list.txt, or DIR holding class folders, as `evaluate` finds them).
 
-    Returns {"top1", "top5", "loss", "images", "checkpoint", "epoch", "step"}. Raises BadInput
-    for an unreadable checkpoint, a dataset without a val split, or a class-count mismatch."""
+    Returns {"model", "checkpoint", "epoch", "step", "top1", "top5", "loss", "images"}. Raises
+    BadInput for an unreadable checkpoint, batch size < 1, or classes that differ from training's."""
     import dataclasses
 
     from kjob_trainer.config import TrainConfig
-    from kjob_trainer.dataset_index import check_num_classes, find_splits
     from kjob_trainer.distributed import dist_env
+    from kjob_trainer.evaluate import find_val_split
     from kjob_trainer.mindspore_data import ImageSource, make_pipeline, shard_indices
     from kjob_trainer.mindspore_train import build_network, setup_context
 
+    if batch_size < 1:
+        raise BadInput(f"--batch-size must be at least 1, got {batch_size}")
     dist = dist or dist_env()
+    val = find_val_split(data_path)
     params, info = read_checkpoint(checkpoint)
+    if info["classes"] is not None and list(val.classes) != info["classes"]:
+        raise BadInput(f"dataset {data_path} has {len(val.classes)} classes, the checkpoint was trained on "
+                       f"{len(info['classes'])} (or with other class names)")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     stored = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items() if k in known}
-    cfg = dataclasses.replace(TrainConfig(**stored), data_path=data_path or stored.get("data_path"),
-                              batch_size=batch_size, device=device, workers=workers, synthetic=False)
-    if not cfg.data_path:
-        raise BadInput("evaluate: no dataset: give --data-path DIR (the checkpoint was trained on synthetic data)")
-    _, val = find_splits(cfg.data_path, need_val=True)
-    if val is None:
-        raise BadInput(f"evaluate: {cfg.data_path} has no val split (val/<class>/ or val_list.txt)")
-    num_classes = check_num_classes(val, cfg.num_classes or info["config"].get("num_classes"))
+    cfg = dataclasses.replace(TrainConfig(**stored), data_path=data_path, batch_size=batch_size, device=device,
+                              workers=workers, synthetic=False)
     member = setup_context(cfg, dist)
     try:
-        net = build_network(info["model"], num_classes)
+        net = build_network(info["model"], len(val.classes))
         _load_into(net, params, checkpoint)
-        pipe = make_pipeline(ImageSource(val), shard_indices(len(val), batch_size, dist.rank, dist.world_size,
-                                                             cfg.seed, 0, train=False), cfg, batch_size, train=False)
-        result = evaluate_network(net, pipe, dist.distributed)
+        indices = shard_indices(len(val), batch_size, dist.rank, dist.world_size, cfg.seed, 0, train=False)
+        result = evaluate_network(net, make_pipeline(ImageSource(val), indices, cfg, batch_size, train=False),
+                                  dist.distributed)
     finally:
         if member is not None:
             member.close()
-    return {**result, "checkpoint": str(checkpoint), "epoch": info["epoch"], "step": info["step"]}
+    return {"model": info["model"], "checkpoint": str(checkpoint), "epoch": info["epoch"], "step": info["step"],
+            **result}
 
 
 def _load_into(net, params: dict[str, Any], checkpoint: str) -> None:
