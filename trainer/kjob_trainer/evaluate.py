@@ -31,6 +31,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--workers", "-j", type=int, default=4, metavar="N")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--framework", choices=("pytorch", "mindspore"), help="default: mindspore for .ckpt files")
     return p.parse_args(argv)
 
 
@@ -47,6 +48,11 @@ def find_val_split(data_path: str) -> Split:
 
 
 def run(args) -> dict:
+    if args.framework == "mindspore" or (args.framework is None and args.checkpoint.endswith(".ckpt")):
+        from kjob_trainer.mindspore_eval import evaluate_checkpoint
+
+        return evaluate_checkpoint(args.checkpoint, args.data_path, batch_size=args.batch_size, device=args.device,
+                                   workers=args.workers)
     import torch
 
     from kjob_trainer import data as data_mod
