@@ -193,6 +193,7 @@ def test_yaml_safe_json_round_trips_awkward_text():
         assert yaml.safe_load("k: " + yaml_safe_json(text)) == {"k": text}, repr(text)
 
 
+@pytest.mark.timeout(120)
 def test_rendering_is_deterministic_across_processes():
     code = ("import sys; from kjob.spec import load_spec; from kjob.render import render_objects; from kjob.gitops import dump_objects;"
             "sys.stdout.write(''.join(dump_objects(render_objects(load_spec(p))) for p in sys.argv[1:]))")

@@ -193,6 +193,7 @@ def test_every_model_field_has_an_alias_and_the_models_are_frozen():
     assert len(seen) >= 9
 
 
+@pytest.mark.timeout(60)
 def test_building_the_models_leaves_pydantic_plugins_alone():
     """spec.py builds its models with a stand-in plugin loader (start-up time); it must
     be gone afterwards, so that other models get pydantic's real one."""
