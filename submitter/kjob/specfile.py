@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import yaml
 
 Located = yaml.Node
+# A spec has a few dozen values; far more means a mistake or an alias bomb.
+MAX_VALUES = 10_000
 
 import re
 
@@ -48,6 +50,10 @@ def parse_yaml(text: str, filename: str) -> Document:
         root = loader.get_single_node()
         if root is None:
             raise InvalidInput("empty spec", problems=[f"{filename}:1:1: (top level): the file is empty; a spec needs at least name, image and checkpoints"])
+        size = _expanded_size(root, {})
+        if size > MAX_VALUES:
+            raise InvalidInput("spec too large", problems=[
+                f"{filename}:1:1: (yaml): the document expands to more than {MAX_VALUES} values (through aliases); a spec has a few dozen"])
         problems = list(_duplicate_keys(root))
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as e:
@@ -57,12 +63,30 @@ def parse_yaml(text: str, filename: str) -> Document:
         if "expected a single document" in what:
             what = "the file holds several YAML documents; give one spec per file"
         raise InvalidInput("invalid YAML", problems=[f"{filename}:{where}: (yaml): {what}"]) from None
+    except RecursionError:
+        raise InvalidInput("invalid YAML", problems=[f"{filename}:1:1: (yaml): nested too deeply to be a spec"]) from None
     except yaml.YAMLError as e:  # reader errors (bad characters) carry a position too
         pos = getattr(e, "position", None)
         raise InvalidInput("invalid YAML", problems=[f"{filename}:1:{(pos or 0) + 1}: (yaml): {e}"]) from None
     finally:
         loader.dispose()
     return Document(data, root, problems)
+
+
+def _expanded_size(node: Located, memo: dict) -> int:
+    """How many values the document has once aliases are expanded (an alias can repeat a
+    big node many times: the "billion laughs" file). Memoized per node, so linear."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts once
+        if isinstance(node, yaml.MappingNode):
+            total = sum(1 + _expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = sum(1 + _expanded_size(v, memo) for v in node.value)
+        else:
+            total = 1
+        memo[key] = min(total, 10 * MAX_VALUES)
+    return memo[key]
 
 
 def _duplicate_keys(node: Located, path: tuple = ()):
