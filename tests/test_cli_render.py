@@ -242,3 +242,21 @@ def test_render_dir_failure_leaves_nothing(capsys, tmp_path, monkeypatch):
     code, _, err = kjob(capsys, "render", SPEC, "-o", tmp_path / "a" / "b" / "out")
     assert (code, err) == (2, f"Error: {tmp_path / 'a' / 'b' / 'out'}: cannot write: No space left on device\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_spec_from_stdin(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SMOKE.read_text()))
+    code, out, _ = kjob(capsys, "validate", "-")
+    assert (code, out) == (0, "-: ok (MPIJob smoke, pytorch, 2 workers x CPU only)\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("name: [\n"))
+    code, _, err = kjob(capsys, "render", "-")
+    assert (code, err) == (2, "Error: <stdin>:2:1: (yaml): while parsing a flow node did not find expected node content\n")
+
+
+def test_huge_file_is_not_a_spec(capsys, tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# padding\n" * 200_000)
+    code, _, err = kjob(capsys, "validate", big)
+    assert (code, err) == (2, f"Error: {big}: larger than 1 MiB; not a job spec\n")

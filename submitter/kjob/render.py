@@ -247,17 +247,17 @@ def _context(spec: JobSpec) -> dict:
 def render_objects(spec: JobSpec) -> list[dict]:
     """The Kubernetes objects of one job (today: one MPIJob or PyTorchJob), deterministic.
 
-    Raises kjob.errors.InvalidInput if a template produced something that is not the
-    expected object (a bug, reported instead of sent)."""
+    Raises kjob.errors.KjobError if a template produced something that is not the
+    expected object (a bug in kjob, reported instead of sent)."""
     import yaml
 
-    from kjob.errors import InvalidInput
+    from kjob.errors import KjobError
 
     template = "mpijob.yaml.j2" if spec.launcher == "mpi" else "pytorchjob.yaml.j2"
     text = _environment().get_template(template).render(**_context(spec))
     docs = [d for d in yaml.load_all(text, Loader=_yaml_loader()) if d is not None]
     if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != spec.kind:
-        raise InvalidInput(f"internal error: template {template} did not produce one {spec.kind}")
+        raise KjobError(f"internal error: template {template} did not produce one {spec.kind}")
     return docs
 
 

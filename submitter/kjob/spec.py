@@ -223,20 +223,32 @@ if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:
 # --- loading -------------------------------------------------------------------------
 
 
+# A spec is a few KiB; anything past this is not one (and is not read into memory).
+MAX_SPEC_BYTES = 1 << 20
+
+
 def load_spec(path: str | Path) -> JobSpec:
-    """Read and validate one spec file.
+    """Read and validate one spec file (`-` reads standard input).
 
     Raises InvalidInput (exit code 2) listing every problem as
     `FILE:LINE:COL: field.path: message` (YAML syntax errors included)."""
+    if str(path) == "-":
+        return parse_spec(sys.stdin.read(MAX_SPEC_BYTES), "<stdin>")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError as e:
         raise InvalidInput(f"{path}: no such file") from e
     except IsADirectoryError as e:
         raise InvalidInput(f"{path}: is a directory, not a spec file") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
         raise InvalidInput(f"{path}: cannot read: {e}") from e
+    if len(raw) > MAX_SPEC_BYTES:
+        raise InvalidInput(f"{path}: larger than {MAX_SPEC_BYTES >> 20} MiB; not a job spec")
     return parse_spec(text, str(path))
 
 
