@@ -19,6 +19,7 @@ spends blocked on data each step, so the trainer can say when it is input-bound.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -291,6 +292,15 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, sampler: 
 # --------------------------------------------------------------------------- device side
 
 
+@functools.lru_cache(maxsize=None)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std as (1, 3, 1, 1) float32 tensors on `device`, made once per device:
+    building them per batch would be a small blocking host-to-device copy every step."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    inv_std = torch.tensor([1.0 / s for s in IMAGENET_STD], dtype=torch.float32).view(1, 3, 1, 1)
+    return mean.to(device), inv_std.to(device)
+
+
 def normalize_batch(images: torch.Tensor, *, device: torch.device | str | None = None,
                     channels_last: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> normalised `dtype` tensor on `device` (ImageNet mean/std).
@@ -302,9 +312,7 @@ def normalize_batch(images: torch.Tensor, *, device: torch.device | str | None =
     x = images.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-    inv_std = torch.tensor([1.0 / s for s in IMAGENET_STD], device=device,
-                           dtype=torch.float32).view(1, 3, 1, 1)
+    mean, inv_std = _imagenet_stats(device)
     out = (x.float() - mean) * inv_std
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
