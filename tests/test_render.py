@@ -89,6 +89,7 @@ def test_mpijob_shape():
     assert lc["args"][program:program + 3] == ["python", "-m", "kjob_trainer.train"]
     assert ["-x", "NCCL_IB_DISABLE"] == lc["args"][lc["args"].index("NCCL_IB_DISABLE") - 1:][:2]
     assert [wc["command"], wc["args"]] == [["/usr/sbin/sshd"], ["-De", "-f", "/home/mpiuser/.sshd_config"]]
+    assert wc["readinessProbe"]["tcpSocket"] == {"port": 2222} and "readinessProbe" not in lc
     assert wc["resources"]["limits"]["nvidia.com/gpu"] == "8" and "nvidia.com/gpu" not in lc["resources"]["limits"]
     for pod, c in ((launcher, lc), (worker, wc)):
         assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"] is True
@@ -231,3 +232,13 @@ def test_templates_ship_in_the_wheel():
     assert "kjob.templates" in setup["packages"]
     for template in templates_dir().glob("*.j2"):
         assert any(fnmatch.fnmatch(template.name, pat) for pat in setup["package-data"]["kjob.templates"]), template.name
+
+
+def test_worker_probe_and_paths_match_the_image():
+    """The MPIJob's sshd command, port and user agree with images/ (the trainer image)."""
+    from kjob import render
+
+    sshd_config = (ROOT / "images" / "ssh" / "sshd_config").read_text()
+    assert re.search(rf"^Port {render.SSHD_PORT}$", sshd_config, re.M)
+    dockerfile = (ROOT / "images" / "pytorch" / "Dockerfile").read_text()
+    assert f"--uid {render.MPI_USER_UID}" in dockerfile and "/home/mpiuser/.sshd_config" in dockerfile

@@ -22,6 +22,11 @@ MPI_USER_UID = 1000
 MPI_HOME = "/home/mpiuser"
 SSH_AUTH_MOUNT_PATH = f"{MPI_HOME}/.ssh"
 SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", f"{MPI_HOME}/.sshd_config"]
+# The port of that sshd (images/ssh/sshd_config; unprivileged, as it runs as mpiuser).
+# A worker is Ready only once sshd accepts connections, so WaitForWorkersReady really
+# means "mpirun can reach every worker".
+SSHD_PORT = 2222
+SSHD_READINESS = {"tcpSocket": {"port": SSHD_PORT}, "periodSeconds": 2, "failureThreshold": 3}
 # mpi-operator writes the hostfile here; passing it explicitly works with OpenMPI 4 and 5.
 HOSTFILE = "/etc/mpi/hostfile"
 # The launcher only runs mpirun and ssh: a small, fixed request keeps it schedulable
@@ -173,11 +178,12 @@ def _env(spec: JobSpec) -> list[dict]:
 
 
 def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], env: list[dict],
-         resources: dict, trainer: bool) -> dict:
+         resources: dict, trainer: bool, readiness: dict | None = None) -> dict:
     """Values for one pod template (manifests/templates/_pod.yaml.j2)."""
     volumes, mounts = _volumes(spec) if trainer else ([], [])
     return {
         "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
+        "readiness": readiness,
         "resources": resources, "volumes": volumes, "mounts": mounts,
         # sshd runs as mpiuser on an unprivileged port, so every capability can go.
         "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
@@ -231,7 +237,7 @@ def _context(spec: JobSpec) -> dict:
         launcher = _pod(spec, container="launcher", command=["mpirun"], args=np + mpirun_flags(spec, local=False) + train,
                         env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
         worker = _pod(spec, container="worker", command=SSHD_COMMAND[:1], args=SSHD_COMMAND[1:], env=_env(spec),
-                      resources=_trainer_resources(spec), trainer=True)
+                      resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
         return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
                 # Gang size = the workers only: with WaitForWorkersReady the launcher pod
                 # appears after them, so counting it would deadlock (mpi-operator#608).
