@@ -36,7 +36,7 @@ from pydantic.alias_generators import to_camel
 
 from kjob.errors import InvalidInput
 from kjob.spec_checks import (  # noqa: F401  (parse_quantity, max_name_length: part of this module's API)
-    RESERVED_ENV_PREFIXES, RESERVED_PATHS, check_abs_path, check_env_name, check_image, check_label_key,
+    check_abs_path, check_env_name, check_image, check_label_key,
     check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, off_is_false,
     cross_field_problems, max_name_length, parse_quantity,
 )
