@@ -83,6 +83,7 @@ def render(specs, output_dir, format, namespace) -> None:  # noqa: A002 - the op
 
     Prints multi-document YAML (or a JSON List), or with -o writes a kustomize-ready
     directory for GitOps (Argo CD, Flux). Nothing is written if any spec is invalid.
+    A SPEC of - is read from standard input.
     """
     from kjob.gitops import check_unique, dump_objects, write_gitops_dir
 
@@ -101,7 +102,7 @@ def validate(specs) -> None:
     """Check job specs without contacting a cluster.
 
     Reports every problem as FILE:LINE:COL: field.path: message (exit code 2);
-    prints one line per valid spec.
+    prints one line per valid spec. A SPEC of - is read from standard input.
     """
     from kjob.render import render_objects
     from kjob.spec import load_specs
