@@ -205,3 +205,9 @@ def test_building_the_models_leaves_pydantic_plugins_alone():
             "from pydantic.plugin import _loader; assert hasattr(_loader, 'PYDANTIC_ENTRY_POINT_GROUP'); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout == "ok\n", r.stderr
+
+
+def test_quantities_may_be_yaml_numbers():
+    spec = parse_spec(MINIMAL + "resources: {requests: {cpu: 8, memory: 64Gi}, limits: {cpu: 16.5}}\nshmSize: 1e9\n")
+    assert (spec.resources.requests.cpu, spec.resources.limits.cpu, spec.shm_size) == ("8", "16.5", "1000000000")
+    assert problems(MINIMAL + "resources: {limits: {memory: true}}\n") == ["s.yaml:5:30: resources.limits.memory: must be a string, got True (quote it)"]

@@ -37,7 +37,7 @@ from pydantic.alias_generators import to_camel
 from kjob.errors import InvalidInput
 from kjob.spec_checks import (  # noqa: F401  (parse_quantity, max_name_length: part of this module's API)
     check_abs_path, check_env_name, check_image, check_label_key,
-    check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, off_is_false,
+    check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, number_as_text, off_is_false,
     cross_field_problems, max_name_length, parse_quantity,
 )
 from kjob.specfile import Located, dotted, locate, parse_yaml
@@ -45,7 +45,8 @@ from kjob.specfile import Located, dotted, locate, parse_yaml
 Str = Annotated[str, AfterValidator(no_surrogates)]
 JobName = Annotated[str, AfterValidator(check_name)]
 Image = Annotated[str, AfterValidator(check_image)]
-Quantity = Annotated[str, AfterValidator(check_quantity)]
+# Kubernetes accepts `cpu: 8` as well as `cpu: "8"`; so does kjob (and its JSON Schema).
+Quantity = Annotated[str, BeforeValidator(number_as_text, json_schema_input_type=int | float | str), AfterValidator(check_quantity)]
 AbsPath = Annotated[str, AfterValidator(check_abs_path)]
 KubeName = Annotated[str, AfterValidator(check_subdomain)]
 LabelValue = Annotated[str, AfterValidator(check_label_value)]

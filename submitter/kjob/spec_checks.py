@@ -65,6 +65,15 @@ def no_surrogates(value: str) -> str:
     return value
 
 
+def number_as_text(value):
+    # A YAML number as a quantity: 8 -> "8", 0.5 -> "0.5" (never a bool: `true` is no quantity).
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
+        return str(int(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 def off_is_false(value):
     # YAML 1.1 reads an unquoted `off` as false.
     return "off" if value is False else value
