@@ -33,9 +33,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + index * 104_729 + 12_345) % (2**63 - 1)
 
 
-def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalised CHW float tensor. The one place the augmentation is defined
-    (the fast input pipeline replaces this function, not the datasets)."""
+def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[str], torch.Tensor]:
+    """Image path -> normalised CHW float tensor. The one place the augmentation is defined.
+    cfg.decoder "pil": PIL + torchvision transforms; "torchvision": fast_input's libjpeg-turbo
+    decode into uint8 tensors (same crop distribution, ~1.65x the images per core, see
+    BENCHMARKS.md). Raises BadInput (FastInputError) for another decoder name."""
+    if cfg.decoder != "pil":
+        from kjob_trainer.fast_input import image_transform
+
+        return image_transform(cfg.decoder, cfg.image_size, train=train, scale=(cfg.crop_scale_min, 1.0),
+                               eval_resize=cfg.eval_resize_size(), flip=cfg.hflip, normalize=True)
     from torchvision import transforms as T
 
     if train:
@@ -44,7 +51,13 @@ def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[Image.Image], t
             steps.append(T.RandomHorizontalFlip())
     else:
         steps = [T.Resize(cfg.eval_resize_size(), antialias=True), T.CenterCrop(cfg.image_size)]
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+    pipeline = T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+
+    def load(path: str) -> torch.Tensor:
+        with Image.open(path) as im:
+            return pipeline(im.convert("RGB"))
+
+    return load
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -60,11 +73,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def _load(self, index: int, epoch: int) -> torch.Tensor:
-        with Image.open(self.split.paths[index]) as im:
-            im = im.convert("RGB")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(im)
+            return self.transform(self.split.paths[index])
 
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.split))

@@ -170,12 +170,13 @@ class TensorEvalTransform:
 
 
 def pil_transform(size: int, *, train: bool, scale: tuple[float, float] = RRC_SCALE,
-                  resize: int | None = None) -> Callable[[Any], torch.Tensor]:
+                  resize: int | None = None, flip: bool = True) -> Callable[[Any], torch.Tensor]:
     """The classic torchvision PIL pipeline, ending in a uint8 (3, size, size) tensor."""
     from torchvision import transforms as T
 
     if train:
-        steps = [T.RandomResizedCrop(size, scale=scale, ratio=RRC_RATIO), T.RandomHorizontalFlip()]
+        steps = [T.RandomResizedCrop(size, scale=scale, ratio=RRC_RATIO)]
+        steps += [T.RandomHorizontalFlip()] if flip else []
     else:
         steps = [T.Resize(resize or int(round(size / EVAL_CROP_FRACTION))), T.CenterCrop(size)]
     return T.Compose([*steps, T.PILToTensor()])
@@ -196,7 +197,8 @@ def load_pil_rgb(path: str | Path) -> Any:
 
 
 def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float, float] = RRC_SCALE,
-                    eval_resize: int | None = None, normalize: bool = False) -> Callable[[str], torch.Tensor]:
+                    eval_resize: int | None = None, flip: bool = True,
+                    normalize: bool = False) -> Callable[[str], torch.Tensor]:
     """path -> (3, size, size) tensor: read, decode with `decoder`, augment (train) or
     resize + center-crop (eval). uint8 by default; normalize=True gives the ImageNet-normalised
     float32 tensor a dataset that does not normalise on the device expects.
@@ -205,17 +207,17 @@ def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float,
     the returned function raises CorruptImage for an undecodable file.
     """
     if decoder not in ("torchvision", "pil"):
-        hint = " (DALI is a whole loader: use make_dali_loader)" if decoder == "dali" else ""
-        raise FastInputError(f"unknown decoder {decoder!r} for the worker pipeline: "
-                             f"choose torchvision or pil{hint}")
+        hint = " (DALI is a whole loader of its own: dali_input.make_dali_loader)" if decoder == "dali" else ""
+        raise FastInputError(f"unknown image decoder {decoder!r}: choose torchvision or pil{hint}")
     if size < 1:
         raise FastInputError(f"image size must be >= 1, got {size}")
     if decoder == "torchvision":
-        tf: Callable[[Any], torch.Tensor] = (TensorTrainTransform(size, scale=scale) if train
+        tf: Callable[[Any], torch.Tensor] = (TensorTrainTransform(size, scale=scale, flip=flip) if train
                                              else TensorEvalTransform(size, resize=eval_resize))
         load: Callable[[str], Any] = read_rgb
     else:
-        tf, load = pil_transform(size, train=train, scale=scale, resize=eval_resize), load_pil_rgb
+        tf = pil_transform(size, train=train, scale=scale, resize=eval_resize, flip=flip)
+        load = load_pil_rgb
 
     def transform(path: str) -> torch.Tensor:
         out = tf(load(path))
