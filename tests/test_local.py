@@ -53,6 +53,19 @@ def wait_for(cwd: Path, name: str, states: tuple[str, ...], timeout: float) -> s
     raise AssertionError(f"{name} not {states} after {timeout} s")
 
 
+def wait_for_ranks(cwd: Path, name: str, count: int, timeout: float = 90) -> int:
+    """Wait until `count` trainer ranks of the run are alive; returns the run's session id."""
+    sid = json.loads((cwd / "kjob-runs" / name / "run.json").read_text())["sid"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ranks = [p for p in local_procs.session_processes(sid)
+                 if local_procs.process_env(p.pid, "OMPI_COMM_WORLD_RANK") is not None]
+        if len(ranks) == count:
+            return sid
+        time.sleep(0.2)
+    raise AssertionError(f"{name}: {count} ranks not running after {timeout} s")
+
+
 def tiny_spec(tmp: Path, name: str, **train) -> Path:
     """examples/smoke.yaml as 2 processes, stopping after `maxSteps` (default 2)."""
     data = yaml.safe_load(SMOKE.read_text())
@@ -158,8 +171,8 @@ def test_killed_run_is_failed_not_running_forever(runs):
     assert "local run victim is running with a different spec" in conflict.stderr
 
     # SIGKILL of every process of the run: nobody is left to record an exit code.
-    sid = json.loads((runs / "kjob-runs/victim/run.json").read_text())["sid"]
-    assert local_procs.signal_session(sid, signal.SIGKILL) >= 3  # waiter, mpirun, 2 ranks
+    sid = wait_for_ranks(runs, "victim", 2)
+    assert local_procs.signal_session(sid, signal.SIGKILL) >= 4  # waiter, mpirun, 2 ranks
     deadline = time.monotonic() + 30
     while local_procs.session_processes(sid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -170,11 +183,41 @@ def test_killed_run_is_failed_not_running_forever(runs):
 
 
 @pytest.mark.timeout(240)
+def test_ctrl_c_detaches_from_follow_and_replace_restarts(runs):
+    spec = tiny_spec(runs, "detach", maxSteps=100000)
+    follower = subprocess.Popen([str(KJOB), "submit", str(spec), "--local", "--follow"], cwd=runs,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (runs / "kjob-runs/detach/run.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert wait_for(runs, "detach", ("Running",), timeout=60) == "Running"
+    time.sleep(1)  # into the follow loop
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 130
+    assert err.startswith("detached from local run detach; it keeps running: kjob logs detach --local -f")
+    first = json.loads((runs / "kjob-runs/detach/run.json").read_text())
+    assert status_json(runs, "detach")["state"] == "Running"
+
+    # --replace with another spec: the old session is stopped, a new one runs.
+    other = tiny_spec(runs, "detach", maxSteps=99999)
+    replaced = kjob(runs, "submit", str(other), "--local", "--replace", timeout=120)
+    assert replaced.returncode == 0, replaced.stderr
+    second = json.loads((runs / "kjob-runs/detach/run.json").read_text())
+    assert local_procs.session_processes(first["sid"]) == []
+    assert second["sid"] != first["sid"] and second["spec_hash"] != first["spec_hash"]
+    assert status_json(runs, "detach")["state"] == "Running"
+    assert kjob(runs, "delete", "detach", "--local").returncode == 0
+
+
+@pytest.mark.timeout(240)
 def test_delete_stops_every_process_of_a_running_run(runs):
     spec = tiny_spec(runs, "longrun", maxSteps=100000)
     assert kjob(runs, "submit", str(spec), "--local").returncode == 0
     assert wait_for(runs, "longrun", ("Running",), timeout=60) == "Running"
-    sid = json.loads((runs / "kjob-runs/longrun/run.json").read_text())["sid"]
+    sid = wait_for_ranks(runs, "longrun", 2)
+    ranks = status_json(runs, "longrun")["pods"]
+    assert sorted(p["replica"] for p in ranks) == ["launcher", "rank-0", "rank-1"]
     proc = kjob(runs, "delete", "longrun", "--local", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert local_procs.session_processes(sid) == []

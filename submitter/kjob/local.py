@@ -230,8 +230,9 @@ def _pods(record: dict, state: str) -> list[PodInfo]:
     if state != "Running":
         return pods
     for proc in local_procs.session_processes(int(record["sid"])):
-        if "kjob_trainer.train" in proc.cmdline:
-            rank = local_procs.process_env(proc.pid, "OMPI_COMM_WORLD_RANK")
+        # mpirun's own command line names the trainer too; only a rank has a rank.
+        rank = local_procs.process_env(proc.pid, "OMPI_COMM_WORLD_RANK")
+        if rank is not None and "kjob_trainer.train" in proc.cmdline:
             pods.append(PodInfo(name=f"rank {rank} (pid {proc.pid})", replica=f"rank-{rank}", phase="Running", ready=True, node=host))
     return pods
 
