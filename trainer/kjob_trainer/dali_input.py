@@ -47,12 +47,21 @@ class DaliLoader:
 
         self.dtype = dtype
         self.channels_last = channels_last
+        order = list(samples)
+        if train:
+            # DALI's own random_shuffle only mixes within a 1,024-file buffer, which on a
+            # class-sorted ImageNet list means single-class batches. So: one global seeded
+            # shuffle here (the same on every rank, so the shards stay disjoint), and
+            # shuffle_after_epoch (same reader seed on every rank) for the later epochs.
+            g = torch.Generator().manual_seed(seed)
+            order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
         pipe = _dali_pipeline(
-            [p for p, _ in samples], [int(c) for _, c in samples], size=size, train=train,
+            [p for p, _ in order], [int(c) for _, c in order], size=size, train=train,
             shard_id=rank, num_shards=world_size, device=device, channels_last=channels_last,
-            batch_size=batch_size, num_threads=num_threads,
+            reader_seed=seed, batch_size=batch_size, num_threads=num_threads,
             # DALI's CPU-only mode is spelled device_id=None.
-            device_id=device_id if device == "gpu" else None, seed=seed + rank)
+            device_id=device_id if device == "gpu" else None,
+            seed=seed + 7919 * (rank + 1))  # augmentation: different on every rank
         pipe.build()
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
         self._iter = DALIGenericIterator([pipe], ["images", "labels"], reader_name="Reader",
@@ -70,7 +79,8 @@ class DaliLoader:
 
 
 def _dali_pipeline(files: list[str], labels: list[int], *, size: int, train: bool, shard_id: int,
-                   num_shards: int, device: str, channels_last: bool, **pipe_kwargs: Any) -> Any:
+                   num_shards: int, device: str, channels_last: bool, reader_seed: int,
+                   **pipe_kwargs: Any) -> Any:
     """The DALI graph: read -> decode (+random crop) -> resize -> crop/flip/normalise."""
     from nvidia.dali import fn, pipeline_def, types
 
@@ -79,7 +89,8 @@ def _dali_pipeline(files: list[str], labels: list[int], *, size: int, train: boo
     @pipeline_def
     def pipeline() -> Any:
         jpegs, label = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
-                                       random_shuffle=train, pad_last_batch=True, name="Reader")
+                                       shuffle_after_epoch=train, seed=reader_seed, pad_last_batch=True,
+                                       name="Reader")
         if train:
             images = fn.decoders.image_random_crop(
                 jpegs, device=decode_device, output_type=types.RGB, random_area=list(RRC_SCALE),

@@ -39,7 +39,8 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EVAL_CROP_FRACTION = 0.875
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-DECODERS = ("torchvision", "pil", "dali")
+# Decoders that run inside DataLoader workers (DALI is a loader of its own: dali_input.py).
+WORKER_DECODERS = ("torchvision", "pil")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -206,7 +207,7 @@ def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float,
     Raises FastInputError for a decoder other than "torchvision" or "pil" or a bad size;
     the returned function raises CorruptImage for an undecodable file.
     """
-    if decoder not in ("torchvision", "pil"):
+    if decoder not in WORKER_DECODERS:
         hint = " (DALI is a whole loader of its own: dali_input.make_dali_loader)" if decoder == "dali" else ""
         raise FastInputError(f"unknown image decoder {decoder!r}: choose torchvision or pil{hint}")
     if size < 1:

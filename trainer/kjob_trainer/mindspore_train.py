@@ -41,7 +41,10 @@ from kjob_trainer.mindspore_eval import allreduce_sum, evaluate_network, read_ch
 # (BatchNorm kept in float32); `off` keeps everything float32.
 AMP_LEVEL_FOR = {"off": "O0", "fp16": "O2", "bf16": "O2"}
 SYNTHETIC_CLASSES = 1000  # ImageNet's, so synthetic runs have the real classifier head
-RANK_INDEX_CAP = 10000  # sample indices kept per rank in ranks/rank-N.json (proof of sharding)
+RANK_INDEX_CAP = 10000
+# After SIGTERM the other ranks leave this much after rank 0 is done, so that mpirun (which
+# ends the job at the first failed rank) does not cut off rank 0's last message.
+STOP_GRACE_S = 2.0  # sample indices kept per rank in ranks/rank-N.json (proof of sharding)
 
 
 def setup_context(cfg: TrainConfig, dist: DistEnv) -> ClusterMember | None:
@@ -163,6 +166,7 @@ class Run:
         self.step = 0
         self.seen: list[int] = []
         self.stop_signal: int | None = None
+        self.stopping = False
 
     def build(self) -> None:
         self.net = build_network(self.cfg.model, self.num_classes)
@@ -207,6 +211,17 @@ class Run:
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_signal = signum
 
+    def _agree_to_stop(self) -> bool:
+        """True once any rank has had SIGTERM. Every rank calls this at the same steps (log
+        points), so this all-reduce never meets a peer's gradient all-reduce, and all ranks
+        stop after the same step; between log points no extra host sync is added."""
+        if self.dist.distributed:
+            flag = np.array([1.0 if self.stop_signal is not None else 0.0])
+            self.stopping = bool(allreduce_sum(flag, True)[0] > 0)
+        else:
+            self.stopping = self.stop_signal is not None
+        return self.stopping
+
     def train(self) -> None:
         """Epochs from the resume point to the end (or max_steps / SIGTERM)."""
         cfg = self.cfg
@@ -214,21 +229,24 @@ class Run:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         epoch = self.step // self.steps_per_epoch
         metrics: dict[str, float] = {}
-        while self.step < self.total_steps and self.stop_signal is None:
+        while self.step < self.total_steps and not self.stopping:
             metrics = self.train_epoch(epoch, start_batch)
             start_batch = 0
-            at_end = self.step % self.steps_per_epoch == 0
-            if at_end:
+            if self.step % self.steps_per_epoch == 0:
                 epoch += 1
-                if cfg.eval and self.val is not None:
+                if cfg.eval and self.val is not None and not self.stopping:
                     metrics.update(self.evaluate(epoch))
-                if epoch % cfg.ckpt_interval == 0 or self.step >= self.total_steps:
+                if epoch % cfg.ckpt_interval == 0 or self.step >= self.total_steps or self.stopping:
                     self.save(epoch, metrics, at_epoch_end=True)
-            elif self.step >= self.total_steps or self.stop_signal is not None:
+            elif self.step >= self.total_steps or self.stopping:
                 self.save(epoch, metrics, at_epoch_end=False)
+        if self.stopping:
+            self.log.print(f"stopping on SIGTERM at step {self.step}: checkpoint {self.ckpts.read_index()['latest']} "
+                           "saved, resume with --resume auto")
         self.finish(metrics)
-        if self.stop_signal is not None:
-            raise Terminated(f"{self.dist.where()}: stopped by signal {self.stop_signal} at step {self.step}; "
+        if self.stopping:
+            cause = f"signal {self.stop_signal}" if self.stop_signal else "SIGTERM to another rank"
+            raise Terminated(f"{self.dist.where()}: stopped by {cause} at step {self.step}; "
                              "checkpoint saved, resume with --resume auto")
 
     def train_epoch(self, epoch: int, start_batch: int) -> dict[str, float]:
@@ -248,13 +266,14 @@ class Run:
             if batch_in_epoch % cfg.grad_accum:
                 continue
             self.step += 1
-            done = self.step >= self.total_steps or self.stop_signal is not None
-            if cfg.ckpt_steps and self.step % cfg.ckpt_steps == 0 and not done and batch_in_epoch < self.batches:
-                self.save(epoch, {"loss": float(losses[-1].asnumpy())}, at_epoch_end=False)
-            if self.step % cfg.log_interval == 0 or done or batch_in_epoch == self.batches:
+            last = self.step >= self.total_steps or batch_in_epoch == self.batches
+            if self.step % cfg.log_interval == 0 or last:
                 mean = self.report(epoch, losses, t0, batch_in_epoch)
                 losses, t0 = [], time.perf_counter()
-            if done:
+                self._agree_to_stop()
+            if cfg.ckpt_steps and self.step % cfg.ckpt_steps == 0 and not (last or self.stopping):
+                self.save(epoch, {"loss": float(losses[-1].asnumpy()) if losses else mean}, at_epoch_end=False)
+            if last or self.stopping:
                 break
         check_bad_images(self.source, len(indices), cfg)
         return {"loss": mean}
@@ -284,21 +303,22 @@ class Run:
         return {k: result[k] for k in ("top1", "top5")} | {"val_loss": result["loss"]}
 
     def finish(self, metrics: dict[str, float]) -> None:
-        """Every rank: a record of what it did (ranks/rank-N.json); rank 0: curves.png."""
+        """Every rank: a record of what it did (ranks/rank-N.json); rank 0: curves.png. The
+        all-reduce is the last collective: no rank leaves before rank 0 has written
+        everything (mpirun ends the job when the first rank exits with an error)."""
         weights = _sum_weights(self.net)
-        # After a signal the ranks may have stopped at different steps: a collective could
-        # pair with a peer's gradient all-reduce, so none is started.
-        stopped = self.stop_signal is not None
-        joined = None if stopped else int(allreduce_sum(np.ones(1), self.dist.distributed)[0])
+        if self.dist.is_main:
+            self.log.close()
+            plot_curves(self.cfg.output_path)
+        joined = int(allreduce_sum(np.ones(1), self.dist.distributed)[0])
         out = Path(self.cfg.output_path) / "ranks"
         out.mkdir(parents=True, exist_ok=True)
         record = {"rank": self.dist.rank, "world_size": self.dist.world_size, "host": self.dist.host,
                   "ranks_in_allreduce": joined, "step": self.step, "weights_abs_sum": weights,
                   "sample_indices": self.seen[:RANK_INDEX_CAP], "last_metrics": metrics}
         (out / f"rank-{self.dist.rank}.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
-        if self.dist.is_main:
-            self.log.close()
-            plot_curves(self.cfg.output_path)
+        if self.stopping and not self.dist.is_main:
+            time.sleep(STOP_GRACE_S)
 
 
 def _sources(cfg: TrainConfig):

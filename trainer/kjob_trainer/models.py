@@ -1,6 +1,7 @@
 """The PyTorch models, from the libraries that define them.
 
-- resnext50_32x4d: torchvision's (25,028,904 parameters with 1000 classes, as published);
+- resnext50_32x4d: torchvision's (25,028,904 parameters with 1000 classes, as published),
+  with zero-initialised residual BN (see build_model);
 - resnest50: timm's `resnest50d` (27,483,240 parameters, the paper's ResNeSt-50 with the
   deep stem and avg-down, which PaddleClas's ResNeSt50 recipe also uses).
 """
@@ -19,7 +20,9 @@ def build_model(name: str, num_classes: int) -> torch.nn.Module:
     if name == "resnext50_32x4d":
         import torchvision
 
-        return torchvision.models.resnext50_32x4d(weights=None, num_classes=num_classes)
+        # Zero-init of each block's last BN gamma (Goyal et al. 2017; timm's default too):
+        # every residual block starts as identity, which keeps early training stable.
+        return torchvision.models.resnext50_32x4d(weights=None, num_classes=num_classes, zero_init_residual=True)
     if name == "resnest50":
         import timm
 

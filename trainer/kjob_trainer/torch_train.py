@@ -268,10 +268,11 @@ class Trainer:
             if self.pos.step % self.cfg.log_interval == 0:
                 stop = self.log_interval(epoch)["stop"]
             if self.stop_requested and self.dist.is_main or stop:
-                self.save(step_name(self.pos.step, ".pt"), self.last_metrics)
+                # Step checkpoints carry no eval metrics in the index: "best" stays an evaluated one.
+                self.save(step_name(self.pos.step, ".pt"), {})
                 raise Terminated(f"{self.dist.where()}: SIGTERM: saved a checkpoint at step {self.pos.step} and stopped")
             if self.cfg.ckpt_steps and self.pos.step % self.cfg.ckpt_steps == 0 and self.pos.batches < self.batches_per_epoch:
-                self.save(step_name(self.pos.step, ".pt"), self.last_metrics)
+                self.save(step_name(self.pos.step, ".pt"), {})
             if self.pos.step >= self.total_steps:
                 return True
         return False
@@ -330,6 +331,12 @@ def run(cfg: TrainConfig, dist: DistEnv) -> int:
     previous = signal.signal(signal.SIGTERM, trainer.on_sigterm)
     try:
         return trainer.fit()
+    except Terminated:
+        raise
+    except Exception as e:
+        if trainer.stop_requested:  # a peer stopped first on the same SIGTERM: not an error of ours
+            raise Terminated(f"{dist.where()}: SIGTERM: stopped") from e
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         trainer.log.close()

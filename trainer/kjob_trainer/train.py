@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from kjob_trainer.cli_args import parse_train_args
 from kjob_trainer.config import TrainConfig, make_config
 from kjob_trainer.distributed import DistEnv, dist_env
-from kjob_trainer.errors import BadInput, DistributedError, TrainerError
+from kjob_trainer.errors import BadInput, DistributedError, Terminated, TrainerError
 
 
 def framework_runner(cfg: TrainConfig) -> Callable[[TrainConfig, DistEnv], int]:
@@ -54,7 +54,8 @@ def report(error: BaseException, dist: DistEnv | None) -> None:
         text = f"{type(error).__name__}: {first}"
         if dist is not None and dist.distributed:
             text = f"{dist.where()}: {text}"
-    print(f"Error: {text}", file=sys.stderr, flush=True)
+    prefix = "Stopped" if isinstance(error, Terminated) else "Error"
+    print(f"{prefix}: {text}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
