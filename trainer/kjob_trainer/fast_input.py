@@ -443,7 +443,7 @@ class DataWaitMeter:
         """One human line, e.g. "data wait 3.1 ms/step (2.4% of step time)"."""
         line = f"data wait {self.wait_ms_per_step:.1f} ms/step ({100 * self.wait_share:.1f}% of step time)"
         if self.input_bound:
-            line += " - input-bound: add loader workers or use --input dali"
+            line += " - input-bound: add loader workers, or decode faster (torchvision decoder, or DALI on the GPU)"
         return line
 
 

@@ -189,7 +189,7 @@ class Trainer:
         extra = f"data-wait {wait_ms:.0f}ms/step"
         wait_share = r["data_wait"] / max(r["seconds"], 1e-9)
         if wait_share > DataWaitMeter.INPUT_BOUND_SHARE:  # say it plainly when the GPU starves
-            extra += f" ({100 * wait_share:.0f}% of step time: input-bound, add --workers or use DALI)"
+            extra += f" ({100 * wait_share:.0f}% of step time: input-bound, add --workers or use --decoder torchvision)"
         self.log.print(progress_line(epoch=epoch, epochs=self.cfg.epochs, step=self.pos.step, total_steps=self.total_steps,
                                      loss=r["loss"], lr=lr, images_per_s=rate, eta_s=eta, extra=extra))
         self.log.record("train", self.pos.step, epoch=epoch, loss=r["loss"], top1=r["train_top1"], lr=lr,
