@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="also measure the same step on synthetic data")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if any(v is not None and v < 1 for v in (args.batch, args.steps)) or (args.warmup or 0) < 0 or (args.workers is not None and args.workers < 0):
+        print("error: --batch and --steps must be >= 1, --warmup and --workers >= 0", file=sys.stderr)
+        return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     if args.threads:

@@ -84,11 +84,17 @@ def ensure_jpegs(folder: Path | None, *, classes: int = 4, per_class: int = 100)
     """
     if folder is not None:
         if not (folder / "train").is_dir():
-            raise SystemExit(f"error: {folder}/train does not exist (make one with bench/make_jpegs.py)")
+            _fail(f"{folder}/train does not exist (make one with bench/make_jpegs.py)")
         return folder
     cmd = [sys.executable, str(BENCH_DIR / "make_jpegs.py"), str(DEFAULT_JPEG_DIR),
            "--classes", str(classes), "--per-class", str(per_class), "--val-per-class", "5"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"error: generating JPEGs failed: {done.stderr.strip()}")
+        _fail(f"generating JPEGs failed: {done.stderr.strip()}")
     return DEFAULT_JPEG_DIR
+
+
+def _fail(message: str) -> None:
+    """One error line on stderr and exit 2 (bad input), the project's convention."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
