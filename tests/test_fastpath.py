@@ -202,6 +202,14 @@ def test_data_wait_meter_tells_input_bound_from_compute_bound():
     busy.reset()
     assert busy.steps == 0 and busy.wait_share == 0.0
 
+    # A window reset mid-iteration measures from the reset, not from the last batch.
+    meter = fi.DataWaitMeter(range(6))
+    for i in meter:
+        if i == 2:
+            meter.reset()
+        time.sleep(0.02)
+    assert meter.steps == 3 and not meter.input_bound and meter.wait_share < 0.1
+
 
 def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
     # A None entry in sys.modules makes `import nvidia.dali` fail, DALI installed or not.

@@ -377,9 +377,11 @@ class DataWaitMeter:
                 print(meter.report())      # "data wait 3.1 ms/step (2.4% of step time)"
                 meter.reset()
 
-    The step time is the wall time between two consecutive batches, so the share of time
-    waiting is wait / step. On a GPU the host runs ahead of the device, so this counts
-    only real stalls: the device starves only if the host is stuck waiting for data.
+    The share is the time blocked in `next()` over the wall time since the window began
+    (construction, the first batch of an iteration, or `reset()`), read when asked, so a
+    window read right after a step includes that step's compute. On a GPU the host runs
+    ahead of the device, so this counts only real stalls: the device starves only when the
+    host is stuck waiting for data.
     """
 
     # Above this share of step time spent waiting, the run is called input-bound.
@@ -390,34 +392,28 @@ class DataWaitMeter:
         self.reset()
 
     def reset(self) -> None:
-        """Start a new measuring window (the totals restart; the iteration goes on)."""
+        """Start a new measuring window now (the totals restart; the iteration goes on)."""
         self.steps = 0
         self.wait_s = 0.0
-        self.step_s = 0.0
         self.last_wait_s = 0.0
-        self._last_return: float | None = None
+        self._window_start = time.perf_counter()
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self.batches)
-        self._last_return = None
+        if self.steps == 0:  # don't count the idle time between construction and iteration
+            self._window_start = time.perf_counter()
         while True:
             start = time.perf_counter()
             try:
                 batch = next(it)
             except StopIteration:
                 return
-            now = time.perf_counter()
-            self.last_wait_s = now - start
+            self.last_wait_s = time.perf_counter() - start
             self.wait_s += self.last_wait_s
-            if self._last_return is not None:
-                self.step_s += now - self._last_return
-            else:
-                self.step_s += self.last_wait_s  # first batch: all of it was waiting
             self.steps += 1
-            self._last_return = now
             yield batch
 
     @property
@@ -425,9 +421,15 @@ class DataWaitMeter:
         return 1000.0 * self.wait_s / self.steps if self.steps else 0.0
 
     @property
+    def window_s(self) -> float:
+        """Wall seconds since the window began."""
+        return time.perf_counter() - self._window_start
+
+    @property
     def wait_share(self) -> float:
         """Fraction (0..1) of the window's wall time spent blocked on data."""
-        return self.wait_s / self.step_s if self.step_s > 0 else 0.0
+        elapsed = self.window_s
+        return min(1.0, self.wait_s / elapsed) if self.steps and elapsed > 0 else 0.0
 
     @property
     def input_bound(self) -> bool:
