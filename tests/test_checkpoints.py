@@ -232,3 +232,134 @@ def test_a_dead_connection_times_out_instead_of_hanging(cluster, tmp_path, monke
         with pytest.raises(ClusterUnavailable, match=r"no data for 0.5 s; the connection looks dead"):
             fetch(tmp_path / "out")
     assert files(tmp_path / "out") == [] and helper_pods(kube, JOB) == []
+
+
+# -- the exec channel protocol, both ends ---------------------------------------------------------
+def test_the_fake_speaks_v4_and_v5_as_the_official_client_reads_them(kube, tmp_path):
+    """The official client's own reader (WSClient.returncode, read_stdout) agrees with the
+    fake's frames and Status, for the subprotocol it prefers (v5) and for v4."""
+    import websocket
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "vol" / "hello.txt").write_text("hello\n")
+    core = client.CoreV1Api(config.new_client_from_config(kube.kubeconfig))
+    core.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                                           "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    kube.pod_running("p")
+    kube.exec.serve_folder("default", "p", {"/data": tmp_path / "vol"})
+    ok = stream(core.connect_get_namespaced_pod_exec, "p", "default", command=["cat", "/data/hello.txt"],
+                stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    ok.run_forever(timeout=10)
+    ok.close()
+    ok.sock.shutdown()  # the client's close() leaves the socket open once the server has closed
+    assert ok.subprotocol == "v5.channel.k8s.io" and ok.read_stdout() == "hello\n" and ok.returncode == 0
+    bad = stream(core.connect_get_namespaced_pod_exec, "p", "default", command=["cat", "/data/missing"],
+                 stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    bad.run_forever(timeout=10)
+    bad.close()
+    bad.sock.shutdown()
+    core.api_client.close()
+    assert bad.returncode == 1 and "No such file" in bad.read_stderr()
+    # v4 only (older clients): same channels, same Status.
+    url = kube.server.replace("http", "ws") + "/api/v1/namespaces/default/pods/p/exec?command=cat&command=/data/hello.txt&stdout=true&stderr=true"
+    ws = websocket.create_connection(url, subprotocols=["v4.channel.k8s.io"], header=[f"Authorization: Bearer {kube.token}"])
+    frames = []
+    while True:
+        op, frame = ws.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            break
+        frames.append(frame.data)
+    ws.close()
+    ws.shutdown()
+    assert ws.subprotocol == "v4.channel.k8s.io"
+    assert frames[0] == b"\x01hello\n" and frames[-1][:1] == b"\x03" and b'"Success"' in frames[-1]
+
+
+class _Peer:
+    """The client side of ExecStream over a socketpair: the test writes server frames."""
+
+    def __init__(self):
+        import socket
+        from types import SimpleNamespace
+
+        self.server, mine = socket.socketpair()
+        self.pongs: list[bytes] = []
+        peer = self
+        self.sock = SimpleNamespace(sock=mine, frame_buffer=SimpleNamespace(recv_buffer=[]),
+                                    gettimeout=lambda: 5.0, pong=lambda p: peer.pongs.append(p))
+        mine.settimeout(5)
+
+    def close(self, **_):
+        self.sock.sock.close()
+        self.server.close()
+
+    def frame(self, opcode: int, payload: bytes, fin: bool = True, length_bytes: int | None = None):
+        n = len(payload)
+        head = bytes([(0x80 if fin else 0) | opcode])
+        if length_bytes == 8 or n > 0xFFFF:
+            head += bytes([127]) + n.to_bytes(8, "big")
+        elif length_bytes == 2 or n > 125:
+            head += bytes([126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([n])
+        self.server.sendall(head + payload)
+
+
+def _read_all(stream):
+    out = bytearray()
+    for chunk in stream:
+        out += chunk
+    return bytes(out)
+
+
+def test_exec_stream_reassembles_fragments_answers_pings_and_reads_the_status():
+    import json
+
+    from kjob.exec_stream import ExecStream
+
+    peer = _Peer()
+    s = ExecStream(peer, "exec tar in pod p")
+    body = bytes(range(256)) * 400
+    peer.frame(0x2, b"\x01" + body[:1000], fin=False)  # a fragmented stdout message
+    peer.frame(0x9, b"are you there")  # a ping between fragments
+    peer.frame(0x0, body[1000:50000], fin=False, length_bytes=8)
+    peer.frame(0x0, body[50000:], fin=True)
+    peer.frame(0x2, b"\x02tar: a warning\n")
+    peer.frame(0x2, b"\x01" + b"tail")
+    status = {"status": "Failure", "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": "2"}]}}
+    raw = json.dumps(status).encode()
+    peer.frame(0x2, b"\x03" + raw[:10], fin=False)
+    peer.frame(0x0, raw[10:])
+    assert _read_all(s) == body + b"tail"
+    s.close()
+    assert peer.pongs == [b"are you there"]
+    assert not s.cut and s.exit_code() == 2 and s.stderr_text() == "tar: a warning"
+
+
+def test_exec_stream_without_a_status_is_a_cut_and_protocol_errors_are_named():
+    from kjob.errors import ClusterUnavailable
+    from kjob.exec_stream import ExecStream
+
+    peer = _Peer()
+    s = ExecStream(peer, "exec tar in pod p")
+    peer.frame(0x2, b"\x01abc")
+    peer.server.close()
+    assert _read_all(s) == b"abc" and s.cut and s.exit_code() is None
+    s.close()
+
+    peer = _Peer()
+    s = ExecStream(peer, "exec tar in pod p")
+    peer.frame(0x2, b"\x03" + b'{"status": "Failure", "reason": "InternalError", "message": "exec: \\"tar\\": executable file not found in $PATH"}')
+    _read_all(s)
+    s.close()
+    with pytest.raises(ClusterUnavailable, match='exec tar in pod p failed: exec: "tar": executable file not found'):
+        s.exit_code()
+
+    peer = _Peer()
+    s = ExecStream(peer, "exec tar in pod p")
+    peer.server.sendall(bytes([0x82, 0x80 | 3]) + b"mask" + b"abc")
+    with pytest.raises(ClusterUnavailable, match="masked websocket frame"):
+        _read_all(s)
+    s.close()

@@ -80,7 +80,12 @@ class ExecStream:
         self.close()
 
     def close(self) -> None:
-        for closer in (self._file.close, self._ws.close):
+        # timeout=0: send the close frame but do not wait for the answer (on Ctrl-C the
+        # server may still be streaming; websocket-client would read it for 3 s).
+        # Then shutdown(): websocket-client's close() returns early, leaving the socket
+        # open, when it thinks the connection is already gone.
+        ws = self._ws.sock
+        for closer in (self._file.close, lambda: self._ws.close(timeout=0), lambda: ws and ws.shutdown()):
             try:
                 closer()
             except Exception:  # noqa: BLE001 - closing a dead socket is not news
