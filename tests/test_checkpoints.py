@@ -363,3 +363,21 @@ def test_exec_stream_without_a_status_is_a_cut_and_protocol_errors_are_named():
     with pytest.raises(ClusterUnavailable, match="masked websocket frame"):
         _read_all(s)
     s.close()
+
+
+def test_a_helper_left_by_a_killed_kjob_goes_with_the_job(cluster, tmp_path):
+    """SIGKILL leaves no chance to clean up: the ownerReference makes `kjob delete` (the
+    garbage collector) remove the helper; activeDeadlineSeconds bounds it otherwise."""
+    kube, _, _ = cluster
+    kube.exec.fault("default", command="tar", stall_after=1 * MB)
+    with HelperKubelet(kube, JOB):
+        proc = subprocess.Popen(KJOB + ["fetch-ckpt", JOB, "--dest", str(tmp_path / "out")], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 40
+        while not tar_calls(kube) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(10)
+    assert len(helper_pods(kube, JOB)) == 1
+    r = subprocess.run(KJOB + ["delete", JOB], capture_output=True, text=True, timeout=50)
+    assert r.returncode == 0, r.stderr
+    assert helper_pods(kube, JOB) == []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from kjob.backend import FetchOptions
-from kjob.ckpt_index import INDEX_NAME, MAX_INDEX_BYTES, expected, parse_index, select, write_local_index
+from kjob.ckpt_index import INDEX_NAME, MAX_INDEX_BYTES, expected, human_bytes, parse_index, select, write_local_index
 from kjob.errors import ClusterUnavailable, InvalidInput, KjobError, NotFound, VerificationFailed
 from kjob.exec_stream import open_exec
 from kjob.progress import Progress
@@ -178,7 +178,9 @@ def helper_pod(job_obj: dict, target: Target, name: str) -> dict:
         }],
         "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": target.claim, "readOnly": True}}],
     }
-    for key in ("imagePullSecrets", "nodeSelector", "tolerations"):
+    # Pull like the job and tolerate its nodes' taints; no nodeSelector: the helper needs
+    # no GPU, and the volume's own topology tells the scheduler where it can run.
+    for key in ("imagePullSecrets", "tolerations"):
         if tmpl.get(key):
             spec[key] = tmpl[key]
     return {"apiVersion": "v1", "kind": "Pod",
@@ -198,8 +200,12 @@ def exec_pod(kube, job_obj: dict, target: Target, say: Callable[[str], None]):
         return
     name = f"{target.job[:40]}-fetch-{secrets.token_hex(3)}"
     manifest = helper_pod(job_obj, target, name)
-    kube.request("POST", _pods_path(target.namespace), verb="create", resource="pods", name=name,
-                 namespace=target.namespace, body=manifest)
+    try:
+        kube.request("POST", _pods_path(target.namespace), verb="create", resource="pods", name=name,
+                     namespace=target.namespace, body=manifest)
+    except KeyboardInterrupt:  # the server may have created it before the answer came back
+        _delete_quietly(kube, target.namespace, name, lambda line: None)
+        raise
     try:
         _wait_running(kube, target.namespace, name, say)
         target.pod, target.container = name, "fetch"
@@ -286,7 +292,7 @@ def transfer(kube, target: Target, need: list, dest: Path, *, overwrite: bool, p
     missing = [e.name for e in need if e not in got]
     if stream.cut:
         raise ClusterUnavailable(
-            f"the transfer from pod {target.pod} was cut after {human(blocks.bytes_read)}: "
+            f"the transfer from pod {target.pod} was cut after {human_bytes(blocks.bytes_read)}: "
             f"{len(got)} of {len(need)} files verified and kept in {dest}",
             hint="run the same command again to fetch only the rest")
     code = stream.exit_code()
@@ -296,12 +302,6 @@ def transfer(kube, target: Target, need: list, dest: Path, *, overwrite: bool, p
         cls = ClusterUnavailable if code else VerificationFailed
         raise cls(f"{len(missing)} checkpoint file(s) did not arrive from pod {target.pod} "
                   f"({', '.join(missing)}): {detail}".rstrip(": "))
-
-
-def human(n: int) -> str:
-    from kjob.ckpt_index import human_bytes
-
-    return human_bytes(n)
 
 
 def fetch(kube, job_obj: dict, options: FetchOptions, *, say: Callable[[str], None] | None = None) -> list[dict]:
@@ -331,7 +331,7 @@ def fetch(kube, job_obj: dict, options: FetchOptions, *, say: Callable[[str], No
             progress = Progress(sum(e.size for e in need), enabled=options.progress)
             transfer(kube, t, need, dest, overwrite=options.overwrite, progress=progress)
             secs = max(time.monotonic() - progress.start, 1e-6)
-            say(f"transferred {len(need)} file(s), {human(progress.n)} in {secs:.2f} s "
-                f"({human(progress.n / secs)}/s) from pod {t.pod}, sha256 verified")
+            say(f"transferred {len(need)} file(s), {human_bytes(progress.n)} in {secs:.2f} s "
+                f"({human_bytes(progress.n / secs)}/s) from pod {t.pod}, sha256 verified")
         write_local_index(dest, index, entries)
     return entries
