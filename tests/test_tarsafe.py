@@ -200,3 +200,19 @@ def test_progress_draws_only_when_enabled():
         p.done()
     assert quiet.getvalue() == ""
     assert "50.0%" in loud.getvalue() and "1.0 MB / 2.0 MB" in loud.getvalue() and "ETA" in loud.getvalue()
+
+
+def test_the_trainers_own_checkpoint_folder_is_read_and_verified(tmp_path):
+    """Contract 3 from the writer's side: kjob_trainer.checkpoints.CheckpointDir."""
+    from kjob_trainer.checkpoints import CheckpointDir, epoch_name, step_name
+
+    ckdir = CheckpointDir.under(str(tmp_path / "run"), "pytorch", "resnext50_32x4d", keep=2)
+    for epoch, top1 in ((1, 30.0), (2, 50.0), (3, 40.0)):
+        ckdir.save(epoch_name(epoch, ".pt"), lambda p, e=epoch: p.write_bytes(bytes([e]) * 5000), epoch=epoch,
+                   step=epoch * 10, metrics={"top1": top1})
+    ckdir.save(step_name(35, ".pt"), lambda p: p.write_bytes(b"s" * 700), epoch=3, step=35)
+    dest = tmp_path / "out"
+    got = verify_and_copy_local(ckdir.folder, FetchOptions(dest=dest, which="all"))
+    assert [e["file"] for e in got] == ["epoch-0002.pt", "epoch-0003.pt", "step-00000035.pt"]
+    assert verify_and_copy_local(ckdir.folder, FetchOptions(dest=dest, which="best"))[0]["file"] == "epoch-0002.pt"
+    assert (dest / "step-00000035.pt").read_bytes() == b"s" * 700
