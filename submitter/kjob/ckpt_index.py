@@ -158,8 +158,11 @@ def verify_and_copy_local(src_checkpoints_dir: Path, options: FetchOptions) -> l
     renaming it only when its sha256 matches; files already in dest and verified are
     skipped. Returns the selected index entries. Raises NotFound (no folder / no index /
     nothing selected), VerificationFailed (bad index, mismatch, link instead of a file),
-    InvalidInput (a differing file in dest without --overwrite, dest == source).
+    Conflict (a differing file in dest without --overwrite), InvalidInput (dest is the
+    source folder).
     """
+    from kjob.progress import Progress
+
     src = Path(src_checkpoints_dir)
     index_path = src / INDEX_NAME
     if not index_path.is_file():
@@ -176,6 +179,10 @@ def verify_and_copy_local(src_checkpoints_dir: Path, options: FetchOptions) -> l
     for e in entries:
         check_name(e["file"])
     _have, need = plan(dest, expected(entries), overwrite=options.overwrite)
-    copy_verified(src, dest, need)
+    progress = Progress(sum(e.size for e in need), enabled=options.progress)
+    try:
+        copy_verified(src, dest, need, on_bytes=progress.add)
+    finally:
+        progress.done()
     write_local_index(dest, index, entries)
     return entries
