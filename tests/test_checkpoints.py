@@ -381,3 +381,18 @@ def test_a_helper_left_by_a_killed_kjob_goes_with_the_job(cluster, tmp_path):
     r = subprocess.run(KJOB + ["delete", JOB], capture_output=True, text=True, timeout=50)
     assert r.returncode == 0, r.stderr
     assert helper_pods(kube, JOB) == []
+
+
+def test_exec_errors_become_kjob_errors(kube):
+    """The handshake's HTTP status reaches kubeapi's translation; no client exception leaks."""
+    from kjob.errors import KjobError
+    from kjob.exec_stream import open_exec
+    from kjob.kubeapi import connect
+
+    k = connect()
+    with pytest.raises(NotFound, match='pods/exec "nope" not found in namespace "default"'):
+        open_exec(k, "default", "nope", None, ["true"], 5)
+    bad = connect(str(kube.kubeconfig_variant(server="http://127.0.0.1:9", name="dead")))
+    with pytest.raises(KjobError) as err:
+        open_exec(bad, "default", "p", None, ["true"], 5)
+    assert err.value.exit_code == 3 and "cannot reach the Kubernetes API server" in err.value.message

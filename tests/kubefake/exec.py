@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 
 from aiohttp import WSMsgType, web
 
-from .http import gate
+from .http import Abort, gate
 
 STDOUT, STDERR, STATUS = 1, 2, 3
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
@@ -167,12 +167,6 @@ def status_internal(message: str) -> dict:
     return {"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500}
 
 
-def _http_status(code: int, reason: str, message: str) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
-    return web.json_response(body, status=code)
-
-
 def _map_argv(argv: list[str], mounts: dict[str, Path]) -> list[str]:
     """Rewrite arguments that name a path under a mount to the local folder."""
     out = []
@@ -264,20 +258,20 @@ def exec_route(registry: ExecRegistry, get_pod: Callable[[str, str], dict | None
         await gate(request, "create", "pods/exec", "", ns)
         pod = get_pod(ns, name)
         if pod is None:
-            return _http_status(404, "NotFound", f'pods "{name}" not found')
+            raise Abort(404, f'pods "{name}" not found', details={"name": name, "kind": "pods"})
         phase = (pod.get("status") or {}).get("phase")
         if phase != "Running":
-            return _http_status(400, "BadRequest", f"unable to upgrade connection: pod {name} is not running (phase {phase})")
+            raise Abort(400, f"unable to upgrade connection: pod {name} is not running (phase {phase})")
         if not argv:
-            return _http_status(400, "BadRequest", "you must specify at least 1 command")
+            raise Abort(400, "you must specify at least 1 command")
         names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
         if container is None and len(names) > 1:
-            return _http_status(400, "BadRequest", f"a container name must be specified for pod {name}, choose one of: {names}")
+            raise Abort(400, f"a container name must be specified for pod {name}, choose one of: {names}")
         if container is not None and container not in names:
-            return _http_status(400, "BadRequest", f"container {container} is not valid for pod {name}")
+            raise Abort(400, f"container {container} is not valid for pod {name}")
         p, fault = registry._take(ns, pod, container, argv)
         if p.handler is None and not p.mounts:
-            return _http_status(400, "BadRequest", f"unable to upgrade connection: container not found in pod {name} (test server: no exec handler registered)")
+            raise Abort(400, f"unable to upgrade connection: container not found in pod {name} (test server: no exec handler registered)")
         ws = web.WebSocketResponse(protocols=PROTOCOLS, max_msg_size=0)
         await ws.prepare(request)
         call = ExecCall(ns, name, container, list(argv))
