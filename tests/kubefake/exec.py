@@ -13,7 +13,9 @@ What runs is chosen per pod by the test, playing the kubelet:
   `tar cf - -C /ckpt/job/checkpoints a b` is real GNU tar over real files);
 - `serve_folder(ns, pod, {"/ckpt": tmp})` does the same for one pod with explicit mounts;
 - `serve(ns, pod, fn)` answers with `fn(command) -> ExecReply` (hostile tar streams);
-- `fault(ns, pod, cut_after=N | flip_byte_at=N)` damages the next exec's stdout once.
+- `fault(ns, pod, cut_after=N | flip_byte_at=N | stall_after=N)` damages the stdout of
+  the next exec of that command once (pod None: whichever pod execs it next): the
+  connection drops without a status, a byte is flipped, or the stream goes silent.
 Every call is recorded in `calls` (command and stdout bytes) so tests can see what was
 asked for. Tests use this through the `kube` fixture's handle, never the aiohttp app.
 """
