@@ -296,12 +296,16 @@ def transfer(kube, target: Target, need: list, dest: Path, *, overwrite: bool, p
             f"{len(got)} of {len(need)} files verified and kept in {dest}",
             hint="run the same command again to fetch only the rest")
     code = stream.exit_code()
-    if code not in (0, None) or missing:
+    # Every file that arrived was checked against its sha256: a non-zero tar exit matters
+    # only when something is missing (e.g. the trainer rotated a checkpoint away).
+    if missing:
         err = stream.stderr_text()
         detail = f"tar exited with code {code}: {err}" if code else "the stream ended early"
         cls = ClusterUnavailable if code else VerificationFailed
         raise cls(f"{len(missing)} checkpoint file(s) did not arrive from pod {target.pod} "
-                  f"({', '.join(missing)}): {detail}".rstrip(": "))
+                  f"({', '.join(missing)}): {detail}".rstrip(": "),
+                  hint="the trainer keeps only its newest checkpoints and may have removed it meanwhile; "
+                       "run the command again (verified files are kept)")
 
 
 def fetch(kube, job_obj: dict, options: FetchOptions, *, say: Callable[[str], None] | None = None) -> list[dict]:
