@@ -289,9 +289,10 @@ def exec_route(registry: ExecRegistry, get_pod: Callable[[str, str], dict | None
         except _Cut:
             call.cut = True
             reader.cancel()
-            # A lost connection: no status frame, no close frame, just gone.
+            # A lost connection: no status frame, no close frame, just gone. close(), not
+            # abort(), so the bytes already written do arrive (the cut is where asked).
             if request.transport is not None:
-                request.transport.abort()
+                request.transport.close()
             return ws
         call.exit_code = code
         if stderr:
