@@ -281,6 +281,11 @@ class Trainer:
         if self.tally.images:
             self.log_interval(epoch)
         if self.data.val is not None:
+            if self.dist.distributed:
+                # Each rank's BN running stats moved with its own last batch; score the weights
+                # rank 0 is about to save, so `evaluate` on the checkpoint gives the same numbers.
+                for buf in unwrap(self.model).buffers():
+                    td.broadcast(buf, 0)
             m = evaluate(self.ddp, self.data.val, self.data.val_batches, self.cfg, self.device, self.memory_format)
             self.last_metrics = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"]}
             self.log.print(f"epoch {epoch + 1}/{self.cfg.epochs} eval top1 {m['top1']:.2f} top5 {m['top5']:.2f} "
