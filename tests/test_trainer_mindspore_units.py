@@ -78,3 +78,14 @@ def test_scheduler_on_several_hosts_is_the_hostfiles_first_host(tmp_path):
         cluster_address(_dist(rank=5, world=16, local=8), {"KJOB_HOSTFILE": str(tmp_path / "none")})
     with pytest.raises(BadInput, match="KJOB_MS_SCHED_PORT='x' is not a port number"):
         cluster_address(_dist(), {"KJOB_MS_SCHED_PORT": "x"})
+
+
+def test_mindcv_recipe_config_has_mindcvs_values():
+    # mindspore-lab/mindcv configs/resnext/resnext50_32x4d_ascend.yaml, key for key.
+    c = make_config("mindcv_resnext50_32x4d", {"synthetic": True})
+    assert (c.framework, c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (
+        "mindspore", "resnext50_32x4d", 150, 32, 0.1, 0.9, 1e-4)
+    assert (c.lr_schedule, c.min_lr, c.warmup_epochs, c.label_smoothing) == ("cosine", 0.0, 0.0, 0.1)
+    assert (c.amp_level, c.loss_scale, c.loss_scale_type, c.keep_checkpoints) == ("O2", 1024.0, "fixed", 30)
+    assert (c.image_size, c.eval_resize_size(), c.crop_scale_min, c.hflip) == (224, 256, 0.08, True)
+    assert c.scaled_lr(8) == pytest.approx(0.1)  # 8 cards x 32 = 256: MindCV's lr as is

@@ -17,6 +17,7 @@ rank's count exceeds `max_bad_images` x its share of the training set.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,7 +118,7 @@ def make_pipeline(source, indices: list[int], cfg: TrainConfig, batch_size: int,
     import mindspore.dataset as ds
 
     indices = indices[start_batch * batch_size:]
-    workers = max(1, cfg.workers)
+    workers = max(1, min(cfg.workers, os.cpu_count() or 1))  # MindSpore refuses more than the CPU count
     # Threads, not processes: PIL releases the GIL while decoding, and the source's bad-image
     # counter must live in this process.
     pipe = ds.GeneratorDataset(source, ["image", "label", "index"], sampler=ds.SubsetSampler(indices),

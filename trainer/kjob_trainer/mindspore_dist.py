@@ -47,6 +47,11 @@ ORPHAN_GRACE_S = 20.0
 QUIET_GLOG = "3"
 
 
+def quiet_mindspore() -> None:
+    """ERROR-level MindSpore logging (C++ and Python); must run before `import mindspore`."""
+    os.environ.setdefault("GLOG_v", QUIET_GLOG)
+
+
 @dataclass(frozen=True)
 class Cluster:
     """Where this job's ranks meet and what this process is in it."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kjob_trainer.errors import BadInput
+from kjob_trainer.mindspore_dist import quiet_mindspore
 
 # Extra keys kjob stores in a .ckpt beside the parameters (MindSpore's append_dict).
 META_KEYS = ("kjob_framework", "kjob_model", "kjob_epoch", "kjob_step", "kjob_config", "kjob_metrics",
@@ -52,6 +53,7 @@ def evaluate_network(net, pipeline, distributed: bool) -> dict[str, float]:
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parameters, kjob metadata) of a kjob `.ckpt`. Raises BadInput for a missing file,
     one MindSpore cannot read, or one that kjob did not write."""
+    quiet_mindspore()
     import mindspore as ms
 
     if not Path(path).is_file():

@@ -8,8 +8,8 @@ then `Run` (resume, epochs, progress, checkpoints, SIGTERM).
 Graph mode on every device (MindCV's default `mode: 0`): the train step is compiled once,
 about 6 s for ResNeXt50 on this CPU, then runs as one graph; CPU works in graph mode, data-
 parallel all-reduce included. Batches are fed one call per step: MindSpore's dataset sink
-(`mindspore.data_sink`) refuses the CPU target, so it is not used (`dataset_sink` in the
-config is accepted and ignored; see README's trainer section).
+(`mindspore.data_sink`) refuses the CPU target and there is no GPU here to prove a sink
+path, so none is used (`dataset_sink` in a config is accepted and has no effect yet).
 
 A "step" is one optimizer update (grad_accum batches); checkpoints are only written
 between updates, so a gradient-accumulation buffer is always empty in them.
@@ -34,25 +34,23 @@ from kjob_trainer.errors import BadInput, Terminated
 from kjob_trainer.metrics import MetricsLog, plot_curves, progress_line
 from kjob_trainer.mindspore_data import (ImageSource, SyntheticSource, batches_per_epoch, check_bad_images,
                                          make_pipeline, shard_indices)
-from kjob_trainer.mindspore_dist import QUIET_GLOG, ClusterMember
+from kjob_trainer.mindspore_dist import ClusterMember, quiet_mindspore
 from kjob_trainer.mindspore_eval import allreduce_sum, evaluate_network, read_checkpoint
 
 # --amp -> MindCV amp_level when the config does not name one: O2 is MindCV's recipe level
 # (BatchNorm kept in float32); `off` keeps everything float32.
 AMP_LEVEL_FOR = {"off": "O0", "fp16": "O2", "bf16": "O2"}
 SYNTHETIC_CLASSES = 1000  # ImageNet's, so synthetic runs have the real classifier head
-RANK_INDEX_CAP = 10000
+RANK_INDEX_CAP = 10000  # sample indices kept per rank in ranks/rank-N.json (proof of sharding)
 # After SIGTERM the other ranks leave this much after rank 0 is done, so that mpirun (which
 # ends the job at the first failed rank) does not cut off rank 0's last message.
-STOP_GRACE_S = 2.0  # sample indices kept per rank in ranks/rank-N.json (proof of sharding)
+STOP_GRACE_S = 2.0
 
 
 def setup_context(cfg: TrainConfig, dist: DistEnv) -> ClusterMember | None:
     """Device, graph mode, seeds and (for several ranks) the cluster. Returns the cluster
     membership to close at exit. Raises BadInput if --device gpu has no GPU here."""
-    import os
-
-    os.environ.setdefault("GLOG_v", QUIET_GLOG)
+    quiet_mindspore()
     import mindspore as ms
 
     target = _device_target(cfg.device)
@@ -119,6 +117,12 @@ def build_train_step(cfg: TrainConfig, net, lr: np.ndarray, device_target: str):
     from mindspore import nn
 
     level = cfg.amp_level or AMP_LEVEL_FOR[cfg.amp]
+    if level != "O0" and device_target == "CPU":
+        # MindSpore's mixed precision targets GPU/Ascend; on its CPU kernels an O2 ResNeXt50
+        # loses all signal within two steps (loss = ln(classes)), so refuse rather than
+        # train garbage. MindCV's own auto_mixed_precision does the same here.
+        raise BadInput(f"amp_level {level} (float16 compute) does not train on MindSpore's CPU backend; "
+                       "use --amp-level O0 on CPU")
     if level != "O0":
         ms.amp.auto_mixed_precision(net, level, dtype=ms.bfloat16 if cfg.amp == "bf16" else ms.float16)
     decay, no_decay = [], []
@@ -152,10 +156,10 @@ class Run:
         self.source, self.val = _sources(cfg)
         self.num_classes = self.source.num_classes
         self.class_names = list(self.source.split.classes) if isinstance(self.source, ImageSource) else None
-        self.batches = batches_per_epoch(len(self.source), cfg.batch_size, dist.world_size)
-        self.batches -= self.batches % cfg.grad_accum  # whole updates per epoch
-        if self.batches == 0:
-            raise BadInput(f"--grad-accum {cfg.grad_accum} is more than the {self.batches} batches of an epoch")
+        batches = batches_per_epoch(len(self.source), cfg.batch_size, dist.world_size)
+        if batches < cfg.grad_accum:
+            raise BadInput(f"--grad-accum {cfg.grad_accum} is more than the {batches} batches of an epoch")
+        self.batches = batches - batches % cfg.grad_accum  # whole updates per epoch
         self.steps_per_epoch = self.batches // cfg.grad_accum
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -167,6 +171,7 @@ class Run:
         self.seen: list[int] = []
         self.stop_signal: int | None = None
         self.stopping = False
+        self.data_wait = 0.0  # seconds waiting for batches since the last progress line
 
     def build(self) -> None:
         self.net = build_network(self.cfg.model, self.num_classes)
@@ -258,7 +263,7 @@ class Run:
         indices = indices[:self.batches * cfg.batch_size]
         pipe = make_pipeline(self.source, indices, cfg, cfg.batch_size, train=True, start_batch=start_batch)
         losses, t0, batch_in_epoch, mean = [], time.perf_counter(), start_batch, float("nan")
-        for images, labels, index in pipe.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        for images, labels, index in self._timed(pipe.create_tuple_iterator(num_epochs=1, output_numpy=True)):
             losses.append(self.train_step(Tensor(images), Tensor(labels)))
             batch_in_epoch += 1
             if len(self.seen) < RANK_INDEX_CAP:
@@ -278,6 +283,18 @@ class Run:
         check_bad_images(self.source, len(indices), cfg)
         return {"loss": mean}
 
+    def _timed(self, batches):
+        """The pipeline's batches, adding the time spent waiting for each to self.data_wait."""
+        iterator = iter(batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.data_wait += time.perf_counter() - t
+            yield item
+
     def report(self, epoch: int, losses: list, t0: float, batch_in_epoch: int) -> float:
         """Rank 0's progress line and metrics row for the batches since the last one."""
         cfg = self.cfg
@@ -287,9 +304,13 @@ class Run:
         step_s = elapsed / max(1, len(losses) / cfg.grad_accum)
         lr = float(self.lr[min(len(self.lr) - 1, epoch * self.batches + batch_in_epoch - 1)])
         eta = (self.total_steps - self.step) * step_s
+        wait_ms = 1000 * self.data_wait / max(1, len(losses))
+        self.data_wait = 0.0
         self.log.print(progress_line(epoch=epoch, epochs=cfg.epochs, step=self.step, total_steps=self.total_steps,
-                                     loss=mean, lr=lr, images_per_s=images_per_s, eta_s=eta))
-        self.log.record("train", self.step, epoch=epoch, loss=mean, lr=lr, images_per_s=round(images_per_s, 2))
+                                     loss=mean, lr=lr, images_per_s=images_per_s, eta_s=eta,
+                                     extra=f"data-wait {wait_ms:.0f}ms/step"))
+        self.log.record("train", self.step, epoch=epoch, loss=mean, lr=lr, images_per_s=round(images_per_s, 2),
+                        data_wait_ms=round(wait_ms, 2))
         return mean
 
     def evaluate(self, epoch: int) -> dict[str, float]:
