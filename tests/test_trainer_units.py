@@ -177,3 +177,14 @@ def test_model_parameter_counts_match_the_references():
 
     for name, count in PARAMETER_COUNTS_1000.items():
         assert sum(p.numel() for p in build_model(name, 1000).parameters()) == count
+
+
+def test_framework_neutral_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, kjob_trainer.config, kjob_trainer.checkpoints, kjob_trainer.metrics, "
+            "kjob_trainer.dataset_index, kjob_trainer.distributed, kjob_trainer.cli_args; "
+            "print(sorted(m for m in ('torch', 'mindspore') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
