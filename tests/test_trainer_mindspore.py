@@ -171,6 +171,20 @@ def test_float16_amp_on_cpu_is_bad_input(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.timeout(200)
+def test_corrupt_image_beyond_the_allowed_fraction_is_one_line_and_exit_2(tmp_path):
+    write_tiny_folder(tmp_path / "data")  # 2 classes x 3 images
+    bad = tmp_path / "data" / "train" / "n00000001" / "1.JPEG"
+    bad.write_bytes(b"\xff\xd8 this is not a JPEG")
+    proc = run_trainer("--framework", "mindspore", "--data-path", str(tmp_path / "data"), "--image-size", "32",
+                       "--batch-size", "2", "--epochs", "1", "--workers", "1", "--max-bad-images", "0", "--no-eval",
+                       "--output-path", str(tmp_path / "out"), timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_lines(proc.stderr) == [
+        f"Error: dataset: 1 image(s) could not be decoded (more than max_bad_images=0 of 6), e.g. {bad}"]
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_folder_training_evaluates_and_evaluate_cli_agrees(tmp_path):

@@ -131,5 +131,5 @@ def make_pipeline(source, indices: list[int], cfg: TrainConfig, batch_size: int,
 def check_bad_images(source, shard_size: int, cfg: TrainConfig) -> None:
     """Raises BadInput once this rank has replaced more corrupt images than allowed."""
     if source.bad > cfg.max_bad_images * shard_size:
-        raise BadInput(f"dataset: {source.bad} images could not be decoded (more than max_bad_images="
+        raise BadInput(f"dataset: {source.bad} image(s) could not be decoded (more than max_bad_images="
                        f"{cfg.max_bad_images:g} of {shard_size}), e.g. {source.bad_files[0]}")
