@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,7 +34,9 @@ def _store(dist: DistEnv, cfg: TrainConfig, timeout: timedelta):
     fixed = static_address(dist)
     if fixed is not None:
         host, port = fixed
-        return TCPStore(host, port, dist.world_size, dist.is_main, timeout=timeout, wait_for_workers=False), f"{host}:{port}"
+        # Under torchrun the agent already serves the store at MASTER_PORT: every rank is a client.
+        serve = dist.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        return TCPStore(host, port, dist.world_size, serve, timeout=timeout, wait_for_workers=False), f"{host}:{port}"
     path = rendezvous_file(cfg.output_path, dist)
     if dist.is_main:
         # Port 0: the OS picks a free port, so concurrent local jobs never collide.
