@@ -118,6 +118,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True, bucket_cap_mb=cfg.bucket_cap_mb)
         self.step_model = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.compiled_ok = False
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.amp_dtype = autocast_dtype(cfg)
         self.accum = cfg.grad_accum
@@ -199,19 +200,28 @@ class Trainer:
 
     # --- the step ------------------------------------------------------------------------
     def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> None:
-        no_sync = self.ddp.no_sync if (self.dist.distributed and not sync) else contextlib.nullcontext
-        with no_sync(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                       enabled=self.amp_dtype is not None):
+        if self.step_model is not self.ddp and not self.compiled_ok:
+            # The first compiled step compiles forward and backward; if either fails, drop the
+            # half-made gradients and run this (very first) micro-batch eagerly from then on.
             try:
-                logits = self.step_model(images)
-            except Exception as e:  # torch.compile failure: fall back to eager, once
-                if self.step_model is self.ddp:
-                    raise
-                self.log.print(f"torch.compile failed ({type(e).__name__}); continuing without it")
+                self._forward_backward(self.step_model, images, labels, sync)
+                self.compiled_ok = True
+                return
+            except Exception as e:
+                self.log.print(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                               "continuing without it")
+                self.optimizer.zero_grad(set_to_none=True)
                 self.step_model = self.ddp
-                logits = self.ddp(images)
-            loss = self.criterion(logits, labels)
-        (self.scaler.scale(loss / self.accum) if self.scaler else loss / self.accum).backward()
+        self._forward_backward(self.step_model, images, labels, sync)
+
+    def _forward_backward(self, model, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> None:
+        no_sync = self.ddp.no_sync if (self.dist.distributed and not sync) else contextlib.nullcontext
+        with no_sync():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                logits = model(images)
+                loss = self.criterion(logits, labels)
+            (self.scaler.scale(loss / self.accum) if self.scaler else loss / self.accum).backward()
         with torch.no_grad():
             n = labels.shape[0]
             correct = (logits.argmax(1) == labels).sum()
