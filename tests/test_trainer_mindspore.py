@@ -118,6 +118,23 @@ def test_two_ranks_train_checkpoint_then_resume_and_sigterm(tmp_path):
     assert stopped_at >= 6 and not list((out / "checkpoints").glob(".tmp-*"))
     assert load_checkpoint(out / "checkpoints" / index["latest"]) == {
         "epoch": stopped_at // 4, "step": stopped_at, "batch_size": 4}
+    # The scheduler rank 0 started (it writes ms-scheduler.log) has left too.
+    deadline = time.monotonic() + 60
+    while schedulers_writing(out / "ms-scheduler.log"):
+        assert time.monotonic() < deadline, "the MindSpore scheduler outlived the job"
+        time.sleep(1)
+
+
+def schedulers_writing(log: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "kjob_trainer.mindspore_dist" in (p.info["cmdline"] or []) and \
+                    any(f.path == str(log) for f in p.open_files()):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 @pytest.mark.timeout(180)
