@@ -181,7 +181,7 @@ def test_bad_dataset_is_one_line_and_exit_2(tmp_path, make, data):
 @pytest.mark.timeout(120)
 def test_float16_amp_on_cpu_is_bad_input(tmp_path):
     # The MindCV recipe (O2, loss scale 1024) is for GPU/Ascend; on CPU it must say so.
-    proc = run_trainer(*TINY, "--config", "mindcv_resnext50_32x4d", "--output-path", str(tmp_path / "out"), timeout=100)
+    proc = run_trainer(*TINY, "--config", "resnext50_mindcv", "--output-path", str(tmp_path / "out"), timeout=100)
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == [
         "Error: amp_level O2 (float16 compute) does not train on MindSpore's CPU backend; use --amp-level O0 on CPU"]

@@ -82,7 +82,7 @@ def test_scheduler_on_several_hosts_is_the_hostfiles_first_host(tmp_path):
 
 def test_mindcv_recipe_config_has_mindcvs_values():
     # mindspore-lab/mindcv configs/resnext/resnext50_32x4d_ascend.yaml, key for key.
-    c = make_config("mindcv_resnext50_32x4d", {"synthetic": True})
+    c = make_config("resnext50_mindcv", {"synthetic": True})
     assert (c.framework, c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (
         "mindspore", "resnext50_32x4d", 150, 32, 0.1, 0.9, 1e-4)
     assert (c.lr_schedule, c.min_lr, c.warmup_epochs, c.label_smoothing) == ("cosine", 0.0, 0.0, 0.1)
