@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from kjob.errors import InvalidInput
-from kjob.gitops import dump_objects
+from kjob.gitops import dump_objects, object_text
 from kjob.render import render_objects
 from kjob.spec import JobSpec, parse_spec
 
@@ -95,7 +95,9 @@ def _swap(obj, token: str, value: str):
 
 
 def _render(data: dict) -> dict:
-    text = yaml.dump(data, Dumper=yaml.CSafeDumper, allow_unicode=True)
+    # kjob's own writer: it quotes strings such as '1e3' that a YAML 1.2 reader (and
+    # kjob's spec loader) would take for numbers; PyYAML alone writes them bare.
+    text = object_text(data)
     (obj,) = render_objects(parse_spec(text, "hostile.yaml"))
     # what `kjob render` prints reads back as the same objects, in both formats
     assert list(yaml.safe_load_all(dump_objects([obj]))) == [obj]
@@ -148,3 +150,9 @@ def test_hostile_strings_arrive_intact_or_are_rejected(path, token, value):
     except InvalidInput:
         return  # rejected with a message: fine
     assert rendered == _swap(baseline(path[1] if path[0] == "data" else "nfs"), token, value)
+
+
+@pytest.mark.parametrize("text", ["1e3", "1E+3", ".5", "0o17", "-.inf", ".nan", "1.0e3", "12"])
+def test_strings_a_yaml_1_2_reader_takes_for_numbers_are_quoted(text):
+    # kubectl and Argo CD read YAML 1.2-style: a bare 1e3 would arrive as a float.
+    assert f"value: '{text}'" in dump_objects([{"value": text}])
