@@ -89,11 +89,12 @@ def trainer_command(spec: JobSpec, *, data_path: str | None, output_path: str, s
         "--device", device or ("gpu" if spec.gpus_per_worker else "cpu"),
         "--eval" if t.eval else "--no-eval",
         "--num-classes", _num(t.num_classes),
+        "--log-interval", _num(t.log_interval),
     ]
     if t.compile:
         cmd.append("--compile")
     if synthetic:
-        cmd.append("--synthetic")
+        cmd += ["--synthetic", "--synthetic-samples", _num(t.synthetic_samples)]
     if t.max_steps is not None:
         cmd += ["--max-steps", _num(t.max_steps)]
     return cmd

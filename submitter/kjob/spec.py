@@ -148,6 +148,8 @@ class TrainSettings(_Model):
     image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
     loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
     synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
+    synthetic_samples: int = Field(1281167, ge=1, description="Images per epoch of synthetic data (ImageNet's count by default).")
+    log_interval: int = Field(20, ge=1, le=100000, description="Steps between progress lines (and points of the loss curve).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     seed: int = Field(0, ge=0, description="Random seed (data order, initialization).")
     eval: bool = Field(True, description="Evaluate on val/ after each epoch.")

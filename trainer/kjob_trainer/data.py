@@ -105,7 +105,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int):
         index = int(key) % self.samples
-        return self.bank[index % self.BANK], index % self.num_classes, index, 0
+        return self.bank[index % self.BANK], (index % self.BANK) % self.num_classes, index, 0
 
 
 class ShardBatches:
