@@ -153,7 +153,7 @@ def submit(spec_file, dry_run, format, follow, replace, wait, local, kubeconfig,
     elif local:
         _submit_local(spec, follow=follow, replace=replace)
     else:
-        _submit_cluster(spec, render_objects(spec), kubeconfig=kubeconfig, context=kube_context, namespace=namespace,
+        _submit_cluster(render_objects(spec), kubeconfig=kubeconfig, context=kube_context, namespace=namespace,
                         wait=wait, follow=follow, replace=replace)
 
 
@@ -166,13 +166,7 @@ def _submit_local(spec, *, follow: bool, replace: bool) -> None:
         raise click.exceptions.Exit(code)
 
 
-def _submit_cluster(spec, objects: list[dict], *, kubeconfig: str | None, context: str | None, namespace: str | None = None,
-                    wait: bool = False, follow: bool = False, replace: bool = False) -> None:
-    """The cluster branch of submit (kjob.cluster): sends exactly `objects`."""
-    _submit_cluster_run(objects, kubeconfig=kubeconfig, context=context, namespace=namespace, wait=wait, follow=follow, replace=replace)
-
-
-# -- cluster operations (H4): status, list, delete, logs, fetch-ckpt and submit's cluster path --
+# --- running jobs: status, list, delete, logs, fetch-ckpt, and submit's cluster path ----------
 def get_backend(local: bool, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None):
     """The local backend (kjob.local) or the cluster one (kjob.cluster), imported lazily
     so that commands which do not need the Kubernetes client never load it."""
@@ -185,7 +179,8 @@ def get_backend(local: bool, kubeconfig: str | None = None, context: str | None 
     return ClusterBackend(kubeconfig, context, namespace)
 
 
-def _submit_cluster_run(objects: list[dict], *, kubeconfig, context, namespace, wait: bool, follow: bool, replace: bool) -> None:
+def _submit_cluster(objects: list[dict], *, kubeconfig, context, namespace, wait: bool, follow: bool, replace: bool) -> None:
+    """The cluster branch of submit (kjob.cluster): sends exactly `objects`, then waits or follows."""
     from kjob.backend import LogOptions
 
     backend = get_backend(False, kubeconfig, context, namespace)
