@@ -74,7 +74,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(output_path: str) -> Path | None:
-    """`<output>/curves.png`: training loss and val top-1/top-5 by step. None if no data."""
+    """`<output>/curves.png`: training loss, training top-1 and val top-1/top-5 by step.
+    None if there is no data."""
     src = Path(output_path) / "metrics.jsonl"
     if not src.exists():
         return None
@@ -93,12 +94,16 @@ def plot_curves(output_path: str) -> Path | None:
     ax_loss.set_xlabel("step")
     ax_loss.set_title("loss")
     ax_loss.legend()
-    for key in ("top1", "top5"):
-        ax_acc.plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=f"val {key}")
+    # Training top-1 (of the logged intervals) shows progress even without a val set.
+    series = [("train top1", [r for r in train if "top1" in r], "top1", None)]
+    series += [(f"val {key}", [r for r in val if key in r], key, "o") for key in ("top1", "top5")]
+    for label, points, key, marker in series:
+        if points:
+            ax_acc.plot([r["step"] for r in points], [r[key] for r in points], marker=marker, label=label)
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("%")
     ax_acc.set_title("accuracy")
-    if val:
+    if ax_acc.lines:
         ax_acc.legend()
     fig.tight_layout()
     out = Path(output_path) / "curves.png"
