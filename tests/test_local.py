@@ -218,10 +218,17 @@ def test_delete_stops_every_process_of_a_running_run(runs):
     sid = wait_for_ranks(runs, "longrun", 2)
     ranks = status_json(runs, "longrun")["pods"]
     assert sorted(p["replica"] for p in ranks) == ["launcher", "rank-0", "rank-1"]
+    log = runs / "kjob-runs" / "longrun" / "train.log"
+    deadline = time.monotonic() + 120
+    while "step 5/" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
     proc = kjob(runs, "delete", "longrun", "--local", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert local_procs.session_processes(sid) == []
     assert kjob(runs, "status", "longrun", "--local").returncode == 5
+    # delete asked mpirun for a checkpoint first (SIGUSR1): it is kept for a resubmit.
+    index = json.loads((runs / "kjob-runs" / "longrun" / "checkpoints" / "index.json").read_text())
+    assert index["latest"].startswith("step-"), index
 
 
 @pytest.mark.timeout(240)

@@ -150,6 +150,33 @@ def test_sigterm_saves_a_loadable_checkpoint_at_the_current_step(tmp_path):
     restore_model(build_model("resnext50_32x4d", 5), state, Path(index["latest"]))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigusr1_to_mpirun_reaches_every_rank_and_saves_a_checkpoint(tmp_path):
+    # mpirun's own SIGTERM kills the ranks within a second; SIGUSR1 it forwards untouched,
+    # and the trainer treats it as "checkpoint and stop" (what `kjob delete --local` sends).
+    out = tmp_path / "out"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(trainer_cmd("--synthetic", "--synthetic-samples", "4000", "--num-classes", "5",
+                                            "--image-size", "24", "--batch-size", "2", "--workers", "0",
+                                            "--log-interval", "1", "--epochs", "1", "--output-path", str(out), np_=2),
+                                stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
+        try:
+            wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
+            proc.send_signal(signal.SIGUSR1)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = (tmp_path / "log").read_text()
+    assert code != 0 and "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
+    index = index_of(out)
+    assert index["latest"].startswith("step-")
+    state = load_state(out / "checkpoints" / index["latest"])
+    restore_model(build_model("resnext50_32x4d", 5), state, Path(index["latest"]))
+
+
 SLOW_WRITER = """
 import sys, time
 from pathlib import Path

@@ -12,7 +12,8 @@ the run in ./kjob-runs/<name>/:
 status/list/logs/delete/fetch-ckpt answer from that folder with the same shapes as
 the cluster backend. Decisions (README "Local runs"):
 - Ctrl-C during `--follow` (or `logs -f`) detaches; the run goes on.
-- `delete` stops every process of the run (SIGTERM, SIGKILL after a grace period) and
+- `delete` stops every process of the run (SIGUSR1 to mpirun: a checkpoint; then SIGTERM,
+  then SIGKILL) and
   removes the run folder but keeps checkpoints/ - as a cluster keeps its checkpoint PVC,
   so a later submit of the same spec resumes from them (`--resume auto`).
 """
@@ -37,7 +38,7 @@ from kjob.local_waiter import now_rfc3339, read_run, update_run, write_run
 RUNS_DIR = "kjob-runs"
 # Spec names are DNS-1123 labels; anything else is refused before it becomes a path.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-# How long `delete` lets the trainer write its SIGTERM checkpoint before SIGKILL.
+# How long `delete` lets the ranks write their checkpoint (after SIGUSR1) before SIGTERM.
 STOP_GRACE_S = 20.0
 # How often following checks for new log bytes / the end of the run.
 POLL_S = 0.25

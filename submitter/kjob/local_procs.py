@@ -98,21 +98,39 @@ def signal_session(sid: int, sig: int) -> int:
     return sent
 
 
-def stop_session(sid: int, grace: float) -> int:
-    """SIGTERM the whole session, then SIGKILL what is left after `grace` seconds.
+# OpenMPI's launcher under its various names. It forwards SIGUSR1 to every rank (the
+# trainer's "save a checkpoint and stop"), while its own SIGTERM kills the ranks within
+# about a second - too soon for a checkpoint.
+LAUNCHERS = ("mpirun", "mpiexec", "prterun", "prte", "orterun")
+# After the launcher's grace: how long the SIGTERM phase waits before SIGKILL.
+TERM_GRACE_S = 5.0
 
-    The grace period lets the trainer write its SIGTERM checkpoint. Returns how many
-    processes were running when the stop began; returns only when none is left (or
-    after a further 10 s when something ignores even SIGKILL, e.g. stuck in the kernel).
+
+def stop_session(sid: int, grace: float) -> int:
+    """Stop every process of the session: SIGUSR1 to mpirun (the ranks checkpoint and
+    stop) and up to `grace` seconds for that, then SIGTERM to all, then SIGKILL.
+
+    Returns how many processes were running when the stop began; returns only when none
+    is left (or after a further 10 s when something ignores even SIGKILL, e.g. stuck in
+    the kernel).
     """
-    count = signal_session(sid, signal.SIGTERM)
-    if count == 0:
+    procs = session_processes(sid)
+    if not procs:
         return 0
-    if _wait_gone(sid, grace):
-        return count
+    launchers = [p.pid for p in procs if p.cmdline and os.path.basename(p.cmdline[0]) in LAUNCHERS]
+    for pid in launchers:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    if launchers and _wait_gone(sid, grace):
+        return len(procs)
+    signal_session(sid, signal.SIGTERM)
+    if _wait_gone(sid, grace if not launchers else TERM_GRACE_S):
+        return len(procs)
     signal_session(sid, signal.SIGKILL)
     _wait_gone(sid, 10.0)
-    return count
+    return len(procs)
 
 
 def _wait_gone(sid: int, timeout: float) -> bool:

@@ -231,7 +231,9 @@ class Run:
         """Epochs from the resume point to the end (or max_steps / SIGTERM)."""
         cfg = self.cfg
         start_batch = self.resume()
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        # SIGUSR1 too: mpirun forwards it to the ranks, while its own SIGTERM kills them at once.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_sigterm)
         epoch = self.step // self.steps_per_epoch
         metrics: dict[str, float] = {}
         while self.step < self.total_steps and not self.stopping:

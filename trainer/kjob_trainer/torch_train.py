@@ -30,6 +30,10 @@ from kjob_trainer.torch_setup import (LrSchedule, autocast_dtype, init_process_g
 from kjob_trainer.torch_state import Position, build_state, load_state, restore_model, unwrap
 
 
+# Signals that mean: finish the step, save a checkpoint, stop (exit 143).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 @dataclass
 class Data:
     train: torch.utils.data.Dataset
@@ -91,6 +95,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist: DistEnv) -> None:
         self.cfg, self.dist = cfg, dist
         self.stop_requested = False
+        self.stop_signal = "SIGTERM"
         self.device = select_device(cfg, dist)
         if dist.distributed:
             init_process_group(dist, cfg, self.device)
@@ -149,6 +154,7 @@ class Trainer:
     def on_sigterm(self, signum, frame) -> None:
         # Only a flag: the step in flight finishes, then rank 0 saves (see train_one_epoch).
         self.stop_requested = True
+        self.stop_signal = signal.Signals(signum).name
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, name: str, metrics: dict) -> None:
@@ -280,7 +286,7 @@ class Trainer:
             if self.stop_requested and self.dist.is_main or stop:
                 # Step checkpoints carry no eval metrics in the index: "best" stays an evaluated one.
                 self.save(step_name(self.pos.step, ".pt"), {})
-                raise Terminated(f"{self.dist.where()}: SIGTERM: saved a checkpoint at step {self.pos.step} and stopped")
+                raise Terminated(f"{self.dist.where()}: {self.stop_signal}: saved a checkpoint at step {self.pos.step} and stopped")
             if self.cfg.ckpt_steps and self.pos.step % self.cfg.ckpt_steps == 0 and self.pos.batches < self.batches_per_epoch:
                 self.save(step_name(self.pos.step, ".pt"), {})
             if self.pos.step >= self.total_steps:
@@ -343,17 +349,20 @@ class Trainer:
 def run(cfg: TrainConfig, dist: DistEnv) -> int:
     """Train with PyTorch; returns the exit code. Raises TrainerError subclasses."""
     trainer = Trainer(cfg, dist)
-    previous = signal.signal(signal.SIGTERM, trainer.on_sigterm)
+    # SIGTERM: an eviction inside the pod. SIGUSR1: the same through mpirun, which forwards
+    # it to every rank; its own SIGTERM kills the ranks within a second, before any save.
+    previous = {sig: signal.signal(sig, trainer.on_sigterm) for sig in STOP_SIGNALS}
     try:
         return trainer.fit()
     except Terminated:
         raise
     except Exception as e:
         if trainer.stop_requested:  # a peer stopped first on the same SIGTERM: not an error of ours
-            raise Terminated(f"{dist.where()}: SIGTERM: stopped") from e
+            raise Terminated(f"{dist.where()}: {trainer.stop_signal}: stopped") from e
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         trainer.log.close()
         if td.is_available() and td.is_initialized():
             td.destroy_process_group()
