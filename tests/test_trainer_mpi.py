@@ -121,9 +121,8 @@ def test_killed_rank_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
     assert not torch.allclose(mid["model"]["fc.weight"], b["fc.weight"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_sigterm_saves_a_loadable_checkpoint_at_the_current_step(tmp_path):
+def signal_stop_run(tmp_path: Path, send) -> tuple[int, str, Path]:
+    """Train 2 ranks; at step 2 call send(mpirun_process); returns (exit code, log, output)."""
     out = tmp_path / "out"
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(trainer_cmd("--synthetic", "--synthetic-samples", "4000", "--num-classes", "5",
@@ -132,17 +131,16 @@ def test_sigterm_saves_a_loadable_checkpoint_at_the_current_step(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
         try:
             wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
-            # As an eviction does inside the pods. (Not via mpirun: prterun answers SIGTERM by
-            # killing the ranks after a short grace, too short to trust for a checkpoint.)
-            for rank in (0, 1):
-                rank_process(proc, rank).send_signal(signal.SIGTERM)
+            send(proc)
             code = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    text = (tmp_path / "log").read_text()
-    assert code != 0 and "SIGTERM: saved a checkpoint at step" in text, text[-3000:]
+    return code, (tmp_path / "log").read_text(), out
+
+
+def assert_loadable_step_checkpoint(out: Path) -> None:
     index = index_of(out)
     assert index["latest"].startswith("step-")
     state = load_state(out / "checkpoints" / index["latest"])
@@ -152,29 +150,26 @@ def test_sigterm_saves_a_loadable_checkpoint_at_the_current_step(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_sigterm_saves_a_loadable_checkpoint_at_the_current_step(tmp_path):
+    def to_each_rank(mpirun):
+        # As an eviction does inside the pods. (Not via mpirun: prterun answers SIGTERM by
+        # killing the ranks after a short grace, too short to trust for a checkpoint.)
+        for rank in (0, 1):
+            rank_process(mpirun, rank).send_signal(signal.SIGTERM)
+
+    code, text, out = signal_stop_run(tmp_path, to_each_rank)
+    assert code != 0 and "SIGTERM: saved a checkpoint at step" in text, text[-3000:]
+    assert_loadable_step_checkpoint(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_sigusr1_to_mpirun_reaches_every_rank_and_saves_a_checkpoint(tmp_path):
     # mpirun's own SIGTERM kills the ranks within a second; SIGUSR1 it forwards untouched,
     # and the trainer treats it as "checkpoint and stop" (what `kjob delete --local` sends).
-    out = tmp_path / "out"
-    with open(tmp_path / "log", "w") as log:
-        proc = subprocess.Popen(trainer_cmd("--synthetic", "--synthetic-samples", "4000", "--num-classes", "5",
-                                            "--image-size", "24", "--batch-size", "2", "--workers", "0",
-                                            "--log-interval", "1", "--epochs", "1", "--output-path", str(out), np_=2),
-                                stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
-        try:
-            wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
-            proc.send_signal(signal.SIGUSR1)
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    text = (tmp_path / "log").read_text()
+    code, text, out = signal_stop_run(tmp_path, lambda mpirun: mpirun.send_signal(signal.SIGUSR1))
     assert code != 0 and "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
-    index = index_of(out)
-    assert index["latest"].startswith("step-")
-    state = load_state(out / "checkpoints" / index["latest"])
-    restore_model(build_model("resnext50_32x4d", 5), state, Path(index["latest"]))
+    assert_loadable_step_checkpoint(out)
 
 
 SLOW_WRITER = """
