@@ -30,6 +30,15 @@ def test_namespace_and_context_come_from_the_kubeconfig(kube, tmp_path):
         ClusterBackend(str(path), context="prod")
     with pytest.raises(InvalidInput, match="kubeconfig .*missing does not exist"):
         ClusterBackend(str(tmp_path / "missing"))
+    with pytest.raises(InvalidInput, match=f"kubeconfig {tmp_path} is not a file"):
+        ClusterBackend(str(tmp_path))
+
+
+def test_kubeconfig_variable_naming_only_missing_files_says_so(kube, monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "gone"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ClusterUnavailable, match=r"\$KUBECONFIG names no existing file \(.*gone\)"):
+        ClusterBackend()
 
 
 def test_in_cluster_config_without_a_service_account_is_exit_3(kube, monkeypatch, tmp_path):

@@ -222,14 +222,17 @@ def connect(kubeconfig: str | None = None, context: str | None = None, namespace
     cfg = client.Configuration()
     files = [kubeconfig] if kubeconfig else [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     if kubeconfig and not Path(kubeconfig).is_file():
-        raise InvalidInput(f"kubeconfig {kubeconfig} does not exist")
+        raise InvalidInput(f"kubeconfig {kubeconfig} {'is not a file' if Path(kubeconfig).exists() else 'does not exist'}")
     if not files and Path("~/.kube/config").expanduser().is_file():
         files = [str(Path("~/.kube/config").expanduser())]
     existing = [f for f in files if Path(f).is_file()]
     try:
         if not existing:
             if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-                raise ClusterUnavailable("no cluster configured: no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not running in a pod", hint="point --kubeconfig at your cluster's kubeconfig")
+                where = f"$KUBECONFIG names no existing file ({', '.join(files)})" if files else \
+                    "no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config)"
+                raise ClusterUnavailable(f"no cluster configured: {where} and not running in a pod",
+                                         hint="point --kubeconfig at your cluster's kubeconfig")
             config.load_incluster_config(client_configuration=cfg)
             ns = namespace or (Path(SA_NAMESPACE).read_text().strip() if Path(SA_NAMESPACE).is_file() else "default")
             ctx_name = "in-cluster"
