@@ -129,6 +129,11 @@ def test_smoke_example_end_to_end(runs):
     fetched = kjob(runs, "fetch-ckpt", "smoke", "--local", "--dest", "out")
     assert fetched.returncode == 0, fetched.stderr
     assert sha256(runs / "out" / latest["file"]) == latest["sha256"]
+    # --list: every checkpoint of the index (2 epochs), nothing downloaded.
+    listing = kjob(runs, "fetch-ckpt", "smoke", "--local", "--list", "--dest", "nothing")
+    assert listing.returncode == 0 and [line.split()[2] for line in listing.stdout.splitlines()] == \
+        [e["file"] for e in index["checkpoints"]]
+    assert len(index["checkpoints"]) == 2 and not (runs / "nothing").exists()
 
     # A corrupted byte in the run folder: exit 7 and nothing at the final path.
     ckpt = runs / "kjob-runs/smoke/checkpoints" / latest["file"]

@@ -312,7 +312,9 @@ def fetch_ckpt(name, dest, which, epoch, list_only, overwrite, local, kubeconfig
 
     from kjob.backend import FetchOptions
 
-    options = FetchOptions(dest=Path(dest), which="epoch" if epoch is not None else which, epoch=epoch, list_only=list_only,
+    # --list shows every checkpoint the index holds, whatever the selection flags say.
+    which = "all" if list_only else "epoch" if epoch is not None else which
+    options = FetchOptions(dest=Path(dest), which=which, epoch=epoch, list_only=list_only,
                            overwrite=overwrite, progress=sys.stderr.isatty())
     entries = get_backend(local, kubeconfig, kube_context, namespace).fetch_checkpoints(name, options)
     for e in entries:
