@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainer_utils import REPO, run_trainer, trainer_cmd, trainer_env, write_tiny_folder
+from trainer_utils import REPO, rank_process, run_trainer, trainer_cmd, trainer_env, write_tiny_folder
 
 pytestmark = pytest.mark.mindspore
 
@@ -28,16 +28,6 @@ TINY = ("--framework", "mindspore", "--synthetic", "--synthetic-samples", "32", 
 
 def index_of(out: Path) -> dict:
     return json.loads((out / "checkpoints" / "index.json").read_text())
-
-
-def rank_process(mpirun: subprocess.Popen, rank: int) -> psutil.Process:
-    for child in psutil.Process(mpirun.pid).children(recursive=True):
-        try:
-            if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank) and "kjob_trainer.train" in child.cmdline():
-                return child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    raise AssertionError(f"rank {rank} process not found")
 
 
 def error_lines(stderr: str) -> list[str]:

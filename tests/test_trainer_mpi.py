@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
@@ -21,7 +20,7 @@ from kjob_trainer.metrics import read_metrics
 from kjob_trainer.models import build_model
 from kjob_trainer.torch_state import load_state, restore_model
 
-from trainer_utils import REPO, run_trainer, trainer_cmd, trainer_env, write_digits, write_tiny_folder
+from trainer_utils import REPO, rank_process, run_trainer, trainer_cmd, trainer_env, write_digits, write_tiny_folder
 
 
 def index_of(out: Path) -> dict:
@@ -40,16 +39,6 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> No
             pytest.fail(f"trainer exited ({proc.returncode}) before {what}")
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
-
-
-def rank_process(mpirun: subprocess.Popen, rank: int) -> psutil.Process:
-    for child in psutil.Process(mpirun.pid).children(recursive=True):
-        try:
-            if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank) and "python" in child.name():
-                return child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    raise AssertionError(f"rank {rank} process not found")
 
 
 @pytest.mark.slow

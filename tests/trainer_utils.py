@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -77,3 +78,15 @@ def write_tiny_folder(root: Path, classes: int = 2, per_class: int = 3, size: in
             for i in range(per_class):
                 arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(folder / f"{i}.JPEG", quality=90)
+
+
+def rank_process(mpirun: subprocess.Popen, rank: int) -> psutil.Process:
+    """The trainer process of one rank under `mpirun` (not a helper it started, such as
+    MindSpore's scheduler, which inherits the rank's environment)."""
+    for child in psutil.Process(mpirun.pid).children(recursive=True):
+        try:
+            if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank) and "kjob_trainer.train" in child.cmdline():
+                return child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"rank {rank} process not found")
