@@ -161,6 +161,29 @@ def test_trainer_command_options():
         trainer_command(spec, data_path=None, output_path="/tmp/run")
 
 
+def trainer_args(job: dict) -> list[list[str]]:
+    """The trainer's arguments in every replica that runs it (MPIJob: the launcher's
+    mpirun line from `python` on; PyTorchJob: torchrun's, master and workers)."""
+    if job["kind"] == "MPIJob":
+        (c,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+        return [c["args"][c["args"].index("python"):]]
+    return [r["template"]["spec"]["containers"][0]["args"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+
+
+@pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
+def test_decoder_flag_only_when_set(launcher):
+    from kjob_trainer.cli_args import parse_train_args
+
+    (dali,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\nworkers: 2\ntrain: {{decoder: dali}}\n"))
+    (unset,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\nworkers: 2\n"))
+    assert len(trainer_args(dali)) == (1 if launcher == "mpi" else 2)
+    for args in trainer_args(dali):
+        assert args[args.index("--decoder"):][:2] == ["--decoder", "dali"] and args.count("--decoder") == 1
+        assert parse_train_args(args[args.index("kjob_trainer.train") + 1:])[1]["decoder"] == "dali"
+    for args in trainer_args(unset):
+        assert "--decoder" not in args
+
+
 def test_mpirun_flags_local_and_in_pods():
     spec = parse_spec(MINIMAL)
     local = mpirun_flags(spec, local=True)

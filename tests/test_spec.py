@@ -138,6 +138,9 @@ def test_spec_hash_is_stable_and_ignores_local():
     c = parse_spec(MINIMAL + "workers: 2\n")
     assert a.spec_hash() == b.spec_hash() != c.spec_hash()
     assert a.spec_hash().startswith("sha256:") and len(a.spec_hash()) == 7 + 64
+    # a decoder counts once set (unset, the hash is what it was before the field existed:
+    # the committed manifests/examples, checked by test_render_examples, carry those hashes)
+    assert parse_spec(MINIMAL + "train: {decoder: torchvision}\n").spec_hash() != a.spec_hash()
     # the key order of the file does not matter
     reordered = "\n".join(reversed(MINIMAL.strip().splitlines())) + "\n"
     assert parse_spec(reordered).spec_hash() == a.spec_hash()

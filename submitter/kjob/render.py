@@ -93,6 +93,8 @@ def trainer_command(spec: JobSpec, *, data_path: str | None, output_path: str, s
     ]
     if t.compile:
         cmd.append("--compile")
+    if t.decoder is not None:  # unset: the trainer's default, and the command of older specs
+        cmd += ["--decoder", t.decoder]
     if synthetic:
         cmd += ["--synthetic", "--synthetic-samples", _num(t.synthetic_samples)]
     if t.max_steps is not None:

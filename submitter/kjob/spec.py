@@ -147,6 +147,7 @@ class TrainSettings(_Model):
     resume: Annotated[str, AfterValidator(check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
     image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
     loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
+    decoder: Literal["torchvision", "pil", "dali"] | None = Field(None, description="Image decoder (PyTorch only; default torchvision); dali decodes on the GPU and needs the DALI package in the image.")
     synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
     synthetic_samples: int = Field(1281167, ge=1, description="Images per epoch of synthetic data (ImageNet's count by default).")
     log_interval: int = Field(20, ge=1, le=100000, description="Steps between progress lines (and points of the loss curve).")
@@ -211,12 +212,22 @@ class JobSpec(_Model):
 
     def spec_hash(self) -> str:
         """`sha256:<hex>` of the normalized spec (defaults written out, `local` left out:
-        it does not change what is sent to a cluster)."""
+        it does not change what is sent to a cluster; so are unset later additions,
+        _HASHED_ONLY_WHEN_SET)."""
         data = self.model_dump(mode="json", by_alias=True, exclude={"local"})
+        for section, key in _HASHED_ONLY_WHEN_SET:
+            if data[section][key] is None:
+                del data[section][key]
         import hashlib  # loads OpenSSL: only when a hash is wanted
 
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+# Fields added after jobs were already submitted whose unset value renders nothing: left
+# out of spec_hash while unset, so a spec that does not use them keeps its hash (no
+# "different spec" conflict on resubmit, no drift for a GitOps tool).
+_HASHED_ONLY_WHEN_SET = (("train", "decoder"),)
 
 
 if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:

@@ -166,6 +166,8 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         out.append((("launcher",), "torchrun starts PyTorch only; use launcher: mpi with framework: mindspore"))
     if spec.train.compile and spec.framework != "pytorch":
         out.append((("train", "compile"), "compile is a PyTorch option; MindSpore compiles its graph itself"))
+    if spec.train.decoder is not None and spec.framework != "pytorch":
+        out.append((("train", "decoder"), "decoder is a PyTorch option; MindSpore decodes with mindspore.dataset"))
     if spec.data is None and not spec.train.synthetic:
         out.append((("data",), "required unless train.synthetic is true"))
     mounts = [(("checkpoints", "mountPath"), spec.checkpoints.mount_path)]
