@@ -95,25 +95,80 @@ def test_image_transform_options(image_folder):
         fi.image_transform("torchvision", 0, train=True)
 
 
-def test_trainer_decoder_option_uses_the_fast_path(image_folder):
+def _rank_input(root, decoder: str, *, train: bool, batch: int = 4, rank: int = 0, world: int = 1,
+                channels_last: bool = False):
+    """The trainer's input for `root` (one split) as RankInput builds it, on the CPU."""
     import dataclasses
 
     from kjob_trainer import data as data_mod
     from kjob_trainer.config import TrainConfig
+    from kjob_trainer.dataset_index import scan_folder
 
-    samples, _ = fi.scan_image_folder(image_folder)
-    path = samples[2][0]
-    base = dataclasses.replace(TrainConfig(), image_size=48)
-    fast = data_mod.build_transforms(dataclasses.replace(base, decoder="torchvision"), False)(path)
-    slow = data_mod.build_transforms(base, False)(path)
-    assert fast.shape == slow.shape == (3, 48, 48) and fast.dtype == slow.dtype == torch.float32
-    # Normalised units (1 grey level ~ 0.017): the two paths differ by rounding only.
-    assert (fast - slow).abs().mean() < 0.005 and (fast - slow).abs().max() < 0.1
-    torch.manual_seed(3)
-    train = data_mod.build_transforms(dataclasses.replace(base, decoder="torchvision"), True)(path)
-    assert train.shape == (3, 48, 48)
-    with pytest.raises(BadInput, match="unknown image decoder 'nvjpeg'"):
-        data_mod.build_transforms(dataclasses.replace(base, decoder="nvjpeg"), True)
+    cfg = dataclasses.replace(TrainConfig(), decoder=decoder, image_size=48, batch_size=batch, workers=0)
+    split = scan_folder(root, "train" if train else "val")
+    dataset = data_mod.ImageDataset(split, data_mod.build_transforms(cfg, train), cfg.seed)
+    batches = data_mod.ShardBatches(len(split), batch, rank, world, cfg.seed, train)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return data_mod.RankInput(dataset, batches, cfg, torch.device("cpu"), fmt), dataset
+
+
+def test_trainer_workers_ship_uint8_and_the_device_normalises(image_folder):
+    source, dataset = _rank_input(image_folder, "torchvision", train=False, channels_last=True)
+    image, label, index, bad = dataset[3]
+    assert image.dtype == torch.uint8 and image.shape == (3, 48, 48) and (index, bad) == (3, 0)
+    batches = list(source.epoch(0))
+    assert [len(b[0]) for b in batches] == [4, 4, 4, 4]
+    x, y, ids, bad = batches[0]
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert ids.tolist() == [0, 1, 2, 3] and bad.tolist() == [0, 0, 0, 0]
+    assert y.tolist() == [dataset.split.labels[i] for i in range(4)]
+    # Exactly the normalisation of the workers' uint8 images, done on the device.
+    expected = fi.normalize_batch(torch.stack([dataset[i][0] for i in range(4)]))
+    assert torch.equal(x, expected)
+
+
+def test_trainer_decoders_agree_on_eval_crops(image_folder):
+    fast = torch.cat([b[0] for b in _rank_input(image_folder, "torchvision", train=False)[0].epoch(0)])
+    pil = torch.cat([b[0] for b in _rank_input(image_folder, "pil", train=False)[0].epoch(0)])
+    dali = torch.cat([b[0] for b in _rank_input(image_folder, "dali", train=False)[0].epoch(0)])
+    assert fast.shape == pil.shape == dali.shape == (16, 3, 48, 48)
+    # Normalised units (1 grey level ~ 0.017): the worker decoders differ by rounding only.
+    assert (fast - pil).abs().mean() < 0.005 and (fast - pil).abs().max() < 0.1
+    # DALI keeps the fractional size of the resized image (73.3 x 55 for 120 x 90), so its
+    # center crop can start one pixel further along: the same crop, shifted by at most one.
+    for a, b in zip(fast, dali):
+        shifted = [(a[:, 2 + dy:46 + dy, 2 + dx:46 + dx] - b[:, 2:46, 2:46]).abs().mean()
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        assert min(shifted) < 0.1
+
+
+def test_trainer_dali_input_follows_the_sampler(image_folder):
+    """DALI reads each rank's files in the sampler's order: the same shards, and a mid-epoch
+    resume (start_batch) continues with the same samples as the worker path."""
+    for rank in (0, 1):
+        workers = [b[2].tolist() for b in _rank_input(image_folder, "torchvision", train=True, rank=rank, world=2)[0].epoch(1, 1)]
+        dali_input_, _ = _rank_input(image_folder, "dali", train=True, rank=rank, world=2, channels_last=True)
+        dali = list(dali_input_.epoch(1, 1))
+        assert [b[2].tolist() for b in dali] == workers and len(workers) == 1
+        x, y, ids, bad = dali[0]
+        assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.is_contiguous(memory_format=torch.channels_last) and bad.tolist() == [0] * 4
+        assert y.tolist() == [dali_input_.dataset.split.labels[i] for i in ids.tolist()]
+
+
+def test_trainer_dali_names_a_corrupt_file(tmp_path, image_folder):
+    import shutil
+
+    root = tmp_path / "val"
+    shutil.copytree(image_folder, root)
+    broken = root / "n00000001" / "5.JPEG"
+    broken.write_bytes(b"\xff\xd8\xff" + b"not a jpeg" * 20)
+    source, _ = _rank_input(root, "dali", train=False)
+    with pytest.raises(BadInput, match=rf"^dataset: {broken} cannot be decoded; the DALI decoder stops at a "
+                                       r"corrupt image instead of skipping it: remove the file or train with "
+                                       r"--decoder torchvision$") as e:
+        list(source.epoch(0))
+    assert e.value.exit_code == 2
 
 
 def test_train_transform_shape_and_determinism(image_folder):
@@ -214,7 +269,7 @@ def test_data_wait_meter_tells_input_bound_from_compute_bound():
 def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
     # A None entry in sys.modules makes `import nvidia.dali` fail, DALI installed or not.
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
-    with pytest.raises(fi.DaliUnavailable, match=r"pip install nvidia-dali-cuda120") as e:
+    with pytest.raises(fi.DaliUnavailable, match=r"pip install nvidia-dali-cuda130") as e:
         dali_input.make_dali_loader([("x.JPEG", 0)], 2)
     assert isinstance(e.value, BadInput) and e.value.exit_code == 2
     assert "\n" not in str(e.value)
@@ -222,8 +277,7 @@ def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
         fi.FastImageDataset([("x.JPEG", 0)], decoder="dali")
 
 
-def test_dali_cpu_pipeline_when_installed(image_folder):
-    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (optional)")
+def test_dali_cpu_pipeline(image_folder):
     samples, _ = fi.scan_image_folder(image_folder)
     loader = dali_input.make_dali_loader(samples, 4, size=32, train=True, device="cpu", num_threads=1)
     batches = list(loader)

@@ -71,7 +71,7 @@ def _parser(prog: str) -> OneLineParser:
     a("--log-interval", "--print-freq", dest="log_interval", type=int, metavar="STEPS")
     a("--dist-timeout", dest="dist_timeout", type=float, metavar="SECONDS")
     a("--max-bad-images", dest="max_bad_images", type=float, metavar="FRACTION")
-    a("--decoder", metavar="NAME")
+    a("--decoder", metavar="NAME", help="PyTorch image decoder: torchvision (default), pil, or dali (GPU)")
     a("--bucket-cap-mb", dest="bucket_cap_mb", type=int, metavar="MB")
     # Accepted so the reference trainers' scripts keep working; distribution comes from mpirun.
     a("--run_distribute", "--run-distribute", "--distribute", dest="ignored_run_distribute", metavar="X")

@@ -23,6 +23,7 @@ MODELS = ("resnext50_32x4d", "resnest50")
 AMP_MODES = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "step")
 DEVICES = ("auto", "cpu", "gpu")
+DECODERS = ("torchvision", "pil", "dali")  # PyTorch only; MindSpore decodes with mindspore.dataset
 # MindSpore AMP levels as MindCV names them; None lets the MindSpore trainer derive one from `amp`.
 MS_AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
@@ -76,7 +77,7 @@ class TrainConfig:
     # Corrupt images are skipped (replaced by another sample) and counted; the run fails
     # once the count exceeds this fraction of the training set.
     max_bad_images: float = 0.0001
-    decoder: str = "pil"  # image decoder of the input pipeline (fast_input.py may add more)
+    decoder: str = "torchvision"  # PyTorch image decoder: torchvision | pil | dali (see data.build_transforms)
     bucket_cap_mb: int = 25  # DDP gradient bucket size
     # MindSpore-only knobs, kept here so one config file serves both frameworks.
     amp_level: str | None = None
@@ -187,6 +188,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
     _check(cfg.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
     _check(cfg.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    _check(cfg.decoder in DECODERS, f"--decoder must be one of {', '.join(DECODERS)}, got {cfg.decoder!r}")
     _check(cfg.amp_level is None or cfg.amp_level in MS_AMP_LEVELS, f"amp_level must be one of {', '.join(MS_AMP_LEVELS)}")
     _check(cfg.loss_scale_type in ("fixed", "dynamic"), "loss_scale_type must be fixed or dynamic")
     for name in ("epochs", "batch_size", "grad_accum", "ckpt_interval", "keep_checkpoints", "log_interval", "bucket_cap_mb"):

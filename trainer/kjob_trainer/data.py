@@ -1,4 +1,5 @@
-"""PyTorch input: datasets, per-rank sharding, transforms, loaders.
+"""PyTorch input: datasets, per-rank sharding, transforms, and RankInput, which turns
+them into normalised device batches (workers decode to uint8; the device normalises).
 
 Determinism (what makes `--resume auto` land on the same weights as an unbroken run):
 the sampler yields `epoch * N + index`, and the dataset seeds each sample's augmentation
@@ -21,11 +22,11 @@ from PIL import Image
 from kjob_trainer.config import TrainConfig
 from kjob_trainer.dataset_index import Split
 
-# ImageNet channel statistics, as torchvision and MindCV normalise.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 # How many following samples to try in place of an undecodable one.
 MAX_SUBSTITUTES = 16
+# Batches a DALI pipeline may have read ahead of the one the trainer asked for (its
+# prefetch queue holds 2): where to look for the file when DALI reports a decode error.
+DALI_LOOKAHEAD_BATCHES = 4
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -34,30 +35,17 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[str], torch.Tensor]:
-    """Image path -> normalised CHW float tensor. The one place the augmentation is defined.
-    cfg.decoder "pil": PIL + torchvision transforms; "torchvision": fast_input's libjpeg-turbo
-    decode into uint8 tensors (same crop distribution, ~1.65x the images per core, see
-    BENCHMARKS.md). Raises BadInput (FastInputError) for another decoder name."""
-    if cfg.decoder != "pil":
-        from kjob_trainer.fast_input import image_transform
+    """Image path -> uint8 (3, size, size) tensor (normalised later, on the device: see
+    RankInput). The one place the augmentation is defined. cfg.decoder "torchvision":
+    fast_input's libjpeg-turbo decode into uint8 tensors (~1.65x the images per core of PIL,
+    see BENCHMARKS.md); "pil": PIL + torchvision transforms; "dali" decodes in its own
+    loader, so its datasets keep the torchvision transform for nothing but reference.
+    Raises BadInput (FastInputError) for another decoder name."""
+    from kjob_trainer.fast_input import image_transform
 
-        return image_transform(cfg.decoder, cfg.image_size, train=train, scale=(cfg.crop_scale_min, 1.0),
-                               eval_resize=cfg.eval_resize_size(), flip=cfg.hflip, normalize=True)
-    from torchvision import transforms as T
-
-    if train:
-        steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
-        if cfg.hflip:
-            steps.append(T.RandomHorizontalFlip())
-    else:
-        steps = [T.Resize(cfg.eval_resize_size(), antialias=True), T.CenterCrop(cfg.image_size)]
-    pipeline = T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
-
-    def load(path: str) -> torch.Tensor:
-        with Image.open(path) as im:
-            return pipeline(im.convert("RGB"))
-
-    return load
+    decoder = "torchvision" if cfg.decoder == "dali" else cfg.decoder
+    return image_transform(decoder, cfg.image_size, train=train, scale=(cfg.crop_scale_min, 1.0),
+                           eval_resize=cfg.eval_resize_size(), flip=cfg.hflip)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -90,13 +78,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
-    """Random images without decoding cost: a small bank of tensors, reused by index."""
+    """Random uint8 images without decoding cost (like decoded ones, normalised on the
+    device): a small bank of tensors, reused by index."""
 
     BANK = 64  # distinct images; enough to keep the loss from collapsing in a smoke run
 
     def __init__(self, samples: int, image_size: int, num_classes: int, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
-        self.bank = torch.randn(self.BANK, 3, image_size, image_size, generator=g)
+        self.bank = torch.randint(0, 256, (self.BANK, 3, image_size, image_size), generator=g, dtype=torch.uint8)
         self.samples = samples
         self.num_classes = num_classes
 
@@ -144,11 +133,90 @@ class ShardBatches:
             yield [offset + i for i in idx[b:b + self.batch_size]]
 
 
-def make_loader(dataset: torch.utils.data.Dataset, batches: ShardBatches, cfg: TrainConfig,
-                pin_memory: bool) -> torch.utils.data.DataLoader:
-    """A DataLoader over `batches`; workers persist across epochs (the sampler lives in
-    this process, so set_epoch still reaches it)."""
-    workers = cfg.workers
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+class RankInput:
+    """This rank's batches of one split, epoch after epoch: (images, labels) normalised on
+    `device` (channels-last if asked), plus (ids, bad) on the CPU for the host-side counts.
+
+    Worker decoders (torchvision, pil): one DataLoader for the whole run whose workers ship
+    uint8 images and persist across epochs (set_epoch reaches the sampler, which lives in
+    this process); `fast_input.DevicePrefetcher` copies and normalises the next batch while
+    the model works on this one (a side stream on CUDA). DALI: a pipeline per epoch that
+    reads this rank's files in the sampler's order, so sharding and mid-epoch resume are the
+    same as with the workers (the crops are DALI's own random draws, not sample_seed's).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batches: ShardBatches, cfg: TrainConfig,
+                 device: torch.device, memory_format: torch.memory_format) -> None:
+        self.dataset, self.batches, self.cfg, self.device = dataset, batches, cfg, device
+        self.channels_last = memory_format == torch.channels_last
+        self.dali = cfg.decoder == "dali" and isinstance(dataset, ImageDataset)
+        self.loader = None
+        if self.dali:
+            from kjob_trainer.dali_input import import_dali
+
+            import_dali()  # a missing DALI fails here, before any training
+        else:
+            workers = cfg.workers
+            self.loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The batches of `epoch` from `start_batch` on."""
+        from kjob_trainer.fast_input import DevicePrefetcher
+
+        self.batches.set_epoch(epoch, start_batch)
+        if self.dali:
+            return self._dali_epoch()
+        return iter(DevicePrefetcher(self.loader, self.device, channels_last=self.channels_last))
+
+    def _dali_epoch(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        from kjob_trainer.dali_input import make_dali_loader
+        from kjob_trainer.errors import BadInput
+
+        b, cfg, split = self.batches, self.cfg, self.dataset.split
+        order = b.rank_indices()[b.start_batch * b.batch_size:]
+        if not order:
+            return
+        cuda = self.device.type == "cuda"
+        loader = make_dali_loader(
+            [(split.paths[i], split.labels[i]) for i in order], b.batch_size, size=cfg.image_size,
+            train=b.train, shuffle=False, device="gpu" if cuda else "cpu", device_id=self.device.index or 0,
+            num_threads=max(1, cfg.workers), seed=sample_seed(cfg.seed, b.epoch, b.rank) % 2**31,
+            channels_last=self.channels_last, scale=(cfg.crop_scale_min, 1.0), flip=cfg.hflip,
+            eval_resize=cfg.eval_resize_size())
+        batches = iter(loader)
+        for start in range(0, len(order), b.batch_size):
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:  # DALI stops at an undecodable file instead of skipping it
+                # Its message names no file: look for it among the batches DALI had read ahead.
+                ahead = [split.paths[i] for i in order[start:start + DALI_LOOKAHEAD_BATCHES * b.batch_size]]
+                culprit = next((p for p in ahead if not _decodes(p)), None)
+                where = f"{culprit} cannot be decoded" if culprit else _dali_reason(e)
+                raise BadInput(f"dataset: {where}; the DALI decoder stops at a corrupt image instead of "
+                               "skipping it: remove the file or train with --decoder torchvision") from e
+            ids = torch.tensor(order[start:start + labels.shape[0]])
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), \
+                ids, torch.zeros_like(ids)
+
+
+def _decodes(path: str) -> bool:
+    from kjob_trainer.fast_input import read_rgb
+
+    try:
+        read_rgb(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _dali_reason(e: BaseException) -> str:
+    """The informative line of a DALI pipeline error (the one after "encountered:")."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for before, line in zip(lines, lines[1:]):
+        if before == "encountered:":
+            return f"the DALI pipeline failed: {line[:300]}"
+    return f"the DALI pipeline failed: {lines[0][:300] if lines else type(e).__name__}"

@@ -84,7 +84,7 @@ def run(args) -> dict:
     model = model.to(device, memory_format=memory_format)
     dataset = data_mod.ImageDataset(split, data_mod.build_transforms(cfg, False), cfg.seed)
     batches = data_mod.ShardBatches(len(split), cfg.batch_size, dist.rank, dist.world_size, cfg.seed, False)
-    result = evaluate(model, dataset, batches, cfg, device, memory_format)
+    result = evaluate(model, data_mod.RankInput(dataset, batches, cfg, device, memory_format), cfg, device)
     return {"checkpoint": str(path), "model": cfg.model, "epoch": state["epoch"], "step": state["step"], **result}
 
 

@@ -7,7 +7,7 @@ Three decoders, one output format (uint8 CHW in the workers, normalised on the d
   float image on the CPU.
 - ``"pil"``: the classic ``PIL.Image.open`` + torchvision PIL transforms, for comparison and
   for formats torchvision cannot decode.
-- ``"dali"``: NVIDIA DALI (``pip install nvidia-dali-cuda120``), decoding with nvJPEG on the
+- ``"dali"``: NVIDIA DALI (``pip install nvidia-dali-cuda130``), decoding with nvJPEG on the
   GPU for nodes whose CPUs cannot keep up: a whole loader, in dali_input.py, which imports
   DALI only when asked for.
 
@@ -323,23 +323,24 @@ def normalize_batch(images: torch.Tensor, *, device: torch.device | str | None =
 
 
 class DevicePrefetcher:
-    """Iterate (uint8 images, labels) batches as normalised device tensors, one batch ahead.
+    """Iterate (uint8 images, labels, *rest) batches as (normalised device images, device
+    labels, *rest), one batch ahead; `rest` (e.g. sample ids) passes through untouched.
 
     On CUDA the copy + normalisation of batch i+1 runs on a side stream while the model
     works on batch i; elsewhere it is plain sequential normalisation.
     """
 
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str,
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device | str,
                  *, channels_last: bool = False, dtype: torch.dtype = torch.float32) -> None:
         self.batches = batches
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.dtype = dtype
 
-    def _prepare(self, batch: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = batch
+    def _prepare(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        images, labels, *rest = batch
         x = normalize_batch(images, device=self.device, channels_last=self.channels_last, dtype=self.dtype)
-        return x, torch.as_tensor(labels).to(self.device, non_blocking=True)
+        return x, torch.as_tensor(labels).to(self.device, non_blocking=True), *rest
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -357,7 +358,7 @@ class DevicePrefetcher:
             if pending is not None:
                 yield pending
             torch.cuda.current_stream(self.device).wait_stream(stream)
-            for t in ready:
+            for t in ready[:2]:
                 t.record_stream(torch.cuda.current_stream(self.device))
             pending = ready
         if pending is not None:

@@ -12,19 +12,15 @@ from kjob_trainer.torch_state import unwrap
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, batches: data_mod.ShardBatches,
-             cfg: TrainConfig, device: torch.device, memory_format: torch.memory_format) -> dict:
-    """{"top1", "top5" (percent), "loss", "images"} over the whole set (all ranks)."""
+def evaluate(model: torch.nn.Module, source: data_mod.RankInput, cfg: TrainConfig, device: torch.device) -> dict:
+    """{"top1", "top5" (percent), "loss", "images"} over the whole set (all ranks);
+    `source` holds the validation split and this rank's share of it."""
     net = unwrap(model)  # DDP's forward would expect every rank to run the same number of batches
     was_training = net.training
     net.eval()
-    batches.set_epoch(0)
-    loader = data_mod.make_loader(dataset, batches, cfg, pin_memory=device.type == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
-    for images, labels, _ids, _bad in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
+    for images, labels, _ids, _bad in source.epoch(0):
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = net(images)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
