@@ -65,6 +65,29 @@ def test_eight_ranks_all_train_and_rank0_writes_a_checkpoint(tmp_path):
     assert load_state(latest)["step"] == 2
 
 
+@pytest.mark.timeout(300)
+def test_two_ranks_train_with_the_dali_decoder(tmp_path):
+    """--decoder dali (DALI's CPU mode here): each rank reads its own shard of JPEGs in the
+    sampler's order, evaluation runs through DALI too, and the checkpoint is a normal one."""
+    write_tiny_folder(tmp_path / "ds", classes=4, per_class=6)  # 24 train, 24 val JPEGs
+    out = tmp_path / "out"
+    proc = run_trainer("--data-path", str(tmp_path / "ds"), "--decoder", "dali", "--image-size", "16",
+                       "--batch-size", "2", "--epochs", "1", "--workers", "1", "--log-interval", "2",
+                       "--output-path", str(out), np_=2, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = read_metrics(out / "metrics.jsonl")
+    ranks = [r for r in rows if r["kind"] == "ranks"][-1]
+    expected = []
+    for r in range(2):
+        shard = ShardBatches(24, 2, r, 2, seed=0, train=True)
+        shard.set_epoch(0)
+        expected.append(sum(sum(b) for b in shard))
+    assert ranks["samples"] == [12, 12] and ranks["id_sum"] == expected
+    assert "eval top1" in proc.stdout and "(24 images)" in proc.stdout
+    state = load_state(out / "checkpoints" / index_of(out)["latest"])
+    assert state["step"] == 6 and state["config"]["decoder"] == "dali"
+
+
 RESUME_ARGS = ["--image-size", "24", "--batch-size", "2", "--epochs", "2", "--workers", "0", "--num-classes", "4",
                "--log-interval", "1", "--ckpt-steps", "2", "--seed", "3", "--no-eval", "--lr", "0.2"]
 

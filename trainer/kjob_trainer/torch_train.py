@@ -32,6 +32,8 @@ from kjob_trainer.torch_state import Position, build_state, load_state, restore_
 
 # Signals that mean: finish the step, save a checkpoint, stop (exit 143).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# How long the other ranks stay after rank 0 has saved, on a stop (see leave_after_rank0).
+STOP_GRACE_S = 2.0
 
 
 @dataclass
@@ -135,6 +137,10 @@ class Trainer:
         self.lr_at = LrSchedule.from_config(cfg, dist.world_size, self.steps_per_epoch, cfg.epochs * self.steps_per_epoch)
         self.tally = Tally(self.device)
         self.last_metrics: dict[str, float] = {}
+        self.train_input = data_mod.RankInput(self.data.train, self.data.train_batches, cfg, self.device,
+                                              self.memory_format)
+        self.val_input = (data_mod.RankInput(self.data.val, self.data.val_batches, cfg, self.device, self.memory_format)
+                          if self.data.val is not None else None)
 
     def _resume(self, state: dict, path) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -186,6 +192,15 @@ class Trainer:
                            f"max_bad_images={self.cfg.max_bad_images} x {len(self.data.train)} allows{where}")
         return out
 
+    def leave_after_rank0(self) -> None:
+        """All ranks agreed to stop: the others wait until rank 0's checkpoint is on disk and
+        then a moment more, since mpirun ends the whole job at the first rank that exits
+        non-zero, which would cut off rank 0's save or its last message."""
+        if self.dist.distributed:
+            td.barrier()
+            if not self.dist.is_main:
+                time.sleep(STOP_GRACE_S)
+
     def log_interval(self, epoch: int) -> dict:
         r = self.reduce_interval()
         lr = self.lr_at(max(self.pos.step - 1, 0))
@@ -196,7 +211,7 @@ class Trainer:
         extra = f"data-wait {wait_ms:.0f}ms/step"
         wait_share = r["data_wait"] / max(r["seconds"], 1e-9)
         if wait_share > DataWaitMeter.INPUT_BOUND_SHARE:  # say it plainly when the GPU starves
-            extra += f" ({100 * wait_share:.0f}% of step time: input-bound, add --workers or use --decoder torchvision)"
+            extra += f" ({100 * wait_share:.0f}% of step time: input-bound, add --workers or use --decoder dali)"
         self.log.print(progress_line(epoch=epoch, epochs=self.cfg.epochs, step=self.pos.step, total_steps=self.total_steps,
                                      loss=r["loss"], lr=lr, images_per_s=rate, eta_s=eta, extra=extra))
         self.log.record("train", self.pos.step, epoch=epoch, loss=r["loss"], top1=r["train_top1"], lr=lr,
@@ -259,11 +274,8 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> bool:
         """Train the rest of `epoch`; True if training must stop (max steps or SIGTERM)."""
-        self.data.train_batches.set_epoch(epoch, self.pos.batches)
-        loader = data_mod.make_loader(self.data.train, self.data.train_batches, self.cfg,
-                                      pin_memory=self.device.type == "cuda")
         self.ddp.train()
-        it = iter(loader)
+        it = self.train_input.epoch(epoch, self.pos.batches)
         while True:
             waited = time.perf_counter()
             try:
@@ -272,8 +284,6 @@ class Trainer:
                 break
             self.tally.data_wait += time.perf_counter() - waited
             self.count_inputs(ids, bad)
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
             self.pos.batches += 1
             last_micro = self.pos.batches % self.accum == 0
             self.forward_backward(images, labels, sync=last_micro)
@@ -286,6 +296,8 @@ class Trainer:
             if self.stop_requested and self.dist.is_main or stop:
                 # Step checkpoints carry no eval metrics in the index: "best" stays an evaluated one.
                 self.save(step_name(self.pos.step, ".pt"), {})
+                if stop:
+                    self.leave_after_rank0()
                 raise Terminated(f"{self.dist.where()}: {self.stop_signal}: saved a checkpoint at step {self.pos.step} and stopped")
             if self.cfg.ckpt_steps and self.pos.step % self.cfg.ckpt_steps == 0 and self.pos.batches < self.batches_per_epoch:
                 self.save(step_name(self.pos.step, ".pt"), {})
@@ -296,13 +308,13 @@ class Trainer:
     def end_of_epoch(self, epoch: int, stopping: bool) -> None:
         if self.tally.images:
             self.log_interval(epoch)
-        if self.data.val is not None:
+        if self.val_input is not None:
             if self.dist.distributed:
                 # Each rank's BN running stats moved with its own last batch; score the weights
                 # rank 0 is about to save, so `evaluate` on the checkpoint gives the same numbers.
                 for buf in unwrap(self.model).buffers():
                     td.broadcast(buf, 0)
-            m = evaluate(self.ddp, self.data.val, self.data.val_batches, self.cfg, self.device, self.memory_format)
+            m = evaluate(self.ddp, self.val_input, self.cfg, self.device)
             self.last_metrics = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"]}
             self.log.print(f"epoch {epoch + 1}/{self.cfg.epochs} eval top1 {m['top1']:.2f} top5 {m['top5']:.2f} "
                            f"loss {m['loss']:.4f} ({m['images']} images)")
