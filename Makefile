@@ -18,9 +18,9 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[pytorch,mpi]"
 	touch $@
 
-# Tests: everything, MindSpore and the test tools included.
+# Tests: everything, MindSpore, DALI (its CPU mode) and the test tools included.
 $(VENV)/.test-installed: $(VENV)/.demo-installed
-	$(BIN)/pip install -q -e ".[pytorch,mindspore,mpi,dev]"
+	$(BIN)/pip install -q -e ".[pytorch,mindspore,mpi,dali,dev]"
 	touch $@
 
 # A fresh run each time: the previous demo run (if any) is stopped and removed first,
