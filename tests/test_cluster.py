@@ -13,6 +13,8 @@ from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, K
 from kjob.render import render_objects
 from kjob.spec import load_spec
 
+from kubefake.exec import ExecReply
+
 
 def objects(name: str = "smoke") -> list[dict]:
     objs = render_objects(load_spec("examples/smoke.yaml"))
@@ -120,7 +122,8 @@ def test_delete_explains_the_pods_fate(kube):
     backend = ClusterBackend()
     backend.submit(objects())
     kube.start_job("smoke")
-    assert backend.delete("smoke", wait=True) == "deleted MPIJob default/smoke: its 3 pod(s) are deleted with it (they are owned by the job); all gone"
+    assert backend.delete("smoke", wait=True) == ("deleted MPIJob default/smoke: launcher not running (Pending): nothing to checkpoint; "
+                                                  "its 3 pod(s) are deleted with it (they are owned by the job); all gone")
     assert kube.pods("smoke") == []
     backend.submit(objects())
     kube.set_condition("smoke", "Succeeded")
@@ -154,6 +157,9 @@ FAULTS = [
     dict(verb="list", resource="pods", status=422),
     dict(verb="list", resource="events", status=429, times=-1),
     dict(verb="get", resource="pods/log", status=410),
+    dict(verb="create", resource="pods/exec", status=500),
+    dict(verb="create", resource="pods/exec", status=403),
+    dict(verb="get", resource="pods", status=503, times=-1),
     dict(verb="*", resource="*", delay=0.3, times=-1),
 ]
 
@@ -167,11 +173,12 @@ def test_no_client_exception_escapes_the_library(kube, monkeypatch, fault):
     backend.submit(objects())
     pods = kube.run_job("smoke")
     kube.append_log(pods[0], ["hello"])
+    kube.exec.serve("default", pods[0], lambda argv: ExecReply())  # mpirun takes SIGUSR1 but does not stop
     kube.fault(**fault)
     from kjob.backend import LogOptions
 
     calls = [lambda: backend.status("smoke"), lambda: backend.list_jobs(), lambda: backend.logs("smoke", LogOptions(), lambda line: None),
-             lambda: backend.submit(objects()), lambda: backend.delete("smoke")]
+             lambda: backend.submit(objects()), lambda: backend.delete("smoke", grace=0.5)]
     for call in calls:
         try:
             call()

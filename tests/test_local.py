@@ -337,3 +337,26 @@ def test_a_path_is_not_a_run_name(runs):
     assert proc.returncode == 2
     assert proc.stderr == "Error: '../keep.txt' is not a job name (lowercase letters, digits and '-')\n"
     assert (runs / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["checkpoint", "now"])
+def test_stop_session_asks_mpirun_for_a_checkpoint_unless_now(tmp_path, checkpoint):
+    """`delete --local` sends SIGUSR1 to mpirun (the trainer's checkpoint signal, which
+    mpirun forwards); with --now, SIGTERM at once. A stand-in mpirun says what it got."""
+    said, ready = tmp_path / "said", tmp_path / "ready"
+    code = ("import signal, sys, time\n"
+            f"def on(sig, _): open({str(said)!r}, 'w').write(signal.Signals(sig).name); sys.exit(0)\n"
+            "signal.signal(signal.SIGUSR1, on); signal.signal(signal.SIGTERM, on)\n"
+            f"open({str(ready)!r}, 'w').close()\n"
+            "while True: time.sleep(0.05)\n")
+    proc = subprocess.Popen(["mpirun", "-c", code], executable=sys.executable, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert local_procs.stop_session(proc.pid, grace=10, checkpoint=checkpoint) == 1
+        assert proc.wait(5) == 0
+        assert said.read_text() == ("SIGUSR1" if checkpoint else "SIGTERM")
+    finally:
+        proc.kill()
+        proc.wait()

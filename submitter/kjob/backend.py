@@ -84,8 +84,10 @@ class Backend(Protocol):
 
     def list_jobs(self, all_namespaces: bool = False) -> list[JobStatus]: ...
 
-    def delete(self, name: str, wait: bool = False) -> str:
-        """Delete one job; returns a line saying what happens to its pods/processes."""
+    def delete(self, name: str, wait: bool = False, grace: float | None = None, now: bool = False) -> str:
+        """Delete one job; returns a line saying what happens to its pods/processes.
+        A running trainer is first asked for a checkpoint (SIGUSR1 to mpirun) and given
+        `grace` seconds (None: the backend's default) to write it; `now` skips that."""
         ...
 
     def logs(self, name: str, options: LogOptions, write: Callable[[str], None]) -> str | None:

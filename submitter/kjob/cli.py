@@ -234,15 +234,24 @@ def list_(all_namespaces, output, local, kubeconfig, kube_context, namespace) ->
 @cli.command()
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--wait", is_flag=True, help="Return when the job and its pods are gone.")
+@click.option("--grace", metavar="DURATION", help="How long a running trainer gets to write its checkpoint before the job is deleted anyway (90s, 5m; default 120s, 20s with --local).")
+@click.option("--now", is_flag=True, help="Delete at once, without asking the trainer for a checkpoint first.")
 @local_option
 @kube_options
-def delete(names, wait, local, kubeconfig, kube_context, namespace) -> None:
-    """Delete jobs; says what happens to their pods (cleanPodPolicy, garbage collection)."""
+def delete(names, wait, grace, now, local, kubeconfig, kube_context, namespace) -> None:
+    """Delete jobs; says what happens to their pods (cleanPodPolicy, garbage collection).
+
+    A running MPIJob is first asked for a checkpoint: SIGUSR1 to mpirun in the launcher
+    (kubectl exec ... kill -USR1 1), which the trainer answers by saving and exiting;
+    the job is deleted when the launcher has stopped or after --grace. A PyTorchJob's
+    trainer checkpoints on the SIGTERM its pods get.
+    """
+    grace_s = _duration(grace, "--grace")
     backend = get_backend(local, kubeconfig, kube_context, namespace)
     failed: list[KjobError] = []
     for name in names:
         try:
-            click.echo(backend.delete(name, wait=wait))
+            click.echo(backend.delete(name, wait=wait, grace=grace_s, now=now))
         except KjobError as e:
             if len(names) == 1:
                 raise
@@ -252,17 +261,18 @@ def delete(names, wait, local, kubeconfig, kube_context, namespace) -> None:
         raise click.exceptions.Exit(max(e.exit_code for e in failed))
 
 
-def _duration(text: str | None) -> int | None:
-    """'90', '90s', '5m', '2h' -> seconds."""
+def _duration(text: str | None, option: str) -> int | None:
+    """'90', '90s', '5m', '2h' -> seconds (the value of `option`)."""
     if text is None:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text[-1:] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 30s, 5m, 2h", param_hint="--since") from None
+        seconds = int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+    except (ValueError, OverflowError):  # OverflowError: 'inf'
+        seconds = -1
+    if seconds < 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 5m, 2h", param_hint=option)
+    return seconds
 
 
 @cli.command()
@@ -288,7 +298,7 @@ def logs(name, replica, all_replicas, follow, since, tail, timestamps, previous,
         raise click.UsageError("--previous and --follow cannot be combined")
     if replica and all_replicas:
         raise click.UsageError("--replica and --all cannot be combined")
-    options = LogOptions(replica=replica, all_replicas=all_replicas, follow=follow, since_seconds=_duration(since), tail=tail,
+    options = LogOptions(replica=replica, all_replicas=all_replicas, follow=follow, since_seconds=_duration(since, "--since"), tail=tail,
                          timestamps=timestamps, previous=previous, save_dir=Path(save_dir) if save_dir else None, color=sys.stdout.isatty())
     final = get_backend(local, kubeconfig, kube_context, namespace).logs(name, options, click.echo)
     _say_final(name, final)

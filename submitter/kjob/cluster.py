@@ -268,11 +268,17 @@ class ClusterBackend:
 
         return [job_status(j, None, []) for j in list_jobs(self.kube, None if all_namespaces else self.namespace)]
 
-    def delete(self, name: str, wait: bool = False) -> str:
+    def delete(self, name: str, wait: bool = False, grace: float | None = None, now: bool = False) -> str:
+        """Delete the job; a running MPIJob's trainer is first asked for a checkpoint
+        (kjob.stopping; up to `grace` seconds, not with `now`). Returns delete's line."""
         from kjob.status import job_state
+        from kjob.stopping import GRACE_S, checkpoint_before_delete
 
         job = self.job(name)
         state, _ = job_state(job)
+        stopping = None
+        if job["kind"] == "MPIJob" and not now:
+            stopping = checkpoint_before_delete(self.kube, job, GRACE_S if grace is None else grace, self.notify)
         n = delete_job(self.kube, job, wait=wait)
         md = job["metadata"]
         policy = job["spec"].get("runPolicy", {}).get("cleanPodPolicy", "None")
@@ -282,7 +288,7 @@ class ClusterBackend:
             pods = f"it had no pods left (cleanPodPolicy {policy} removed them when the job {state.lower()})"
         else:
             pods = "it had no pods yet"
-        return f"deleted {job['kind']} {md['namespace']}/{md['name']}: {pods}"
+        return f"deleted {job['kind']} {md['namespace']}/{md['name']}: " + (f"{stopping}; " if stopping else "") + pods
 
     def wait(self, name: str, namespace: str | None = None) -> JobStatus:
         """Poll until the job Succeeded or Failed; reports state changes through notify."""

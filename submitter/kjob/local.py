@@ -107,17 +107,18 @@ class LocalBackend:
 
     # -- acting on a run -----------------------------------------------------------
 
-    def delete(self, name: str, wait: bool = False) -> str:
+    def delete(self, name: str, wait: bool = False, grace: float | None = None, now: bool = False) -> str:
         """Stop every process of the run and remove its folder, keeping checkpoints/.
 
-        Always waits for the processes to end (SIGKILL after STOP_GRACE_S), so nothing
-        runs on after the folder is gone. Raises NotFound.
+        Always waits for the processes to end: SIGUSR1 to mpirun and `grace` seconds
+        (default STOP_GRACE_S) for a checkpoint, unless `now`; then SIGTERM, SIGKILL.
+        Nothing runs on after the folder is gone. Raises NotFound.
         """
         record = self._record(name)
         stopped = 0
         # Also after an exit code: a rank that outlived mpirun would hold the session.
         if record.get("sid") and _same_host(record):
-            stopped = local_procs.stop_session(int(record["sid"]), STOP_GRACE_S)
+            stopped = local_procs.stop_session(int(record["sid"]), STOP_GRACE_S if grace is None else grace, checkpoint=not now)
         kept = _remove_run_folder(self.run_dir(name))
         what = f"stopped {stopped} process(es)" if stopped else "no process was running"
         if kept:

@@ -106,9 +106,10 @@ LAUNCHERS = ("mpirun", "mpiexec", "prterun", "prte", "orterun")
 TERM_GRACE_S = 5.0
 
 
-def stop_session(sid: int, grace: float) -> int:
+def stop_session(sid: int, grace: float, *, checkpoint: bool = True) -> int:
     """Stop every process of the session: SIGUSR1 to mpirun (the ranks checkpoint and
     stop) and up to `grace` seconds for that, then SIGTERM to all, then SIGKILL.
+    Without `checkpoint`: SIGTERM at once, SIGKILL after TERM_GRACE_S.
 
     Returns how many processes were running when the stop began; returns only when none
     is left (or after a further 10 s when something ignores even SIGKILL, e.g. stuck in
@@ -117,7 +118,7 @@ def stop_session(sid: int, grace: float) -> int:
     procs = session_processes(sid)
     if not procs:
         return 0
-    launchers = [p.pid for p in procs if p.cmdline and os.path.basename(p.cmdline[0]) in LAUNCHERS]
+    launchers = [p.pid for p in procs if p.cmdline and os.path.basename(p.cmdline[0]) in LAUNCHERS] if checkpoint else []
     for pid in launchers:
         try:
             os.kill(pid, signal.SIGUSR1)
@@ -126,7 +127,8 @@ def stop_session(sid: int, grace: float) -> int:
     if launchers and _wait_gone(sid, grace):
         return len(procs)
     signal_session(sid, signal.SIGTERM)
-    if _wait_gone(sid, grace if not launchers else TERM_GRACE_S):
+    # No mpirun to ask: SIGTERM is the ranks' checkpoint signal, so it gets the grace.
+    if _wait_gone(sid, grace if checkpoint and not launchers else TERM_GRACE_S):
         return len(procs)
     signal_session(sid, signal.SIGKILL)
     _wait_gone(sid, 10.0)
