@@ -116,6 +116,22 @@ def test_pytorchjob_shape():
     assert list(single["spec"]["pytorchReplicaSpecs"]) == ["Master"]
 
 
+@pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
+def test_pods_have_time_to_checkpoint_when_stopped(launcher):
+    """Kubernetes' default 30 s before SIGKILL is tight for finishing a step and writing a
+    checkpoint; torchrun must pass SIGTERM on and wait nearly as long; `kjob delete`
+    gives an MPIJob's launcher as long after SIGUSR1."""
+    from kjob import render, stopping
+
+    (job,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\n"))
+    replicas = job["spec"].get("mpiReplicaSpecs") or job["spec"]["pytorchReplicaSpecs"]
+    for replica in replicas.values():
+        pod = replica["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == render.TERMINATION_GRACE_S == stopping.GRACE_S == 120
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") == ("110" if launcher == "torchrun" else None)
+
+
 def test_labels_and_annotations():
     spec = parse_spec(MINIMAL.replace("checkpoints: {claimName: ckpt}", "checkpoints: {claimName: ckpt, mountPath: /out}") + "gpusPerWorker: 2\n")
     (job,) = render_objects(spec)

@@ -37,6 +37,14 @@ LAUNCHER_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"mem
 FORWARDED_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED")
 # Set on the trainer containers unless the spec's env overrides them.
 DEFAULT_ENV = {"NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
+# How long a pod that is stopped (job deleted, evicted, preempted) has before SIGKILL.
+# The trainer finishes its step and rank 0 writes a checkpoint on SIGTERM; Kubernetes'
+# default of 30 s is tight for that on a slow PVC. `kjob delete` waits as long
+# (stopping.GRACE_S) for an MPIJob's launcher after SIGUSR1.
+TERMINATION_GRACE_S = 120
+# torchrun (PID 1 of a PyTorchJob pod) passes SIGTERM on to the trainer and kills it
+# after this many seconds (its default is 30); it must end before the kubelet's SIGKILL.
+TORCHRUN_SHUTDOWN_ENV = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(TERMINATION_GRACE_S - 10)}
 LABEL_NAME = "app.kubernetes.io/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TRAINER_MODULE = "kjob_trainer.train"
@@ -175,8 +183,8 @@ def _trainer_resources(spec: JobSpec) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def _env(spec: JobSpec) -> list[dict]:
-    merged = {**DEFAULT_ENV, **spec.env}
+def _env(spec: JobSpec, defaults: dict[str, str] | None = None) -> list[dict]:
+    merged = {**DEFAULT_ENV, **(defaults or {}), **spec.env}
     return [{"name": k, "value": v} for k, v in merged.items()]
 
 
@@ -188,6 +196,7 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
         "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
         "readiness": readiness,
         "resources": resources, "volumes": volumes, "mounts": mounts,
+        "termination_grace": TERMINATION_GRACE_S,
         # sshd runs as mpiuser on an unprivileged port, so every capability can go.
         "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
                          "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
@@ -248,7 +257,7 @@ def _context(spec: JobSpec) -> dict:
     # torchrun reads --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_*
     # variables that the training-operator sets on every replica.
     pod = _pod(spec, container="pytorch", command=["torchrun"], args=["--module", TRAINER_MODULE] + train[3:],
-               env=_env(spec), resources=_trainer_resources(spec), trainer=True)
+               env=_env(spec, TORCHRUN_SHUTDOWN_ENV), resources=_trainer_resources(spec), trainer=True)
     return {**common, "pod": pod, "workers_beyond_master": spec.workers - 1,
             "nproc_per_node": str(spec.procs_per_worker), "run_policy": _run_policy(spec, spec.workers)}
 
