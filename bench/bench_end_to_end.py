@@ -2,10 +2,10 @@
 
     python bench/bench_end_to_end.py --model resnext50_32x4d --batch 256 --workers 12 [--decoder dali]
 
-Reads the JPEG folder (bench/make_jpegs.py; generated on first use) through the fast input
-pipeline (torchvision.io decode + uint8 crop in loader workers, or PIL, or DALI), moves
-uint8 batches to the device and normalises there, and trains with the same step as
-bench_gpu_step.py. Prints img/s, the time the step loop waited for data (DataWaitMeter) and,
+Reads the JPEG folder (bench/make_jpegs.py; generated on first use) through the trainer's
+own input path, `kjob_trainer.data.RankInput` (torchvision.io decode + uint8 crop in loader
+workers, or PIL, or DALI; uint8 batches normalised on the device, one batch ahead), and
+trains with the same step as bench_gpu_step.py. Prints img/s, the time the step loop waited for data (DataWaitMeter) and,
 with --compare, the synthetic-data rate of the same step so the input cost is visible.
 On a machine without a GPU everything runs on the CPU and is labelled so.
 """
@@ -25,24 +25,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu_step import CHANNELS_LAST_AUTO, device_label, make_step, measure, sync  # noqa: E402
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
+from kjob_trainer import data as data_mod  # noqa: E402
 from kjob_trainer import fast_input as fi  # noqa: E402
+from kjob_trainer.config import make_config  # noqa: E402
+from kjob_trainer.dataset_index import scan_folder  # noqa: E402
+from kjob_trainer.errors import BadInput  # noqa: E402
 from kjob_trainer.models import build_model  # noqa: E402
 
 
-def batches(args, samples, device: torch.device, channels_last: bool):
-    """An endless iterator of normalised (images, labels) device batches."""
-    if args.decoder == "dali":
-        from kjob_trainer.dali_input import make_dali_loader
-
-        loader = make_dali_loader(samples, args.batch, size=args.image_size, train=True,
-                                  device="gpu" if device.type == "cuda" else "cpu",
-                                  num_threads=max(args.workers, 1), channels_last=channels_last)
-        return itertools.chain.from_iterable(itertools.repeat(loader))
-    ds = fi.FastImageDataset(samples, size=args.image_size, train=True, decoder=args.decoder)
-    opts = fi.LoaderOptions(num_workers=args.workers, prefetch_factor=args.prefetch, persistent_workers=True)
-    loader = fi.make_loader(ds, args.batch, shuffle=True, options=opts, seed=0)
-    prefetched = fi.DevicePrefetcher(loader, device, channels_last=channels_last)
-    return itertools.chain.from_iterable(itertools.repeat(prefetched))
+def batches(args, root: Path, split, device: torch.device, channels_last: bool):
+    """An endless iterator of normalised (images, labels) device batches, epoch after epoch,
+    from the trainer's RankInput (one rank's view of the folder)."""
+    cfg = make_config(None, {"decoder": args.decoder, "image_size": args.image_size, "batch_size": args.batch,
+                             "workers": args.workers, "data_path": str(root)})
+    dataset = data_mod.ImageDataset(split, data_mod.build_transforms(cfg, True), cfg.seed)
+    shard = data_mod.ShardBatches(len(split), args.batch, 0, 1, cfg.seed, True)
+    source = data_mod.RankInput(dataset, shard, cfg, device, torch.channels_last if channels_last else torch.contiguous_format)
+    for epoch in itertools.count():
+        for images, labels, _ids, _bad in source.epoch(epoch):
+            yield images, labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE")
     parser.add_argument("--decoder", choices=["torchvision", "pil", "dali"], default="torchvision")
     parser.add_argument("--workers", type=int, default=None, help="loader processes (DALI: threads)")
-    parser.add_argument("--prefetch", type=int, default=4, help="batches prefetched per worker")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the training process")
@@ -79,24 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     cl = CHANNELS_LAST_AUTO.get(args.model, True) if args.channels_last == "auto" else args.channels_last == "on"
     try:
         root = ensure_jpegs(args.data)
-        samples, classes = fi.scan_image_folder(root / "train")
+        split = scan_folder(root / "train", "train")
         if args.decoder == "dali":
             from kjob_trainer.dali_input import import_dali
 
             import_dali()
-    except fi.FastInputError as e:
+    except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(banner("end to end: JPEG folder -> input pipeline -> training step", {
         "device": device_label(device), "model": args.model, "batch": args.batch, "image": args.image_size,
         "amp": args.amp, "channels_last": cl, "compile": args.compile or "off", "decoder": args.decoder,
-        "workers": args.workers, "prefetch": args.prefetch, "images in folder": len(samples),
+        "workers": args.workers, "prefetch": "4 batches per worker (the trainer's)", "images in folder": len(split),
         "warmup": warmup, "steps": steps}))
     torch.manual_seed(0)
     fmt = torch.channels_last if cl else torch.contiguous_format
-    model = build_model(args.model, len(classes)).to(device, memory_format=fmt).train()
+    model = build_model(args.model, len(split.classes)).to(device, memory_format=fmt).train()
     step, _ = make_step(model, device, args.amp, args.compile)
-    meter = fi.DataWaitMeter(batches(args, samples, device, cl))
+    meter = fi.DataWaitMeter(batches(args, root, split, device, cl))
     it = iter(meter)
     for _ in range(warmup):  # worker start-up, compile, cudnn autotune
         images, labels = next(it)
