@@ -83,7 +83,7 @@ class TrainConfig:
     amp_level: str | None = None
     loss_scale: float = 1024.0
     loss_scale_type: str = "fixed"  # fixed | dynamic
-    dataset_sink: bool = True
+    dataset_sink: bool = True  # MindCV's key; sink mode is not implemented (the trainer says so on GPU/Ascend)
     config_file: str | None = None  # where the config came from (informational)
 
     def global_batch(self, world_size: int) -> int:

@@ -371,6 +371,9 @@ def run(cfg: TrainConfig, dist: DistEnv) -> int:
         job.log.print(f"mindspore {ms.__version__}: {joined} rank(s) joined, device {job.device_target}, graph mode, "
                       f"model {cfg.model}, global batch {cfg.global_batch(dist.world_size)}, "
                       f"lr {cfg.scaled_lr(dist.world_size):.5g}")
+        if cfg.dataset_sink and job.device_target != "CPU":
+            job.log.print("dataset_sink: not implemented by kjob's MindSpore trainer (it could not be run on "
+                          "CPU, where MindSpore refuses it); batches are fed one step at a time")
         job.build()
         job.train()
     finally:
