@@ -33,7 +33,7 @@ from typing import Callable
 from kjob import local_procs
 from kjob.backend import FINAL_STATES, FetchOptions, JobStatus, LogOptions, PodInfo
 from kjob.errors import Conflict, InvalidInput, JobFailed, KjobError, NotFound
-from kjob.local_waiter import now_rfc3339, read_run, update_run, write_run
+from kjob.local_waiter import now_rfc3339, read_run, write_run
 
 RUNS_DIR = "kjob-runs"
 # Spec names are DNS-1123 labels; anything else is refused before it becomes a path.
