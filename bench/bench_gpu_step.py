@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also print the top ops of one step")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if any(v is not None and v < 1 for v in (args.batch, args.steps)) or (args.warmup or 0) < 0:
-        print("error: --batch and --steps must be >= 1, --warmup >= 0", file=sys.stderr)
+    # Batch norm needs two samples per channel in training (ResNeSt's attention branch pools to 1x1).
+    if (args.batch is not None and args.batch < 2) or (args.steps is not None and args.steps < 1) or (args.warmup or 0) < 0:
+        print("error: --batch must be >= 2 (batch norm in training), --steps >= 1, --warmup >= 0", file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA GPU is visible", file=sys.stderr)

@@ -94,7 +94,7 @@ def per_core(paths: list[str], size: int, decoder: str, repeats: int) -> dict:
             "stages_ms": {k: round(v, 3) for k, v in stages.items()}}
 
 
-def mindspore_pipeline(paths: list[str], size: int, repeats: int) -> dict:
+def mindspore_pipeline(paths: list[str], size: int, repeats: int, batch: int) -> dict:
     """img/s per core of the MindSpore trainer's own pipeline (kjob_trainer.mindspore_data:
     PIL decode in a GeneratorDataset thread, then MindSpore's C++ random-resized-crop, flip,
     normalise, HWC->CHW, batch), one worker thread. Its threads live in this process, so the
@@ -110,7 +110,7 @@ def mindspore_pipeline(paths: list[str], size: int, repeats: int) -> dict:
     indices = list(range(len(paths)))
 
     def one_pass() -> int:
-        pipe = md.make_pipeline(source, indices, cfg, 10, train=True)
+        pipe = md.make_pipeline(source, indices, cfg, min(batch, len(indices)), train=True)
         return sum(b[0].shape[0] for b in pipe.create_tuple_iterator(num_epochs=1, output_numpy=True))
 
     one_pass()  # warm: imports, page cache, MindSpore's thread pools
@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line of results too")
     args = parser.parse_args(argv)
     decoders = args.decoders.split(",")
-    if args.images < 1 or args.workers < 0 or any(d not in ("torchvision", "pil", "mindspore") for d in decoders):
-        print("error: --images must be >= 1, --workers >= 0, --decoders from torchvision,pil,mindspore", file=sys.stderr)
+    if args.images < 1 or args.workers < 0 or args.batch < 1 or args.repeats < 1 or any(d not in ("torchvision", "pil", "mindspore") for d in decoders):
+        print("error: --images, --batch and --repeats must be >= 1, --workers >= 0, --decoders from "
+              "torchvision,pil,mindspore", file=sys.stderr)
         return 2
     torch.set_num_threads(1)  # per-core numbers: one thread, as in a loader worker
     root = ensure_jpegs(args.data)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for decoder in decoders:
         if decoder == "mindspore":
-            r = mindspore_pipeline(paths, args.size, args.repeats)
+            r = mindspore_pipeline(paths, args.size, args.repeats, args.batch)
             results.append(r)
             print(f"{decoder:>12}: {r['img_per_s_per_core']:7.1f} img/s per core (process CPU time: "
                   f"{r['ms_cpu_per_image']:.2f} ms/image); wall clock {r['wall_img_per_s']:.0f} img/s "
