@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,28 +16,10 @@ import torch
 from kjob_trainer.checkpoints import CheckpointDir, sha256_file
 from kjob_trainer.data import ShardBatches
 from kjob_trainer.metrics import read_metrics
-from kjob_trainer.models import build_model
-from kjob_trainer.torch_state import load_state, restore_model
+from kjob_trainer.torch_state import load_state
 
-from trainer_utils import REPO, rank_process, run_trainer, trainer_cmd, trainer_env, write_digits, write_tiny_folder
-
-
-def index_of(out: Path) -> dict:
-    try:
-        return json.loads((out / "checkpoints" / "index.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"trainer exited ({proc.returncode}) before {what}")
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+from trainer_utils import (REPO, assert_loadable_step_checkpoint, index_of, rank_process, run_trainer, signal_stop_run,
+                           trainer_cmd, trainer_env, wait_for, write_digits, write_tiny_folder)
 
 
 @pytest.mark.slow
@@ -131,33 +112,6 @@ def test_killed_rank_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
         assert torch.allclose(a[key].double(), b[key].double(), rtol=1e-4, atol=1e-6), key
     # ...and training moved the weights after the resume point (the check is not vacuous).
     assert not torch.allclose(mid["model"]["fc.weight"], b["fc.weight"])
-
-
-def signal_stop_run(tmp_path: Path, send) -> tuple[int, str, Path]:
-    """Train 2 ranks; at step 2 call send(mpirun_process); returns (exit code, log, output)."""
-    out = tmp_path / "out"
-    with open(tmp_path / "log", "w") as log:
-        proc = subprocess.Popen(trainer_cmd("--synthetic", "--synthetic-samples", "4000", "--num-classes", "5",
-                                            "--image-size", "24", "--batch-size", "2", "--workers", "0",
-                                            "--log-interval", "1", "--epochs", "1", "--output-path", str(out), np_=2),
-                                stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
-        try:
-            wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
-            send(proc)
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return code, (tmp_path / "log").read_text(), out
-
-
-def assert_loadable_step_checkpoint(out: Path) -> None:
-    index = index_of(out)
-    assert index["latest"].startswith("step-")
-    state = load_state(out / "checkpoints" / index["latest"])
-    assert state["step"] >= 2 and state["batches"] == state["step"]
-    restore_model(build_model("resnext50_32x4d", 5), state, Path(index["latest"]))
 
 
 @pytest.mark.slow

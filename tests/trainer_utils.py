@@ -1,15 +1,20 @@
-"""Shared helpers of the trainer tests: launching the trainer (alone or under mpirun) and
-writing small image datasets in the ImageNet folder layout."""
+"""Shared helpers of the trainer tests: launching the trainer (alone or under mpirun),
+stopping it by a signal at step 2, and writing small image datasets in the ImageNet
+folder layout."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -41,6 +46,59 @@ def run_trainer(*args: str, np_: int | None = None, timeout: float = 240, module
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(trainer_cmd(*args, np_=np_, module=module), capture_output=True, text=True,
                           timeout=timeout, env=env or trainer_env(), cwd=REPO)
+
+
+def index_of(out: Path) -> dict:
+    """The trainer's checkpoints/index.json under `out`, {} while there is none."""
+    try:
+        return json.loads((out / "checkpoints" / "index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def signal_stop_run(tmp_path: Path, send, *, launch: Sequence[str] = ()) -> tuple[int, str, Path]:
+    """Train 2 ranks of the PyTorch trainer under mpirun (run by `launch`, a command that
+    starts it, if given); at step 2 call send(the process started); returns (exit code,
+    log, output)."""
+    out = tmp_path / "out"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([*launch, *trainer_cmd("--synthetic", "--synthetic-samples", "4000", "--num-classes", "5",
+                                                       "--image-size", "24", "--batch-size", "2", "--workers", "0",
+                                                       "--log-interval", "1", "--epochs", "1", "--output-path", str(out),
+                                                       np_=2)],
+                                stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
+        try:
+            wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
+            send(proc)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return code, (tmp_path / "log").read_text(), out
+
+
+def assert_loadable_step_checkpoint(out: Path) -> None:
+    """The latest checkpoint of a signal_stop_run is a step checkpoint the model loads."""
+    from kjob_trainer.models import build_model
+    from kjob_trainer.torch_state import load_state, restore_model
+
+    index = index_of(out)
+    assert index["latest"].startswith("step-")
+    state = load_state(out / "checkpoints" / index["latest"])
+    assert state["step"] >= 2 and state["batches"] == state["step"]
+    restore_model(build_model("resnext50_32x4d", 5), state, Path(index["latest"]))
 
 
 def write_digits(root: Path, *, val_fraction: float = 0.2, fmt: str = "png", seed: int = 0) -> tuple[int, int]:
