@@ -1,0 +1,142 @@
+"""`python -m kjob_trainer.launch -- COMMAND`, the MPIJob launcher's PID 1, with real
+processes: the first SIGTERM reaches the child as SIGUSR1 (mpirun forwards that to the
+ranks, which save a checkpoint), a second one as itself, SIGUSR1 passes; the child's exit
+code is the wrapper's; bad usage is exit 2 and one line. Then in front of real mpirun."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run
+
+pytestmark = pytest.mark.timeout(60)
+
+LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
+PYTHON = Path(sys.executable).name  # the name the wrapper gives its child in its line
+ASKED = "kjob launch: {sig} -> SIGUSR1 to {name} (checkpoint and stop)"
+USAGE = "Error: no command to run (usage: python -m kjob_trainer.launch -- COMMAND [ARG...])"
+
+# The child: writes down each SIGUSR1/SIGTERM/SIGINT it gets (one name a line) and exits
+# with argv[3] once it has had argv[2] of them. `ready` means its handlers are set, and so
+# the wrapper's (set before the child starts).
+RECORDER = """
+import signal, sys, time
+from pathlib import Path
+folder, stop_after, code = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+got = []
+def record(signum, frame):
+    got.append(signal.Signals(signum).name)
+    (folder / "signals").write_text("".join(name + "\\n" for name in got))
+for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, record)
+(folder / "ready").touch()
+while len(got) < stop_after:
+    time.sleep(0.01)
+sys.exit(code)
+"""
+
+
+def wait_until(predicate, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def recorder(tmp_path: Path, *, stop_after: int, code: int) -> subprocess.Popen:
+    """The wrapper in front of RECORDER, once the child is ready."""
+    proc = subprocess.Popen([*LAUNCH, sys.executable, "-c", RECORDER, str(tmp_path), str(stop_after), str(code)],
+                            stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, "the child to be ready")
+    return proc
+
+
+def received(tmp_path: Path) -> list[str]:
+    path = tmp_path / "signals"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_reaches_the_child_as_sigusr1_and_its_exit_code_is_kept(tmp_path, stop):
+    proc = recorder(tmp_path, stop_after=1, code=143)
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, received(tmp_path), err) == (143, ["SIGUSR1"], ASKED.format(sig=stop.name, name=PYTHON) + "\n")
+
+
+def test_a_second_sigterm_is_passed_on_as_sigterm(tmp_path):
+    proc = recorder(tmp_path, stop_after=2, code=3)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: received(tmp_path) == ["SIGUSR1"], "the first signal")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, received(tmp_path)) == (3, ["SIGUSR1", "SIGTERM"])
+    assert err.splitlines() == [ASKED.format(sig="SIGTERM", name=PYTHON),
+                                f"kjob launch: SIGTERM again -> SIGTERM to {PYTHON} (stop now, no checkpoint)"]
+
+
+def test_sigusr1_is_passed_on_and_a_later_sigterm_still_asks_for_a_checkpoint(tmp_path):
+    """`kjob delete` sends SIGUSR1 to PID 1 and then deletes the job, whose SIGTERM
+    must not turn into a quick kill."""
+    proc = recorder(tmp_path, stop_after=2, code=143)
+    proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: received(tmp_path) == ["SIGUSR1"], "SIGUSR1")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, received(tmp_path), err) == (143, ["SIGUSR1", "SIGUSR1"], ASKED.format(sig="SIGTERM", name=PYTHON) + "\n")
+
+
+def sleeper() -> tuple[subprocess.Popen, psutil.Process]:
+    """The wrapper in front of a child that only sleeps (no handlers), once it runs."""
+    proc = subprocess.Popen([*LAUNCH, sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE, text=True)
+
+    def child():
+        kids = psutil.Process(proc.pid).children()
+        return kids[0] if kids and "time.sleep(60)" in " ".join(kids[0].cmdline()) else None
+
+    wait_until(lambda: child() is not None, "the child to start")
+    return proc, child()
+
+
+def test_a_child_killed_by_signal_n_is_exit_128_plus_n():
+    proc, child = sleeper()
+    child.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, err) == (128 + signal.SIGKILL, "")
+
+
+def test_a_child_without_a_sigusr1_handler_dies_of_it():
+    """As a trainer stopped before it set its handlers (nothing to save yet)."""
+    proc, _ = sleeper()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, err) == (128 + signal.SIGUSR1, ASKED.format(sig="SIGTERM", name=PYTHON) + "\n")
+
+
+@pytest.mark.parametrize("argv, line", [
+    ([], USAGE),
+    (["--"], USAGE),
+    (["mpirun", "-np", "2"], USAGE),
+    (["--", "kjob-no-such-command"], "Error: cannot run kjob-no-such-command: No such file or directory"),
+], ids=["nothing", "nothing-after-dashes", "no-dashes", "not-found"])
+def test_bad_usage_is_exit_2_and_one_line(argv, line):
+    r = subprocess.run([*LAUNCH[:-1], *argv], capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", line + "\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_to_the_wrapper_in_front_of_mpirun_saves_a_checkpoint(tmp_path):
+    """What a launcher pod gets when it is stopped; mpirun itself would kill the ranks."""
+    code, text, out = signal_stop_run(tmp_path, lambda wrapper: wrapper.send_signal(signal.SIGTERM), launch=LAUNCH)
+    assert code == 143, text[-3000:]
+    assert ASKED.format(sig="SIGTERM", name="mpirun") in text and "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
+    assert_loadable_step_checkpoint(out)
