@@ -83,9 +83,10 @@ def test_mpijob_shape():
     worker = s["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     assert s["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
     (lc,), (wc,) = launcher["containers"], worker["containers"]
-    assert lc["command"] == ["mpirun"] and lc["args"][:2] == ["-np", "16"]
+    # mpirun under the wrapper that turns the pod's SIGTERM into SIGUSR1 (a checkpoint).
+    assert lc["command"] == ["python", "-m", "kjob_trainer.launch", "--"] and lc["args"][:3] == ["mpirun", "-np", "16"]
     program = lc["args"].index("python")
-    assert lc["args"][2:program] == mpirun_flags(parse_spec(MINIMAL + "env: {NCCL_IB_DISABLE: '1'}\n"), local=False)
+    assert lc["args"][3:program] == mpirun_flags(parse_spec(MINIMAL + "env: {NCCL_IB_DISABLE: '1'}\n"), local=False)
     assert lc["args"][program:program + 3] == ["python", "-m", "kjob_trainer.train"]
     assert ["-x", "NCCL_IB_DISABLE"] == lc["args"][lc["args"].index("NCCL_IB_DISABLE") - 1:][:2]
     assert [wc["command"], wc["args"]] == [["/usr/sbin/sshd"], ["-De", "-f", "/home/mpiuser/.sshd_config"]]

@@ -48,6 +48,11 @@ TORCHRUN_SHUTDOWN_ENV = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(TERMINATION_GRACE
 LABEL_NAME = "app.kubernetes.io/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TRAINER_MODULE = "kjob_trainer.train"
+# The MPIJob launcher's PID 1: mpirun's own SIGTERM (pod deleted, preempted, drained) kills
+# the ranks before they can checkpoint, so mpirun runs under this wrapper, which turns the
+# SIGTERM into SIGUSR1 (trainer/kjob_trainer/launch.py). `mpirun ...` stays in args.
+LAUNCH_MODULE = "kjob_trainer.launch"
+LAUNCHER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--"]
 
 
 # --- the command lines (Contract 2; also used by the local backend) -----------------------
@@ -245,8 +250,8 @@ def _context(spec: JobSpec) -> dict:
     data_path = spec.data.mount_path if spec.data else None
     train = trainer_command(spec, data_path=data_path, output_path=spec.output_path)
     if spec.launcher == "mpi":
-        np = ["-np", str(spec.world_size)]
-        launcher = _pod(spec, container="launcher", command=["mpirun"], args=np + mpirun_flags(spec, local=False) + train,
+        mpirun = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False)
+        launcher = _pod(spec, container="launcher", command=list(LAUNCHER_COMMAND), args=mpirun + train,
                         env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
         worker = _pod(spec, container="worker", command=SSHD_COMMAND[:1], args=SSHD_COMMAND[1:], env=_env(spec),
                       resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
