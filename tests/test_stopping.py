@@ -20,6 +20,8 @@ pytestmark = pytest.mark.timeout(60)
 
 PODS_GO = "its 3 pod(s) are deleted with it (they are owned by the job)"
 ASKED = "asked the trainer to checkpoint (SIGUSR1 to mpirun)"
+# The launcher's command as kjob renders it: mpirun, in its args, under the SIGTERM wrapper.
+WRAPPER = ["python", "-m", "kjob_trainer.launch", "--"]
 
 
 def running_mpijob(kube, run_kjob) -> str:
@@ -133,13 +135,44 @@ def test_a_launcher_that_is_not_running_gets_no_exec(kube, run_kjob, phase):
     assert kube.exec.calls == []
 
 
+def smoke_launcher_running(kube, argv: list[str] | None = None, command_len: int = 0) -> str:
+    """examples/smoke.yaml submitted, Running, its launcher container running `argv` (its
+    first `command_len` words as the command, the rest as args) instead of what kjob
+    renders. Returns the launcher pod's name."""
+    (job,) = render_objects(load_spec("examples/smoke.yaml"))
+    container = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    assert container["command"] == WRAPPER and container["args"][0] == "mpirun"
+    if argv is not None:
+        container["command"], container["args"] = argv[:command_len], argv[command_len:]
+    ClusterBackend().submit([job])
+    return kube.run_job("smoke")[0]
+
+
+MPIRUN_ARGS = ["mpirun", "-np", "2", "python", "-m", "kjob_trainer.train"]
+
+
+@pytest.mark.parametrize("argv, command_len", [
+    (None, 0),
+    (["/opt/venv/bin/python3", "-m", "kjob_trainer.launch", "--", *MPIRUN_ARGS], 4),
+    (["python", "-m", "kjob_trainer.launch", "--", *MPIRUN_ARGS], 1),
+    (MPIRUN_ARGS, 1),
+], ids=["as-rendered", "python-by-path", "module-in-args", "mpirun-itself"])
+def test_a_launcher_under_the_wrapper_or_mpirun_itself_is_signalled(kube, run_kjob, argv, command_len):
+    """kjob_trainer.launch (PID 1 as kjob renders it) forwards SIGUSR1 to mpirun; jobs
+    rendered before it existed run mpirun as PID 1."""
+    launcher = smoke_launcher_running(kube, argv, command_len)
+    mpirun_in(kube, launcher, exits_after=0.1)
+    r = run_kjob("delete", "smoke")
+    assert (r.code, r.err) == (0, f"{ASKED} in pod {launcher}; waiting up to 120 s for the launcher to stop\n"), r
+    assert [(c.pod, c.command) for c in kube.exec.calls] == [(launcher, ["kill", "-USR1", "1"])]
+    assert kube.get("MPIJob", "smoke") is None
+
+
 def test_a_launcher_that_runs_something_else_than_mpirun_gets_no_exec(kube, run_kjob):
     """Started through a shell, PID 1 would ignore SIGUSR1: no exec, no pointless wait."""
     (job,) = render_objects(load_spec("examples/smoke.yaml"))
-    container = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
-    container["command"], container["args"] = ["/bin/sh", "-c"], [" ".join(["mpirun", *container["args"]])]
-    ClusterBackend().submit([job])
-    launcher = kube.run_job("smoke")[0]
+    args = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    launcher = smoke_launcher_running(kube, ["/bin/sh", "-c", " ".join(args)], command_len=2)
     kube.exec.serve("default", launcher, lambda argv: ExecReply())
     r = run_kjob("delete", "smoke")
     assert (r.code, r.out) == (0, f"deleted MPIJob default/smoke: no checkpoint requested: the launcher runs /bin/sh, not mpirun; {PODS_GO}\n")

@@ -1,12 +1,15 @@
 """`kjob delete` of a running MPIJob: ask the trainer for a checkpoint before the job goes.
 
-The launcher container's PID 1 is mpirun. Deleting the job sends it SIGTERM, and
-OpenMPI's mpirun then kills the ranks within about a second: too soon for a checkpoint.
-SIGUSR1, though, mpirun forwards to every rank untouched, and the trainer takes it as
-"finish the step, rank 0 saves a step checkpoint, exit 143". So delete first execs
-`kill -USR1 1` in the launcher container, polls the launcher pod until that container
-has stopped or the grace period is over, and only then deletes the job (the local
-backend does the same to its mpirun: local_procs.stop_session).
+OpenMPI's mpirun answers SIGTERM by killing the ranks within about a second: too soon for
+a checkpoint. SIGUSR1, though, mpirun forwards to every rank untouched, and the trainer
+takes it as "finish the step, rank 0 saves a step checkpoint, exit 143". The launcher
+container's PID 1 is mpirun under kjob_trainer.launch (render.LAUNCHER_COMMAND), which
+forwards SIGUSR1 and turns a SIGTERM into it; in jobs rendered before that wrapper
+existed, mpirun itself. Either way delete first execs `kill -USR1 1` in the launcher
+container, polls the launcher pod until that container has stopped or the grace period
+is over, and only then deletes the job: deleting it stops the workers too, and a
+worker's sshd (its PID 1) takes that worker's ranks with it, checkpoint or not (the
+local backend does the same to its mpirun: local_procs.stop_session).
 
 A PyTorchJob needs none of this: torchrun is PID 1 of its pods and passes the
 deletion's SIGTERM on to the trainer, which checkpoints on it within the pods'
@@ -28,6 +31,7 @@ from kjob.exec_stream import open_exec
 from kjob.kubeapi import api_path
 from kjob.local_procs import LAUNCHERS
 from kjob.logs import container_of, newest
+from kjob.render import LAUNCH_MODULE
 from kjob.status import replica_name
 
 SIGNAL_ARGV = ["kill", "-USR1", "1"]
@@ -61,8 +65,9 @@ def checkpoint_before_delete(kube, job: dict, grace: float, say: Callable[[str],
         # A Running pod whose container is not: between restarts (CrashLoopBackOff, ...).
         why = phase if phase != "Running" else ((state.get("state") or {}).get("waiting") or {}).get("reason") or "not started"
         return f"launcher not running ({why}): nothing to checkpoint"
-    command = next((c.get("command") or [] for c in pod["spec"]["containers"] if c.get("name") == container), [])
-    if command and os.path.basename(command[0]) not in LAUNCHERS:
+    launcher = next((c for c in pod["spec"]["containers"] if c.get("name") == container), {})
+    command = launcher.get("command") or []
+    if command and not forwards_sigusr1(command + (launcher.get("args") or [])):
         return f"no checkpoint requested: the launcher runs {command[0]}, not mpirun"
     md = pod["metadata"]
     namespace, name = md["namespace"], md["name"]
@@ -80,6 +85,14 @@ def checkpoint_before_delete(kube, job: dict, grace: float, say: Callable[[str],
     took = time.monotonic() - start
     when = f"after {took:.0f} s" if took >= 1 else "within a second"
     return f"{ASKED}; the launcher stopped {when}" + (f" (exit {code})" if code is not None else "")
+
+
+def forwards_sigusr1(argv: list[str]) -> bool:
+    """Whether a launcher container's PID 1 (argv: its command, then its args) passes
+    SIGUSR1 on to the ranks: mpirun itself, or `python -m kjob_trainer.launch -- mpirun ...`
+    (any python)."""
+    name = os.path.basename(argv[0])
+    return name in LAUNCHERS or (name.startswith("python") and argv[1:3] == ["-m", LAUNCH_MODULE])
 
 
 def _container_status(pod: dict, container: str) -> dict:
