@@ -79,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command = parse_command(argv)
         relay = Relay(os.path.basename(command[0]))
-        # Before the child starts, so that no signal finds the default action (PID 1 in a
-        # container would even ignore it).
+        # Set before the child starts: a signal that comes before it exists waits in
+        # relay.pending instead of killing this process (or, as PID 1, being ignored).
         for sig in (*STOP_SIGNALS, signal.SIGUSR1):
             signal.signal(sig, relay.on_signal)
         try:
