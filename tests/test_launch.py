@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
 PYTHON = Path(sys.executable).name  # the name the wrapper gives its child in its line
 ASKED = "kjob launch: {sig} -> SIGUSR1 to {name} (checkpoint and stop)"
-USAGE = "Error: no command to run (usage: python -m kjob_trainer.launch -- COMMAND [ARG...])"
+USAGE = "Error: no command to run (usage: python -m kjob_trainer.launch [--hold [--hold-limit SECONDS]] -- COMMAND [ARG...])"
 
 # The child: writes down each SIGUSR1/SIGTERM/SIGINT it gets (one name a line) and exits
 # with argv[3] once it has had argv[2] of them. `ready` means its handlers are set, and so
@@ -126,7 +126,13 @@ def test_a_child_without_a_sigusr1_handler_dies_of_it():
     (["--"], USAGE),
     (["mpirun", "-np", "2"], USAGE),
     (["--", "kjob-no-such-command"], "Error: cannot run kjob-no-such-command: No such file or directory"),
-], ids=["nothing", "nothing-after-dashes", "no-dashes", "not-found"])
+    (["--hold"], USAGE),
+    (["--wait", "--", "sleep", "1"], "Error: unknown option --wait " + USAGE[len("Error: no command to run "):]),
+    (["--hold", "--hold-limit", "--", "sleep", "1"], "Error: --hold-limit takes a number of seconds (0 or more)"),
+    (["--hold", "--hold-limit", "-1", "--", "sleep", "1"], "Error: --hold-limit takes a number of seconds (0 or more), not '-1'"),
+    (["--hold-limit", "5", "--", "sleep", "1"], "Error: --hold-limit needs --hold"),
+], ids=["nothing", "nothing-after-dashes", "no-dashes", "not-found", "hold-nothing", "unknown-option", "limit-no-value",
+        "limit-negative", "limit-without-hold"])
 def test_bad_usage_is_exit_2_and_one_line(argv, line):
     r = subprocess.run([*LAUNCH[:-1], *argv], capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", line + "\n")

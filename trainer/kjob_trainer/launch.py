@@ -1,15 +1,24 @@
-"""`python -m kjob_trainer.launch -- mpirun ARGS...`: run mpirun so that a SIGTERM checkpoints.
+"""`python -m kjob_trainer.launch [--hold] -- COMMAND`: PID 1 of an MPIJob pod, so that a SIGTERM checkpoints.
 
 In an MPIJob the launcher container's PID 1 gets the pod's SIGTERM (kubectl delete, Kueue
 preemption, a node drain). OpenMPI's mpirun answers SIGTERM by killing the ranks within
 about a second, before the trainer can save; SIGUSR1 it forwards to every rank, and the
-trainer takes that as "finish the step, rank 0 saves a checkpoint, exit 143". So this
-wrapper starts the command as its child and:
+trainer takes that as "finish the step, rank 0 saves a checkpoint, exit 143". So there
+(`-- mpirun ...`) this wrapper starts the command as its child and:
 
 - on the first SIGTERM or SIGINT sends SIGUSR1 to the child, and says so on stderr;
 - on a later one passes that signal on (an impatient stop: mpirun's own quick kill);
 - on SIGUSR1 passes it on (what `kjob delete` sends to PID 1);
 - exits with the child's exit code (killed by signal N: 128+N).
+
+A worker's PID 1 is sshd, and mpirun's daemon and the ranks run in its ssh sessions. When
+the whole job goes (kubectl delete, Kueue preemption) every pod gets SIGTERM at once: sshd
+would exit at once and, as PID 1, take the ranks with it before rank 0 has saved. With
+`--hold` (`-- /usr/sbin/sshd -De ...`) the wrapper keeps the first SIGTERM or SIGINT from
+the child until no process runs under it any more (the sessions end once mpirun on the
+launcher has stopped, after the checkpoint) or `--hold-limit` seconds have passed, then
+passes it on; with nothing running under the child, or on a second stop signal, at once.
+It says on stderr when it starts holding and when it lets go. SIGUSR1 is not passed on.
 
 Usage errors (no command, a command that cannot be started) are one `Error: ...` line and
 exit 2. Standard library only: it runs in both the PyTorch and the MindSpore images.
@@ -17,16 +26,24 @@ exit 2. Standard library only: it runs in both the PyTorch and the MindSpore ima
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Sequence
 
 from kjob_trainer.errors import BadInput
 
-USAGE = "usage: python -m kjob_trainer.launch -- COMMAND [ARG...]"
+USAGE = "usage: python -m kjob_trainer.launch [--hold [--hold-limit SECONDS]] -- COMMAND [ARG...]"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The worker pods get 120 s from SIGTERM to SIGKILL (terminationGracePeriodSeconds, the
+# submitter's render.TERMINATION_GRACE_S, which passes TERMINATION_GRACE_S - 10 as
+# --hold-limit): letting go 10 s before leaves sshd time to stop.
+HOLD_LIMIT_S = 110.0
+# How often the main loop looks at the held child's processes.
+POLL_S = 0.2
 
 
 class Relay:
@@ -54,6 +71,9 @@ class Relay:
         while self.pending:
             self._send(self.pending.pop(0))
 
+    def poll(self) -> None:
+        """Called by the main loop every POLL_S: nothing to do between signals."""
+
     def _send(self, sig: int) -> None:
         if self.child is None:
             self.pending.append(sig)
@@ -64,11 +84,111 @@ class Relay:
         print(f"kjob launch: {text}", file=sys.stderr, flush=True)
 
 
-def parse_command(argv: Sequence[str]) -> list[str]:
-    """The command after `--`. Raises BadInput when there is none."""
-    if not argv or argv[0] != "--" or len(argv) < 2:
+class Hold(Relay):
+    """Signal handler for --hold: keeps the first stop signal from the child while processes
+    run under it, for at most `limit` seconds. The handler only queues; poll() decides, in
+    the main loop, so that a second signal cannot interrupt a decision half made."""
+
+    def __init__(self, name: str, limit: float):
+        super().__init__(name)
+        self.limit = limit
+        self.queued: list[signal.Signals] = []
+        self.held: signal.Signals | None = None  # the first stop signal, from `since`
+        self.since = 0.0
+        self.holding = False  # said so on stderr
+
+    def on_signal(self, signum: int, frame=None) -> None:
+        # SIGUSR1 is dropped: sshd has no handler and would die of it (as PID 1, the
+        # kernel dropped it too).
+        if signum in STOP_SIGNALS:
+            self.queued.append(signal.Signals(signum))
+
+    def poll(self) -> None:
+        while self.queued:
+            sig = self.queued.pop(0)
+            if self.held is None:
+                self.held, self.since = sig, time.monotonic()
+            elif not self.stopping:
+                self._let_go(f"{sig.name} again after {time.monotonic() - self.since:.0f} s", sig)
+        if self.held is None or self.stopping:
+            return
+        running = len(processes_under(os.getpid()) - {self.child.pid})
+        waited = time.monotonic() - self.since
+        if not running:
+            self._let_go(f"sessions ended after {waited:.0f} s" if self.holding else f"{self.held.name}, no sessions")
+        elif waited >= self.limit:
+            self._let_go(f"hold limit of {self.limit:g} s reached ({_processes(running)} left)")
+        elif not self.holding:
+            self.holding = True
+            self._say(f"{self.held.name} -> kept from {self.name} until nothing runs under it "
+                      f"({_processes(running)} now, at most {self.limit:g} s)")
+
+    def _let_go(self, why: str, sig: signal.Signals | None = None) -> None:
+        sig = self.held if sig is None else sig
+        self.stopping = True
+        self._say(f"{why} -> {sig.name} to {self.name}")
+        self._send(sig)
+
+
+def processes_under(pid: int) -> set[int]:
+    """The live processes descended from `pid` (zombies left out), from the parent pid in
+    each /proc/PID/stat, which works inside a pod's PID namespace. Counted from this
+    wrapper rather than its child because in a pod the wrapper is PID 1: a session process
+    whose parent exited is re-parented to it."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:  # it ended meanwhile
+                continue
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # the name in (...) may hold anything
+            if state not in ("Z", "X"):
+                parents[int(name)] = int(ppid)
+    under, level = set(), {pid}
+    while level:
+        level = {p for p, parent in parents.items() if parent in level}
+        under |= level
+    return under
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def parse_args(argv: Sequence[str]) -> tuple[list[str], float | None]:
+    """(the command after `--`, the hold limit in seconds or None without --hold). Raises
+    BadInput when there is no command or an option is unknown or malformed."""
+    at = list(argv).index("--") if "--" in argv else len(argv)
+    options, command, hold, limit = list(argv[:at]), list(argv[at + 1:]), False, None
+    if not command:
         raise BadInput(f"no command to run ({USAGE})")
-    return list(argv[1:])
+    while options:
+        option = options.pop(0)
+        if option == "--hold":
+            hold = True
+        elif option == "--hold-limit":
+            limit = _seconds(options.pop(0) if options else None)
+        else:
+            raise BadInput(f"unknown option {option} ({USAGE})")
+    if limit is not None and not hold:
+        raise BadInput("--hold-limit needs --hold")
+    if not hold:
+        return command, None
+    return command, HOLD_LIMIT_S if limit is None else limit
+
+
+def _seconds(text: str | None) -> float:
+    """--hold-limit's value. Raises BadInput unless it is a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        given = "" if text is None else f", not {text!r}"
+        raise BadInput(f"--hold-limit takes a number of seconds (0 or more){given}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,10 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
-        command = parse_command(argv)
-        relay = Relay(os.path.basename(command[0]))
-        # Set before the child starts: a signal that comes before it exists waits in
-        # relay.pending instead of killing this process (or, as PID 1, being ignored).
+        command, hold_limit = parse_args(argv)
+        name = os.path.basename(command[0])
+        relay = Relay(name) if hold_limit is None else Hold(name, hold_limit)
+        # Set before the child starts: a signal that comes before it exists is kept for it
+        # instead of killing this process (or, as PID 1, being ignored).
         for sig in (*STOP_SIGNALS, signal.SIGUSR1):
             signal.signal(sig, relay.on_signal)
         try:
@@ -91,8 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     relay.started(child)
-    code = child.wait()
-    return 128 - code if code < 0 else code
+    while True:
+        try:
+            code = child.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            relay.poll()
+        else:
+            return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,214 @@
+"""`python -m kjob_trainer.launch --hold -- sshd ...`, the MPIJob worker's PID 1, with real
+processes: a stop signal reaches the child only once nothing runs under it (its ssh
+sessions ended) or the hold limit has passed; at once when it is idle or on a second
+signal. Then a whole-job stop end to end: a worker and the launcher get SIGTERM together
+and the ranks under the worker still save a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kjob_trainer.launch import processes_under
+from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run
+
+pytestmark = pytest.mark.timeout(60)
+
+HOLD = [sys.executable, "-m", "kjob_trainer.launch", "--hold"]
+LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
+PYTHON = Path(sys.executable).name  # the name the wrapper gives its child in its lines
+HELD = "kjob launch: SIGTERM -> kept from {name} until nothing runs under it (1 process now, at most {limit} s)"
+
+# A stand-in for sshd: runs argv[2:] (if any) as its one "session" and writes down, with
+# the monotonic time, when the session started ("session PID", or "idle"), when it exited
+# and which stop signal came. On a stop signal it kills everything under it and exits 0,
+# as sshd does: as PID 1 of a pod its exit takes the container's processes with it.
+STAND_IN = """
+import signal, subprocess, sys, time
+from pathlib import Path
+import psutil
+folder, command = Path(sys.argv[1]), sys.argv[2:]
+session = None
+def record(event):
+    with open(folder / "events", "a") as f:
+        f.write(f"{event} {time.monotonic()}\\n")
+def check():
+    global session
+    if session is not None and session.poll() is not None:
+        record(f"session-exit {session.returncode}")
+        session = None
+def stop(signum, frame):
+    check()
+    record(signal.Signals(signum).name)
+    for p in psutil.Process().children(recursive=True):
+        p.kill()
+    sys.exit(0)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, stop)
+session = subprocess.Popen(command) if command else None
+record(f"session {session.pid}" if session else "idle")
+while True:
+    check()
+    time.sleep(0.01)
+"""
+
+
+def sleep(seconds: float) -> list[str]:
+    return [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+
+
+def events(folder: Path) -> list[tuple[str, float]]:
+    """(event, monotonic time) as the stand-in wrote them."""
+    path = folder / "events"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1])) for line in lines]
+
+
+def names(folder: Path) -> list[str]:
+    """The events without times, and a session's pid as PID."""
+    return [re.sub(r"^session \d+$", "session PID", event) for event, _ in events(folder)]
+
+
+def wait_until(predicate, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def held(folder: Path, session: list[str], *options: str) -> subprocess.Popen:
+    """The wrapper with --hold in front of STAND_IN, once its session runs."""
+    proc = subprocess.Popen([*HOLD, *options, "--", sys.executable, "-c", STAND_IN, str(folder), *session],
+                            stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: events(folder) or proc.poll() is not None, "the stand-in to start")
+    return proc
+
+
+def time_of(folder: Path, name: str) -> float:
+    return next(t for event, t in events(folder) if event == name)
+
+
+def test_sigterm_reaches_the_child_only_after_its_session_ended(tmp_path):
+    proc = held(tmp_path, sleep(2))
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, names(tmp_path)) == (0, ["session PID", "session-exit 0", "SIGTERM"])
+    assert time_of(tmp_path, "SIGTERM") - sent > 1.5  # the session's sleep, not the wrapper's limit
+    first, second = err.splitlines()
+    assert first == HELD.format(name=PYTHON, limit=110)
+    assert re.fullmatch(rf"kjob launch: sessions ended after [12] s -> SIGTERM to {re.escape(PYTHON)}", second), second
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_an_idle_child_is_stopped_at_once(tmp_path, stop):
+    proc = held(tmp_path, [])
+    sent = time.monotonic()
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, names(tmp_path), err) == (0, ["idle", stop.name], f"kjob launch: {stop.name}, no sessions -> {stop.name} to {PYTHON}\n")
+    assert time_of(tmp_path, stop.name) - sent < 1
+
+
+def test_a_session_that_outlives_the_hold_limit_is_cut_at_the_limit(tmp_path):
+    proc = held(tmp_path, sleep(60), "--hold-limit", "1")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, names(tmp_path)) == (0, ["session PID", "SIGTERM"])  # the stand-in killed the session
+    assert 1 <= time_of(tmp_path, "SIGTERM") - sent < 3
+    assert err.splitlines() == [HELD.format(name=PYTHON, limit=1),
+                                f"kjob launch: hold limit of 1 s reached (1 process left) -> SIGTERM to {PYTHON}"]
+
+
+def test_a_second_sigterm_stops_the_child_at_once(tmp_path):
+    proc = held(tmp_path, sleep(60))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stderr.readline() == HELD.format(name=PYTHON, limit=110) + "\n"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, names(tmp_path), err) == (0, ["session PID", "SIGTERM"], f"kjob launch: SIGTERM again after 0 s -> SIGTERM to {PYTHON}\n")
+    assert time_of(tmp_path, "SIGTERM") - sent < 1
+
+
+def test_sigusr1_is_not_passed_on():
+    """sshd has no handler for it and would die of it, taking its sessions."""
+    proc = subprocess.Popen([*HOLD, "--", sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: psutil.Process(proc.pid).children(), "the child to start")
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (proc.returncode, err) == (128 + signal.SIGTERM, f"kjob launch: SIGTERM, no sessions -> SIGTERM to {PYTHON}\n")
+
+
+def test_a_child_that_exits_on_its_own_gives_its_exit_code():
+    r = subprocess.run([*HOLD, "--", sys.executable, "-c", "import sys; sys.exit(5)"], capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stderr) == (5, "")
+
+
+def test_processes_under_finds_grandchildren_and_leaves_zombies_out():
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    zombie = subprocess.Popen(["true"])  # exits and is not waited for
+    try:
+        wait_until(lambda: psutil.Process(shell.pid).children(), "the grandchild to start")
+        wait_until(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, "the zombie")
+        (grandchild,) = psutil.Process(shell.pid).children()
+        under = processes_under(os.getpid())
+        assert {shell.pid, grandchild.pid} <= under and zombie.pid not in under
+        assert processes_under(shell.pid) == {grandchild.pid}
+    finally:
+        shell.kill()
+        shell.wait()
+        zombie.wait()
+
+
+def stop_the_job(folder: Path):
+    """For signal_stop_run: SIGTERM to the worker (the process it started) and to the
+    launcher wrapper (the stand-in's session) one right after the other, as a job
+    deletion sends them."""
+
+    def send(worker: subprocess.Popen) -> None:
+        (launcher,) = [int(e.split()[1]) for e, _ in events(folder) if e.startswith("session ")]
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(launcher, signal.SIGTERM)
+
+    return send
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_whole_job_stop_still_saves_a_checkpoint(tmp_path):
+    """A worker (the stand-in sshd under --hold, with mpirun and the ranks in its session)
+    and the launcher wrapper in front of mpirun get SIGTERM together, as when the job is
+    deleted or preempted: the launcher's SIGUSR1 reaches the ranks, rank 0 saves, and only
+    then the worker lets its sshd go."""
+    folder = tmp_path / "worker"
+    folder.mkdir()
+    code, text, out = signal_stop_run(tmp_path, stop_the_job(folder), launch=[*HOLD, "--", sys.executable, "-c", STAND_IN, str(folder), *LAUNCH])
+    assert (code, names(folder)) == (0, ["session PID", "session-exit 143", "SIGTERM"]), text[-3000:]
+    assert "kjob launch: SIGTERM -> SIGUSR1 to mpirun (checkpoint and stop)" in text, text[-3000:]
+    assert re.search(rf"kjob launch: SIGTERM -> kept from {re.escape(PYTHON)} until nothing runs under it", text), text[-3000:]
+    assert "kjob launch: sessions ended after" in text and "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
+    assert_loadable_step_checkpoint(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_without_the_hold_the_stand_in_takes_the_ranks_with_it(tmp_path):
+    """The same stop with the stand-in as PID 1 itself, as sshd was: no checkpoint. (So
+    the test above shows what the hold adds, not a lenient stand-in.)"""
+    folder = tmp_path / "worker"
+    folder.mkdir()
+    code, text, out = signal_stop_run(tmp_path, stop_the_job(folder), launch=[sys.executable, "-c", STAND_IN, str(folder), *LAUNCH])
+    assert (code, names(folder), index_of(out)) == (0, ["session PID", "SIGTERM"], {}), text[-3000:]
