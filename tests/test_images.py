@@ -204,9 +204,10 @@ def test_commands_exist_in_the_image(case):
     assert any(run.startswith("python3 -m venv /opt/venv") for run in build.runs)
     extras = pip_extras(build)
     assert spec.framework in extras
-    if command == ["python", "-m", "kjob_trainer.launch", "--"]:
-        # The MPIJob launcher: mpirun under a module of the kjob_trainer package, which the
-        # build stage copies and pip-installs (`python` is the venv's, first on PATH).
+    if command[:3] == ["python", "-m", "kjob_trainer.launch"] and command[-1] == "--":
+        # The MPIJob launcher (mpirun) and workers (sshd, --hold) under a module of the
+        # kjob_trainer package, which the build stage copies and pip-installs (`python` is
+        # the venv's, first on PATH).
         assert (["trainer/"], "trainer/", None) in build.copies and (ROOT / "trainer/kjob_trainer/launch.py").exists()
         assert "kjob_trainer" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
         command, args = args[:1], args[1:]

@@ -89,7 +89,11 @@ def test_mpijob_shape():
     assert lc["args"][3:program] == mpirun_flags(parse_spec(MINIMAL + "env: {NCCL_IB_DISABLE: '1'}\n"), local=False)
     assert lc["args"][program:program + 3] == ["python", "-m", "kjob_trainer.train"]
     assert ["-x", "NCCL_IB_DISABLE"] == lc["args"][lc["args"].index("NCCL_IB_DISABLE") - 1:][:2]
-    assert [wc["command"], wc["args"]] == [["/usr/sbin/sshd"], ["-De", "-f", "/home/mpiuser/.sshd_config"]]
+    # sshd under the same wrapper, which keeps the pod's SIGTERM from it while its sessions
+    # (the ranks) run, at most 10 s less than the pod's grace period.
+    assert wc["command"] == ["python", "-m", "kjob_trainer.launch", "--hold", "--hold-limit", "110", "--"]
+    assert wc["args"] == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+    assert worker["terminationGracePeriodSeconds"] == 120
     assert wc["readinessProbe"]["tcpSocket"] == {"port": 2222} and "readinessProbe" not in lc
     assert wc["resources"]["limits"]["nvidia.com/gpu"] == "8" and "nvidia.com/gpu" not in lc["resources"]["limits"]
     for pod, c in ((launcher, lc), (worker, wc)):

@@ -53,6 +53,13 @@ TRAINER_MODULE = "kjob_trainer.train"
 # SIGTERM into SIGUSR1 (trainer/kjob_trainer/launch.py). `mpirun ...` stays in args.
 LAUNCH_MODULE = "kjob_trainer.launch"
 LAUNCHER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--"]
+# The MPIJob worker's PID 1: sshd under the same wrapper with --hold. When the whole job
+# goes every pod gets SIGTERM at once, and sshd as PID 1 would take the ranks in its
+# sessions with it; the wrapper keeps the SIGTERM from sshd until those sessions end
+# (after the launcher's checkpoint), at most until 10 s before the kubelet's SIGKILL.
+# `/usr/sbin/sshd ...` stays in args.
+WORKER_HOLD_S = TERMINATION_GRACE_S - 10
+WORKER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--hold", "--hold-limit", str(WORKER_HOLD_S), "--"]
 
 
 # --- the command lines (Contract 2; also used by the local backend) -----------------------
@@ -253,7 +260,7 @@ def _context(spec: JobSpec) -> dict:
         mpirun = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False)
         launcher = _pod(spec, container="launcher", command=list(LAUNCHER_COMMAND), args=mpirun + train,
                         env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
-        worker = _pod(spec, container="worker", command=SSHD_COMMAND[:1], args=SSHD_COMMAND[1:], env=_env(spec),
+        worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec),
                       resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
         return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
                 # Gang size = the workers only: with WaitForWorkersReady the launcher pod
