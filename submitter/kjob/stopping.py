@@ -7,9 +7,11 @@ container's PID 1 is mpirun under kjob_trainer.launch (render.LAUNCHER_COMMAND),
 forwards SIGUSR1 and turns a SIGTERM into it; in jobs rendered before that wrapper
 existed, mpirun itself. Either way delete first execs `kill -USR1 1` in the launcher
 container, polls the launcher pod until that container has stopped or the grace period
-is over, and only then deletes the job: deleting it stops the workers too, and a
-worker's sshd (its PID 1) takes that worker's ranks with it, checkpoint or not (the
-local backend does the same to its mpirun: local_procs.stop_session).
+is over, and only then deletes the job (the local backend does the same to its mpirun:
+local_procs.stop_session). Deleting it stops the workers too: their sshd runs under
+`kjob_trainer.launch --hold` (render.WORKER_COMMAND), which keeps the SIGTERM from it
+while ranks run, for at most render.WORKER_HOLD_S; in jobs rendered before that, a
+worker's sshd (its PID 1) takes that worker's ranks with it, checkpoint or not.
 
 A PyTorchJob needs none of this: torchrun is PID 1 of its pods and passes the
 deletion's SIGTERM on to the trainer, which checkpoints on it within the pods'
