@@ -152,6 +152,44 @@ def test_sigusr1_is_not_passed_on():
     assert (proc.returncode, err) == (128 + signal.SIGTERM, f"kjob launch: SIGTERM, no sessions -> SIGTERM to {PYTHON}\n")
 
 
+# A stand-in trainer rank (OMPI_COMM_WORLD_RANK in its environment, as OpenMPI starts a
+# rank) with a forked stand-in loader worker (which inherits it): each writes down a
+# SIGUSR1; the rank then exits 143, as the trainer does after its checkpoint.
+RANK = """
+import os, signal, sys, time
+from pathlib import Path
+folder = Path(sys.argv[1])
+def on_usr1(signum, frame):
+    (folder / ("rank-usr1" if os.getpid() == rank else "worker-usr1")).write_text("")
+    if os.getpid() == rank:
+        sys.exit(143)
+rank = os.getpid()
+signal.signal(signal.SIGUSR1, on_usr1)
+if os.fork() == 0:
+    while os.getppid() == rank:  # a loader worker leaves when its rank is gone
+        time.sleep(0.05)
+    os._exit(0)
+(folder / "ready").write_text("")
+time.sleep(60)
+"""
+
+
+def test_a_worker_stopped_alone_asks_its_trainer_ranks_to_checkpoint(tmp_path):
+    """A drained worker: SIGUSR1 goes to the rank under it (not to its loader worker), the
+    rank's exit ends the session, then sshd (the stand-in) gets the SIGTERM."""
+    rank = ["env", "OMPI_COMM_WORLD_RANK=0", sys.executable, "-c", RANK, str(tmp_path)]
+    proc = held(tmp_path, rank)
+    wait_until(lambda: (tmp_path / "ready").exists(), "the stand-in rank")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert (tmp_path / "rank-usr1").exists() and not (tmp_path / "worker-usr1").exists()
+    assert names(tmp_path) == ["session PID", "session-exit 143", "SIGTERM"]
+    held_line, asked, let_go = err.splitlines()
+    assert held_line.startswith(f"kjob launch: SIGTERM -> kept from {PYTHON} until nothing runs under it (")
+    assert asked == "kjob launch: SIGUSR1 to the 1 trainer rank(s) under it (checkpoint and stop)"
+    assert re.fullmatch(rf"kjob launch: sessions ended after \d+ s -> SIGTERM to {re.escape(PYTHON)}", let_go), let_go
+
+
 def test_a_child_that_exits_on_its_own_gives_its_exit_code():
     r = subprocess.run([*HOLD, "--", sys.executable, "-c", "import sys; sys.exit(5)"], capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stderr) == (5, "")
@@ -200,6 +238,21 @@ def test_a_whole_job_stop_still_saves_a_checkpoint(tmp_path):
     assert "kjob launch: SIGTERM -> SIGUSR1 to mpirun (checkpoint and stop)" in text, text[-3000:]
     assert re.search(rf"kjob launch: SIGTERM -> kept from {re.escape(PYTHON)} until nothing runs under it", text), text[-3000:]
     assert "kjob launch: sessions ended after" in text and "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
+    assert_loadable_step_checkpoint(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_worker_drained_alone_still_saves_a_checkpoint(tmp_path):
+    """Only the worker gets SIGTERM (a drain or eviction of its node): it sends SIGUSR1 to
+    the ranks under it, the ranks agree to stop, rank 0 saves, and then sshd goes."""
+    folder = tmp_path / "worker"
+    folder.mkdir()
+    code, text, out = signal_stop_run(tmp_path, lambda worker: worker.send_signal(signal.SIGTERM),
+                                      launch=[*HOLD, "--", sys.executable, "-c", STAND_IN, str(folder)])
+    assert (code, names(folder)) == (0, ["session PID", "session-exit 143", "SIGTERM"]), text[-3000:]
+    assert "kjob launch: SIGUSR1 to the 2 trainer rank(s) under it (checkpoint and stop)" in text, text[-3000:]
+    assert "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
     assert_loadable_step_checkpoint(out)
 
 

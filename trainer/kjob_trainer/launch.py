@@ -18,7 +18,10 @@ would exit at once and, as PID 1, take the ranks with it before rank 0 has saved
 the child until no process runs under it any more (the sessions end once mpirun on the
 launcher has stopped, after the checkpoint) or `--hold-limit` seconds have passed, then
 passes it on; with nothing running under the child, or on a second stop signal, at once.
-It says on stderr when it starts holding and when it lets go. SIGUSR1 is not passed on.
+When it starts holding it also sends SIGUSR1 to the MPI ranks under it: a worker may be
+stopped alone (a drain, an eviction), and the job cannot go on without it, so its ranks ask
+for the checkpoint themselves (the trainer agrees on a stop across all ranks). It says on
+stderr when it starts holding and when it lets go. SIGUSR1 to the wrapper is not passed on.
 
 Usage errors (no command, a command that cannot be started) are one `Error: ...` line and
 exit 2. Standard library only: it runs in both the PyTorch and the MindSpore images.
@@ -44,6 +47,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HOLD_LIMIT_S = 110.0
 # How often the main loop looks at the held child's processes.
 POLL_S = 0.2
+# What OpenMPI puts in the environment of every rank it starts (and what the processes
+# a rank starts inherit): how a rank is told from the daemons and shells above it.
+RANK_VARIABLE = b"OMPI_COMM_WORLD_RANK="
 
 
 class Relay:
@@ -112,7 +118,8 @@ class Hold(Relay):
                 self._let_go(f"{sig.name} again after {time.monotonic() - self.since:.0f} s", sig)
         if self.held is None or self.stopping:
             return
-        running = len(processes_under(os.getpid()) - {self.child.pid})
+        parents = process_parents()
+        running = len(processes_under(os.getpid(), parents) - {self.child.pid})
         waited = time.monotonic() - self.since
         if not running:
             self._let_go(f"sessions ended after {waited:.0f} s" if self.holding else f"{self.held.name}, no sessions")
@@ -122,6 +129,18 @@ class Hold(Relay):
             self.holding = True
             self._say(f"{self.held.name} -> kept from {self.name} until nothing runs under it "
                       f"({_processes(running)} now, at most {self.limit:g} s)")
+            self._ask_ranks_to_stop(parents)
+
+    def _ask_ranks_to_stop(self, parents: dict[int, int]) -> None:
+        """SIGUSR1 to the MPI ranks under this wrapper (the trainer): checkpoint and stop."""
+        ranks = trainer_ranks(processes_under(os.getpid(), parents), parents)
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:  # it ended meanwhile
+                continue
+        if ranks:
+            self._say(f"SIGUSR1 to the {len(ranks)} trainer rank(s) under it (checkpoint and stop)")
 
     def _let_go(self, why: str, sig: signal.Signals | None = None) -> None:
         sig = self.held if sig is None else sig
@@ -130,11 +149,21 @@ class Hold(Relay):
         self._send(sig)
 
 
-def processes_under(pid: int) -> set[int]:
-    """The live processes descended from `pid` (zombies left out), from the parent pid in
-    each /proc/PID/stat, which works inside a pod's PID namespace. Counted from this
-    wrapper rather than its child because in a pod the wrapper is PID 1: a session process
-    whose parent exited is re-parented to it."""
+def processes_under(pid: int, parents: dict[int, int] | None = None) -> set[int]:
+    """The live processes descended from `pid`, from `parents` (process_parents() when not
+    given). Counted from this wrapper rather than its child because in a pod the wrapper is
+    PID 1: a session process whose parent exited is re-parented to it."""
+    parents = process_parents() if parents is None else parents
+    under, level = set(), {pid}
+    while level:
+        level = {p for p, parent in parents.items() if parent in level}
+        under |= level
+    return under
+
+
+def process_parents() -> dict[int, int]:
+    """{pid: parent pid} of the live processes (zombies left out), from /proc/PID/stat,
+    which works inside a pod's PID namespace."""
     parents = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -146,11 +175,21 @@ def processes_under(pid: int) -> set[int]:
             state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # the name in (...) may hold anything
             if state not in ("Z", "X"):
                 parents[int(name)] = int(ppid)
-    under, level = set(), {pid}
-    while level:
-        level = {p for p, parent in parents.items() if parent in level}
-        under |= level
-    return under
+    return parents
+
+
+def trainer_ranks(pids: set[int], parents: dict[int, int]) -> list[int]:
+    """The MPI ranks among `pids`: processes OpenMPI started (RANK_VARIABLE in their
+    environment) whose parent it did not start, which leaves out what a rank starts itself
+    (data-loader workers, MindSpore's scheduler): they inherit the variable."""
+    def in_job(pid: int | None) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return any(v.startswith(RANK_VARIABLE) for v in f.read().split(b"\0"))
+        except OSError:  # ended meanwhile, or not ours to read
+            return False
+
+    return sorted(p for p in pids if in_job(p) and not in_job(parents.get(p)))
 
 
 def _processes(n: int) -> str:
