@@ -8,13 +8,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run
+from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,14 +40,6 @@ while len(got) < stop_after:
     time.sleep(0.01)
 sys.exit(code)
 """
-
-
-def wait_until(predicate, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def recorder(tmp_path: Path, *, stop_after: int, code: int) -> subprocess.Popen:

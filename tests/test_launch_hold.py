@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from kjob_trainer.launch import processes_under
-from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run
+from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,14 +75,6 @@ def events(folder: Path) -> list[tuple[str, float]]:
 def names(folder: Path) -> list[str]:
     """The events without times, and a session's pid as PID."""
     return [re.sub(r"^session \d+$", "session PID", event) for event, _ in events(folder)]
-
-
-def wait_until(predicate, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def held(folder: Path, session: list[str], *options: str) -> subprocess.Popen:

@@ -56,6 +56,15 @@ def index_of(out: Path) -> dict:
         return {}
 
 
+def wait_until(predicate, what: str, timeout: float = 20) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
 def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
