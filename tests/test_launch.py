@@ -13,7 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run, wait_until
+from trainer_utils import assert_loadable_step_checkpoint, no_stray_processes, signal_stop_run, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    with no_stray_processes():
+        yield
+
 
 pytestmark = pytest.mark.timeout(60)
 

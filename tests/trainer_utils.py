@@ -4,6 +4,7 @@ folder layout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -54,6 +55,22 @@ def index_of(out: Path) -> dict:
         return json.loads((out / "checkpoints" / "index.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+@contextlib.contextmanager
+def no_stray_processes():
+    """Kill, on the way out, every process this one started meanwhile and left running
+    (a failed assertion must not leave a wrapper and its children behind for the next
+    test to count)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    try:
+        yield
+    finally:
+        for p in me.children(recursive=True):
+            if p.pid not in before:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
 
 
 def wait_until(predicate, what: str, timeout: float = 20) -> None:
