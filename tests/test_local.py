@@ -192,13 +192,18 @@ def test_ctrl_c_detaches_from_follow_and_replace_restarts(runs):
     spec = tiny_spec(runs, "detach", maxSteps=100000)
     follower = subprocess.Popen([str(KJOB), "submit", str(spec), "--local", "--follow"], cwd=runs,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (runs / "kjob-runs/detach/run.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert wait_for(runs, "detach", ("Running",), timeout=60) == "Running"
-    time.sleep(1)  # into the follow loop
-    follower.send_signal(signal.SIGINT)
-    _, err = follower.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs / "kjob-runs/detach/run.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert wait_for(runs, "detach", ("Running",), timeout=60) == "Running"
+        time.sleep(1)  # into the follow loop
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=30)
+    finally:
+        if follower.returncode is None:  # a failed step above: do not leave it to a later test's GC
+            follower.kill()
+            follower.communicate()
     assert follower.returncode == 130
     assert err.startswith("detached from local run detach; it keeps running: kjob logs detach --local -f")
     first = json.loads((runs / "kjob-runs/detach/run.json").read_text())
@@ -360,3 +365,37 @@ def test_stop_session_asks_mpirun_for_a_checkpoint_unless_now(tmp_path, checkpoi
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- the waiter: one more start after OpenMPI's intermittent PMIx start-up failure ----
+
+# A stand-in for mpirun: prints the given message and exits 213 on its first `fail_times`
+# starts (counted in a file), then prints "trained" and exits 0.
+FAKE_MPIRUN = """
+import sys
+from pathlib import Path
+count, message, fail_times = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+print(message if n <= fail_times else "trained", flush=True)
+sys.exit(213 if n <= fail_times else 0)
+"""
+PMIX = "The PMIx server's listener thread failed to start. We cannot\ncontinue."
+
+
+@pytest.mark.parametrize("message, fail_times, starts, code", [
+    (PMIX, 1, 2, 0),  # the intermittent failure: started once more, then it trains
+    (PMIX, 5, 2, 213),  # a failure that stays: one more start only
+    ("some other error", 1, 1, 213),  # any other failure is the job's own: no second start
+])
+def test_waiter_starts_mpirun_again_only_after_the_pmix_start_failure(tmp_path, message, fail_times, starts, code):
+    write_run(tmp_path, {"name": "w"})
+    count = tmp_path / "starts"
+    with open(tmp_path / "train.log", "wb") as log:
+        done = subprocess.run([sys.executable, "-m", "kjob.local_waiter", str(tmp_path), "--", sys.executable, "-c",
+                               FAKE_MPIRUN, str(count), message, str(fail_times)], stdout=log, stderr=subprocess.STDOUT,
+                              timeout=60)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert (done.returncode, record["exit_code"], int(count.read_text())) == (code, code, starts)
+    again = "failed before starting any rank (PMIx listener); starting it again"
+    assert ((tmp_path / "train.log").read_text().count(again)) == starts - 1

@@ -21,6 +21,12 @@ from pathlib import Path
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".run.lock"
+LOG_FILE = "train.log"  # where the run's stdout and stderr go (local.py opens it)
+# OpenMPI 5's mpirun now and then fails before starting any rank with this message (seen
+# once in a few hundred starts on the 2-core CI machine; reported elsewhere as random).
+# Nothing has run then, so the waiter starts the command once more.
+TRANSIENT_START_FAILURE = "The PMIx server's listener thread failed to start"
+START_ATTEMPTS = 2
 
 
 def now_rfc3339() -> str:
@@ -86,6 +92,34 @@ def _detach(run_dir: Path) -> None:
     update_run(run_dir, pid=os.getpid())
 
 
+def _run(run_dir: Path, command: list[str]) -> int:
+    """Run `command` to its end; its exit status (127 when it cannot be started)."""
+    try:
+        proc = subprocess.Popen(command)
+    except OSError as e:
+        print(f"kjob: cannot start {command[0]}: {e}", flush=True)
+        return 127
+    update_run(run_dir, launcher_pid=proc.pid)
+    return exit_status(proc.wait())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _failed_to_start(run_dir: Path, log_offset: int) -> bool:
+    """True when what the last attempt wrote to the log says mpirun could not start."""
+    try:
+        with open(run_dir / LOG_FILE, "rb") as f:
+            f.seek(log_offset)
+            return TRANSIENT_START_FAILURE.encode() in f.read()
+    except OSError:
+        return False
+
+
 def main(argv: list[str]) -> int:
     detach = bool(argv) and argv[0] == "--detach"
     argv = argv[1:] if detach else argv
@@ -105,14 +139,12 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, note)
-    try:
-        proc = subprocess.Popen(command)
-    except OSError as e:
-        print(f"kjob: cannot start {command[0]}: {e}", flush=True)
-        code = 127
-    else:
-        update_run(run_dir, launcher_pid=proc.pid)
-        code = exit_status(proc.wait())
+    for attempt in range(1, START_ATTEMPTS + 1):
+        log_size = _size(run_dir / LOG_FILE)
+        code = _run(run_dir, command)
+        if code == 0 or stop["signal"] or attempt == START_ATTEMPTS or not _failed_to_start(run_dir, log_size):
+            break
+        print(f"kjob: {command[0]} failed before starting any rank (PMIx listener); starting it again", flush=True)
     try:
         update_run(run_dir, finished=now_rfc3339(), exit_code=code, stopped_by=stop["signal"])
     except FileNotFoundError:
