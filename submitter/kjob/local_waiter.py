@@ -22,8 +22,8 @@ from pathlib import Path
 RUN_FILE = "run.json"
 LOCK_FILE = ".run.lock"
 LOG_FILE = "train.log"  # where the run's stdout and stderr go (local.py opens it)
-# OpenMPI 5's mpirun now and then fails before starting any rank with this message (seen
-# once in a few hundred starts on the 2-core CI machine; reported elsewhere as random).
+# OpenMPI 5's mpirun now and then fails before starting any rank with this message (once
+# in this project's test runs so far, on the 2-core CI machine; reported elsewhere as random).
 # Nothing has run then, so the waiter starts the command once more.
 TRANSIENT_START_FAILURE = "The PMIx server's listener thread failed to start"
 START_ATTEMPTS = 2
