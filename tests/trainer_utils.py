@@ -17,6 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
+from kjob.local_waiter import TRANSIENT_START_FAILURE
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MPIRUN = VENV_BIN / "mpirun"
@@ -45,8 +47,14 @@ def trainer_cmd(*args: str, np_: int | None = None, module: str = "kjob_trainer.
 
 def run_trainer(*args: str, np_: int | None = None, timeout: float = 240, module: str = "kjob_trainer.train",
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(trainer_cmd(*args, np_=np_, module=module), capture_output=True, text=True,
-                          timeout=timeout, env=env or trainer_env(), cwd=REPO)
+    """Run the trainer to its end. Under mpirun, once more after OpenMPI's intermittent
+    PMIx start-up failure (no rank ran), as `kjob submit --local` does."""
+    for _ in range(2):
+        done = subprocess.run(trainer_cmd(*args, np_=np_, module=module), capture_output=True, text=True,
+                              timeout=timeout, env=env or trainer_env(), cwd=REPO)
+        if done.returncode == 0 or TRANSIENT_START_FAILURE not in done.stdout + done.stderr:
+            break
+    return done
 
 
 def index_of(out: Path) -> dict:
