@@ -61,3 +61,13 @@ def run_kjob(capsys, monkeypatch):
         return KjobRun(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def reap_stray_processes():
+    """Kill what the test started and left running, even after a failed assertion (the
+    launch-wrapper tests opt in with usefixtures)."""
+    from trainer_utils import no_stray_processes
+
+    with no_stray_processes():
+        yield

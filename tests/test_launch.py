@@ -13,16 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainer_utils import assert_loadable_step_checkpoint, no_stray_processes, signal_stop_run, wait_until
+from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _reap():
-    with no_stray_processes():
-        yield
-
-
-pytestmark = pytest.mark.timeout(60)
+# Whatever a test starts and leaves running is killed after it (conftest.reap_stray_processes).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("reap_stray_processes")]
 
 LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
 PYTHON = Path(sys.executable).name  # the name the wrapper gives its child in its line

@@ -18,16 +18,11 @@ import psutil
 import pytest
 
 from kjob_trainer.launch import processes_under
-from trainer_utils import assert_loadable_step_checkpoint, index_of, no_stray_processes, signal_stop_run, wait_until
+from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _reap():
-    with no_stray_processes():
-        yield
-
-
-pytestmark = pytest.mark.timeout(60)
+# Whatever a test starts and leaves running is killed after it (conftest.reap_stray_processes).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("reap_stray_processes")]
 
 HOLD = [sys.executable, "-m", "kjob_trainer.launch", "--hold"]
 LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
