@@ -88,7 +88,7 @@ def test_label_selectors(kube, api):
     assert names("!team") == ["pi"]
     assert names("team!=a") == ["pi"]
     kube.start_job("pi")
-    workers = core.list_namespaced_pod("default", label_selector="training.kubeflow.org/job-name=pi,training.kubeflow.org/replica-type=worker")
+    workers = core.list_namespaced_pod("default", label_selector="training.kubeflow.org/job-name=pi,training.kubeflow.org/job-role=worker")
     assert sorted(p.metadata.name for p in workers.items) == ["pi-worker-0", "pi-worker-1"]
 
 

@@ -12,8 +12,13 @@ from datetime import datetime, timezone
 from kjob.backend import FINAL_STATES, JobStatus, PodInfo
 
 CONDITION_STATES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+# training-operator labels a PyTorchJob's pods with the replica type (master|worker) and
+# index (kubeflow/common constants.go ReplicaTypeLabel / ReplicaIndexLabel).
 REPLICA_LABEL = "training.kubeflow.org/replica-type"
 INDEX_LABEL = "training.kubeflow.org/replica-index"
+# mpi-operator v2beta1 never sets replica-type: its defaultLabels give every pod the role
+# (launcher|worker) and only workers an index (mpi_job_controller.go, defaultLabels/newWorker).
+ROLE_LABEL = "training.kubeflow.org/job-role"
 WAITING_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "InvalidImageName", "RunContainerError", "ErrImageNeverPull", "PreCreateHookError")
 
 
@@ -34,7 +39,7 @@ def job_state(job: dict) -> tuple[str, str | None]:
 def replica_name(pod: dict) -> str:
     """launcher / master-0 / worker-3, from the operators' labels."""
     labels = pod["metadata"].get("labels") or {}
-    role = labels.get(REPLICA_LABEL, "")
+    role = labels.get(REPLICA_LABEL) or labels.get(ROLE_LABEL, "")
     if role == "launcher" or not role:
         return role or pod["metadata"]["name"]
     return f"{role}-{labels.get(INDEX_LABEL, '0')}"

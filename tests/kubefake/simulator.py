@@ -21,6 +21,27 @@ KINDS = {"MPIJob": "mpijobs", "PyTorchJob": "pytorchjobs", "Pod": "pods", "Event
 REPLICAS = {"mpijobs": ("mpiReplicaSpecs", ("Launcher", "Worker")), "pytorchjobs": ("pytorchReplicaSpecs", ("Master", "Worker"))}
 
 
+def _replica_labels(plural: str, role: str, index: int) -> dict[str, str]:
+    """The labels each operator really puts on a replica's pod. mpi-operator v2beta1
+    (mpi_job_controller.go defaultLabels): job-role launcher|worker, replica-index on
+    workers only, never replica-type. training-operator (kubeflow/common): replica-type
+    and replica-index on every pod, job-role=master on the master."""
+    if plural == "mpijobs":
+        labels = {"training.kubeflow.org/job-role": role.lower()}
+        if role != "Launcher":
+            labels["training.kubeflow.org/replica-index"] = str(index)
+        return labels
+    labels = {"training.kubeflow.org/replica-type": role.lower(), "training.kubeflow.org/replica-index": str(index)}
+    if role == "Master":
+        labels["training.kubeflow.org/job-role"] = "master"
+    return labels
+
+
+def _role_and_index(labels: dict[str, str]) -> tuple[str, int]:
+    role = labels.get("training.kubeflow.org/replica-type") or labels.get("training.kubeflow.org/job-role", "")
+    return role, int(labels.get("training.kubeflow.org/replica-index", 0))
+
+
 def _plural(kind: str) -> str:
     return KINDS.get(kind, kind)
 
@@ -113,7 +134,7 @@ class KubeHandle:
         def find(s: State):
             pods = [p for p in s.items("pods", namespace or self.namespace) if p["metadata"].get("labels", {}).get("training.kubeflow.org/job-name") == job]
             order = {"launcher": 0, "master": 0, "worker": 1}
-            pods.sort(key=lambda p: (order.get(p["metadata"]["labels"].get("training.kubeflow.org/replica-type"), 2), int(p["metadata"]["labels"].get("training.kubeflow.org/replica-index", 0)), p["metadata"]["name"]))
+            pods.sort(key=lambda p: (order.get(_role_and_index(p["metadata"]["labels"])[0], 2), _role_and_index(p["metadata"]["labels"])[1], p["metadata"]["name"]))
             return [p["metadata"]["name"] for p in pods]
 
         return self._call(find)
@@ -140,7 +161,8 @@ class KubeHandle:
         old = self.get("Pod", pod, ns)
         labels = old["metadata"]["labels"]
         job = labels["training.kubeflow.org/job-name"]
-        only = (labels["training.kubeflow.org/replica-type"], int(labels["training.kubeflow.org/replica-index"]))
+        role, index = _role_and_index(labels)
+        only = (role, index)
         self._call(lambda s: s.remove("pods", ns, pod))
         return self._call(self._make_pods, job, ns, only)[0]
 
@@ -164,8 +186,7 @@ class KubeHandle:
                     **template.get("metadata", {}).get("labels", {}),
                     "training.kubeflow.org/job-name": name,
                     "training.kubeflow.org/operator-name": "mpijob-controller" if plural == "mpijobs" else "pytorchjob-controller",
-                    "training.kubeflow.org/replica-type": role.lower(),
-                    "training.kubeflow.org/replica-index": str(index),
+                    **_replica_labels(plural, role, index),
                 }
                 pod_spec = copy.deepcopy(template.get("spec", {}))
                 pod = {
