@@ -214,3 +214,30 @@ def test_quantities_may_be_yaml_numbers():
     spec = parse_spec(MINIMAL + "resources: {requests: {cpu: 8, memory: 64Gi}, limits: {cpu: 16.5}}\nshmSize: 1e9\n")
     assert (spec.resources.requests.cpu, spec.resources.limits.cpu, spec.shm_size) == ("8", "16.5", "1000000000")
     assert problems(MINIMAL + "resources: {limits: {memory: true}}\n") == ["s.yaml:5:30: resources.limits.memory: must be a string, got True (quote it)"]
+
+
+NESTED = {
+    "flow, past PyYAML 6.0.4's own limit": "name: job\nenv: " + "[" * 2000 + "]" * 2000 + "\n",
+    "flow, below PyYAML's limit": "name: job\nenv: " + "[" * 150 + "]" * 150 + "\n",
+    "block": "name: job\nenv:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 150)) + "  " * 150 + "v: 1\n",
+}
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "pure-python"])
+@pytest.mark.parametrize("text", NESTED.values(), ids=NESTED.keys())
+def test_nesting_limit_is_kjobs_own_whichever_yaml_loader(monkeypatch, loader, text):
+    # The message must not depend on the installed PyYAML's limits or on libyaml being there.
+    import kjob.specfile as specfile
+
+    if loader == "pure-python":
+        monkeypatch.setattr(specfile, "_Loader", type("_PureLoader", (yaml.SafeLoader,), {}))
+    with pytest.raises(InvalidInput) as e:
+        specfile.parse_yaml(text, "deep.yaml")
+    assert e.value.problems == ["deep.yaml:1:1: (yaml): nested too deeply to be a spec"]
+
+
+def test_nesting_below_the_limit_is_read():
+    import kjob.specfile as specfile
+
+    doc = specfile.parse_yaml("a: " + "[" * 90 + "1" + "]" * 90 + "\n", "ok.yaml")
+    assert doc.problems == []

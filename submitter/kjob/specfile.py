@@ -14,6 +14,12 @@ import yaml
 Located = yaml.Node
 # A spec has a few dozen values; far more means a mistake or an alias bomb.
 MAX_VALUES = 10_000
+# A spec nests about five levels. The limit is kjob's own and sits far below PyYAML's
+# (1,000 flow levels since 6.0.4; the pure-Python loader hits Python's recursion limit),
+# so the same file gets the same message whichever PyYAML is installed.
+MAX_DEPTH = 100
+_OPENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)
+_CLOSES = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 
 import re
 
@@ -47,6 +53,8 @@ def parse_yaml(text: str, filename: str) -> Document:
 
     loader = _Loader(text)
     try:
+        if _too_deep(text):
+            raise InvalidInput("invalid YAML", problems=[f"{filename}:1:1: (yaml): nested too deeply to be a spec"])
         root = loader.get_single_node()
         if root is None:
             raise InvalidInput("empty spec", problems=[f"{filename}:1:1: (top level): the file is empty; a spec needs at least name, image and checkpoints"])
@@ -57,6 +65,8 @@ def parse_yaml(text: str, filename: str) -> Document:
         problems = list(_duplicate_keys(root))
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as e:
+        if "nesting depth" in str(e.problem):  # a PyYAML limit below kjob's, should one come
+            raise InvalidInput("invalid YAML", problems=[f"{filename}:1:1: (yaml): nested too deeply to be a spec"]) from None
         mark = e.problem_mark or e.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
         what = " ".join(s for s in (e.context, e.problem) if s) or "invalid YAML"
@@ -71,6 +81,28 @@ def parse_yaml(text: str, filename: str) -> Document:
     finally:
         loader.dispose()
     return Document(data, root, problems)
+
+
+def _too_deep(text: str) -> bool:
+    """True when collections open more than MAX_DEPTH levels deep. Reads tokens with the
+    pure-Python scanner (libyaml's looks ahead far enough to hit its own limit first) and
+    stops at the limit. A syntax error ends the check: the loader reports it, in libyaml's
+    words where libyaml is there."""
+    depth = 0
+    scanner = yaml.SafeLoader(text)
+    try:
+        while (token := scanner.get_token()) is not None:
+            if isinstance(token, _OPENS):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return True
+            elif isinstance(token, _CLOSES):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    finally:
+        scanner.dispose()
+    return False
 
 
 def _expanded_size(node: Located, memo: dict) -> int:
