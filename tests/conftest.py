@@ -14,6 +14,18 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 from kubefake import FakeServer, KubeHandle
+from timing import TIME_SCALE
+
+
+def pytest_collection_modifyitems(items):
+    """Each test's pytest-timeout is a bound against hangs, never the check itself: scale it
+    with KJOB_TEST_TIME_SCALE like every other bound (timing.py)."""
+    if TIME_SCALE == 1:
+        return
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and marker.args:
+            item.add_marker(pytest.mark.timeout(marker.args[0] * TIME_SCALE), append=False)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from timing import scaled
 from trainer_utils import REPO, trainer_env
 
 BENCH = REPO / "bench"
@@ -41,7 +42,7 @@ CASES = [
 def jpegs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "jpegs"
     done = subprocess.run([sys.executable, str(BENCH / "make_jpegs.py"), str(out), "--classes", "2", "--per-class", "6",
-                           "--val-per-class", "2"], capture_output=True, text=True, timeout=120)
+                           "--val-per-class", "2"], capture_output=True, text=True, timeout=scaled(120))
     assert done.returncode == 0, done.stderr
     return out
 
@@ -51,13 +52,13 @@ def jpegs(tmp_path_factory) -> Path:
 def test_benchmark_runs(args, expected, jpegs):
     argv = [str(jpegs) if a == "DATA" else a for a in args]
     done = subprocess.run([sys.executable, str(BENCH / argv[0]), *argv[1:]], capture_output=True, text=True,
-                          timeout=170, cwd=REPO, env=trainer_env())
+                          timeout=scaled(170), cwd=REPO, env=trainer_env())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert expected in done.stdout, done.stdout[-2000:]
 
 
 def test_benchmark_bad_input_is_one_line_and_exit_2():
     done = subprocess.run([sys.executable, str(BENCH / "bench_gpu_step.py"), "--batch", "1"], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+                          text=True, timeout=scaled(60), cwd=REPO)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --batch must be >= 2 (batch norm in training), --steps >= 1, --warmup >= 0"

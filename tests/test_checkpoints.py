@@ -22,8 +22,9 @@ from kjob.spec import load_spec
 
 from ckpt_helpers import HelperKubelet, create_job, helper_pods, write_checkpoints
 from kubefake.exec import ExecReply
+from timing import scaled
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a bound against hangs, scaled by KJOB_TEST_TIME_SCALE
 
 JOB = "ckpt"
 MB = 1_000_000
@@ -126,7 +127,7 @@ def test_a_corrupted_byte_is_exit_7_with_nothing_at_the_final_path(cluster, tmp_
     dest = tmp_path / "out"
     kube.exec.fault("default", command="tar", flip_byte_at=3 * MB)
     with HelperKubelet(kube, JOB):
-        r = subprocess.run(KJOB + ["fetch-ckpt", JOB, "--epoch", "1", "--dest", str(dest)], capture_output=True, text=True, timeout=50)
+        r = subprocess.run(KJOB + ["fetch-ckpt", JOB, "--epoch", "1", "--dest", str(dest)], capture_output=True, text=True, timeout=scaled(50))
     assert r.returncode == 7, r.stderr
     assert "Error: epoch-0001.pt: sha256 mismatch" in r.stderr and "nothing was written at" in r.stderr
     assert "Traceback" not in r.stderr
@@ -150,7 +151,7 @@ def test_a_hostile_tar_from_the_pod_is_refused_and_nothing_leaves_dest(cluster, 
     kube.exec.serve("default", f"{JOB}-worker-0",
                     lambda argv: ExecReply(stdout=index_json if argv[0] == "cat" else evil.getvalue()))
     dest = tmp_path / "dest"
-    r = subprocess.run(KJOB + ["fetch-ckpt", JOB, "--dest", str(dest)], capture_output=True, text=True, timeout=50)
+    r = subprocess.run(KJOB + ["fetch-ckpt", JOB, "--dest", str(dest)], capture_output=True, text=True, timeout=scaled(50))
     assert r.returncode == 7
     assert "Error: refusing tar entry 'epoch-0004.pt': symbolic link to '../../../outside'" in r.stderr
     assert files(dest) == [] and not (tmp_path / "outside").exists()
@@ -162,12 +163,12 @@ def test_ctrl_c_during_the_transfer_deletes_the_helper_pod(cluster, tmp_path):
     kube.exec.fault("default", command="tar", stall_after=2 * MB)
     with HelperKubelet(kube, JOB) as kubelet:
         proc = subprocess.Popen(KJOB + ["fetch-ckpt", JOB, "--all", "--dest", str(dest)], stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + scaled(40)
         while not (tar_calls(kube) and tar_calls(kube)[0].stdout_bytes >= 2 * MB) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert kubelet.seen and helper_pods(kube, JOB)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=scaled(30))
     assert proc.returncode == 130 and "Aborted." in err and "Traceback" not in err
     assert helper_pods(kube, JOB) == []
     assert [p for p in files(dest) if p.startswith(".tmp-")] == []
@@ -372,13 +373,13 @@ def test_a_helper_left_by_a_killed_kjob_goes_with_the_job(cluster, tmp_path):
     kube.exec.fault("default", command="tar", stall_after=1 * MB)
     with HelperKubelet(kube, JOB):
         proc = subprocess.Popen(KJOB + ["fetch-ckpt", JOB, "--dest", str(tmp_path / "out")], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + scaled(40)
         while not tar_calls(kube) and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.kill()
         proc.wait(10)
     assert len(helper_pods(kube, JOB)) == 1
-    r = subprocess.run(KJOB + ["delete", JOB], capture_output=True, text=True, timeout=50)
+    r = subprocess.run(KJOB + ["delete", JOB], capture_output=True, text=True, timeout=scaled(50))
     assert r.returncode == 0, r.stderr
     assert helper_pods(kube, JOB) == []
 

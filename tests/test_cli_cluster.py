@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from timing import scaled
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a bound against hangs, scaled by KJOB_TEST_TIME_SCALE
 
 SERVER_FILLED = ("uid", "resourceVersion", "creationTimestamp", "generation")
 
@@ -145,7 +146,7 @@ def test_no_traceback_from_the_installed_script(kube, tmp_path):
     """A real process, as users run it: the message and the code, nothing else."""
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig_variant(server="http://127.0.0.1:1", name="closed")), "KJOB_RETRIES": "1"}
     kjob = Path(sys.executable).with_name("kjob")
-    p = subprocess.run([str(kjob), "status", "smoke"], capture_output=True, text=True, env=env, timeout=30)
+    p = subprocess.run([str(kjob), "status", "smoke"], capture_output=True, text=True, env=env, timeout=scaled(30))
     assert p.returncode == 3 and p.stdout == ""
     assert p.stderr.startswith('Error: cannot reach the Kubernetes API server http://127.0.0.1:1 (context "kubefake"): connection refused\n')
     assert "Traceback" not in p.stderr
@@ -156,7 +157,7 @@ def test_cluster_modules_do_not_import_the_kubernetes_client_until_used():
             "from kjob.cli import cli; from click.testing import CliRunner; "
             "assert CliRunner().invoke(cli, ['logs', '--help']).exit_code == 0; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3', 'torch')))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60))
     assert (p.returncode, p.stdout) == (0, "[]\n"), p.stderr
 
 

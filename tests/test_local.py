@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from kjob.errors import InvalidInput
 from kjob.local import LocalBackend, local_command
 from kjob.local_waiter import write_run
 from kjob.spec import load_spec
+from timing import scaled, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 KJOB = Path(sys.executable).parent / "kjob"
@@ -31,7 +33,7 @@ SMOKE = ROOT / "examples" / "smoke.yaml"
 
 
 def kjob(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(KJOB), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(KJOB), *args], cwd=cwd, capture_output=True, text=True, timeout=scaled(timeout))
 
 
 def status_json(cwd: Path, name: str) -> dict:
@@ -43,27 +45,27 @@ def status_json(cwd: Path, name: str) -> dict:
 def wait_for(cwd: Path, name: str, states: tuple[str, ...], timeout: float) -> str:
     """Poll the run (in-process: cheap) until it is in one of `states`; returns it."""
     backend = LocalBackend(cwd / "kjob-runs")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         state = backend.status(name).state
         if state in states:
             return state
         assert state in ("Created", "Running"), f"{name} is {state}: {backend.status(name).message}"
         time.sleep(0.5)
-    raise AssertionError(f"{name} not {states} after {timeout} s")
+    raise AssertionError(f"{name} not {states} after {scaled(timeout):.0f} s")
 
 
 def wait_for_ranks(cwd: Path, name: str, count: int, timeout: float = 90) -> int:
     """Wait until `count` trainer ranks of the run are alive; returns the run's session id."""
     sid = json.loads((cwd / "kjob-runs" / name / "run.json").read_text())["sid"]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         ranks = [p for p in local_procs.session_processes(sid)
                  if local_procs.process_env(p.pid, "OMPI_COMM_WORLD_RANK") is not None]
         if len(ranks) == count:
             return sid
         time.sleep(0.2)
-    raise AssertionError(f"{name}: {count} ranks not running after {timeout} s")
+    raise AssertionError(f"{name}: {count} ranks not running after {scaled(timeout):.0f} s")
 
 
 def tiny_spec(tmp: Path, name: str, **train) -> Path:
@@ -110,7 +112,7 @@ def test_smoke_example_end_to_end(runs):
     assert again.returncode == 0 and "already running with this spec" in again.stdout
 
     assert wait_for(runs, "smoke", ("Succeeded", "Failed"), timeout=780) == "Succeeded"
-    out, err = follower.communicate(timeout=60)
+    out, err = follower.communicate(timeout=scaled(60))
     assert follower.returncode == 0, err
     log_text = (runs / "kjob-runs/smoke/train.log").read_text()
     assert log_text.splitlines()[0] in out and log_text.splitlines()[-1] in out  # every line, first to last
@@ -178,7 +180,7 @@ def test_killed_run_is_failed_not_running_forever(runs):
     # SIGKILL of every process of the run: nobody is left to record an exit code.
     sid = wait_for_ranks(runs, "victim", 2)
     assert local_procs.signal_session(sid, signal.SIGKILL) >= 4  # waiter, mpirun, 2 ranks
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while local_procs.session_processes(sid) and time.monotonic() < deadline:
         time.sleep(0.2)
     status = status_json(runs, "victim")
@@ -192,18 +194,25 @@ def test_ctrl_c_detaches_from_follow_and_replace_restarts(runs):
     spec = tiny_spec(runs, "detach", maxSteps=100000)
     follower = subprocess.Popen([str(KJOB), "submit", str(spec), "--local", "--follow"], cwd=runs,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(follower.stdout), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while not (runs / "kjob-runs/detach/run.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # In the follow loop once it has printed a line of the trainer's own log.
+        wait_until(lambda: any(line.startswith("training ") for line in printed) or follower.poll() is not None,
+                   "the follower to print the trainer's first line", timeout=120, interval=0.1)
         assert wait_for(runs, "detach", ("Running",), timeout=60) == "Running"
-        time.sleep(1)  # into the follow loop
         follower.send_signal(signal.SIGINT)
-        _, err = follower.communicate(timeout=30)
+        err = follower.stderr.read()
+        follower.wait(timeout=scaled(30))
+        reader.join(scaled(30))
     finally:
         if follower.returncode is None:  # a failed step above: do not leave it to a later test's GC
             follower.kill()
-            follower.communicate()
+            follower.wait()
+        reader.join(scaled(30))
+        follower.stdout.close()
+        follower.stderr.close()
     assert follower.returncode == 130
     assert err.startswith("detached from local run detach; it keeps running: kjob logs detach --local -f")
     first = json.loads((runs / "kjob-runs/detach/run.json").read_text())
@@ -229,7 +238,7 @@ def test_delete_stops_every_process_of_a_running_run(runs):
     ranks = status_json(runs, "longrun")["pods"]
     assert sorted(p["replica"] for p in ranks) == ["launcher", "rank-0", "rank-1"]
     log = runs / "kjob-runs" / "longrun" / "train.log"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + scaled(120)
     while "step 5/" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.5)
     proc = kjob(runs, "delete", "longrun", "--local", timeout=120)
@@ -356,7 +365,7 @@ def test_stop_session_asks_mpirun_for_a_checkpoint_unless_now(tmp_path, checkpoi
             "while True: time.sleep(0.05)\n")
     proc = subprocess.Popen(["mpirun", "-c", code], executable=sys.executable, start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert local_procs.stop_session(proc.pid, grace=10, checkpoint=checkpoint) == 1
@@ -394,7 +403,7 @@ def test_waiter_starts_mpirun_again_only_after_the_pmix_start_failure(tmp_path, 
     with open(tmp_path / "train.log", "wb") as log:
         done = subprocess.run([sys.executable, "-m", "kjob.local_waiter", str(tmp_path), "--", sys.executable, "-c",
                                FAKE_MPIRUN, str(count), message, str(fail_times)], stdout=log, stderr=subprocess.STDOUT,
-                              timeout=60)
+                              timeout=scaled(60))
     record = json.loads((tmp_path / "run.json").read_text())
     assert (done.returncode, record["exit_code"], int(count.read_text())) == (code, code, starts)
     again = "failed before starting any rank (PMIx listener); starting it again"

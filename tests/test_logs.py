@@ -11,7 +11,7 @@ from kjob.logs import Cursor, format_ts, parse_ts
 from kjob.render import render_objects
 from kjob.spec import load_spec
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a bound against hangs, scaled by KJOB_TEST_TIME_SCALE
 
 
 def submit(kube, run_kjob, spec="examples/smoke.yaml") -> list[str]:

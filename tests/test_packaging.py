@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(300)
 def test_the_wheel_renders_from_its_own_files(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=240)
+                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=scaled(240))
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("kjob-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -32,10 +33,10 @@ def test_the_wheel_renders_from_its_own_files(tmp_path):
             "assert kjob.__file__.startswith(sys.argv[1]), kjob.__file__; "
             "sys.argv = ['kjob', 'render', sys.argv[2]]; main()")
     out = subprocess.run([sys.executable, "-c", code, str(target), str(ROOT / "examples" / "resnext50.yaml")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=scaled(60))
     assert out.returncode == 0, out.stderr
     assert "kind: MPIJob" in out.stdout and "kjob_trainer.train" in out.stdout
     # ...and exactly what the source tree renders.
     editable = subprocess.run([sys.executable, "-m", "kjob", "render", str(ROOT / "examples" / "resnext50.yaml")],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=scaled(60))
     assert out.stdout == editable.stdout

@@ -15,6 +15,7 @@ import yaml
 
 from kjob.render import mpirun_flags, render_objects, templates_dir, trainer_command, yaml_safe_json
 from kjob.spec import load_spec, parse_spec
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
@@ -245,7 +246,7 @@ def test_rendering_is_deterministic_across_processes():
     outputs = set()
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        outputs.add(subprocess.run([sys.executable, "-c", code, *map(str, EXAMPLES)], env=env, capture_output=True, text=True, check=True, timeout=60).stdout)
+        outputs.add(subprocess.run([sys.executable, "-c", code, *map(str, EXAMPLES)], env=env, capture_output=True, text=True, check=True, timeout=scaled(60)).stdout)
     assert len(outputs) == 1
     from kjob.gitops import dump_objects
 

@@ -10,6 +10,7 @@ import yaml
 
 from kjob.errors import InvalidInput
 from kjob.spec import JobSpec, json_schema, load_spec, load_specs, max_name_length, parse_quantity, parse_spec, with_namespace
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -206,7 +207,7 @@ def test_building_the_models_leaves_pydantic_plugins_alone():
     code = ("import sys, kjob.spec; assert 'pydantic.plugin._loader' not in sys.modules;"
             "import pydantic\nclass M(pydantic.BaseModel):\n    a: int = 1\n"
             "from pydantic.plugin import _loader; assert hasattr(_loader, 'PYDANTIC_ENTRY_POINT_GROUP'); print('ok')")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60))
     assert r.stdout == "ok\n", r.stderr
 
 

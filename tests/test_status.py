@@ -11,7 +11,7 @@ import yaml
 
 from kjob.status import job_state, job_status, pod_reason
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a bound against hangs, scaled by KJOB_TEST_TIME_SCALE
 
 
 def cond(type_, status="True", t="2026-11-23T04:00:00Z", message=None):

@@ -16,7 +16,7 @@ from kjob.spec import load_spec
 
 from kubefake.exec import ExecReply
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a bound against hangs, scaled by KJOB_TEST_TIME_SCALE
 
 PODS_GO = "its 3 pod(s) are deleted with it (they are owned by the job)"
 ASKED = "asked the trainer to checkpoint (SIGUSR1 to mpirun)"

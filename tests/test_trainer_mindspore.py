@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from timing import scaled
 from trainer_utils import REPO, rank_process, run_trainer, trainer_cmd, trainer_env, write_tiny_folder
 
 pytestmark = pytest.mark.mindspore
@@ -47,7 +48,7 @@ print(json.dumps({"epoch": info["epoch"], "step": info["step"], "batch_size": in
 
 def load_checkpoint(path: Path) -> dict:
     """Load a .ckpt into a fresh network in a separate process (as `evaluate` would)."""
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, timeout=scaled(120),
                           env=trainer_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -83,13 +84,13 @@ def test_two_ranks_train_checkpoint_then_resume_and_sigterm(tmp_path):
         proc = subprocess.Popen(trainer_cmd(*TINY, "--output-path", str(out), "--resume", "auto", np_=2),
                                 stdout=log, stderr=subprocess.STDOUT, env=trainer_env(), cwd=REPO)
         try:
-            deadline = time.monotonic() + 420
+            deadline = time.monotonic() + scaled(420)
             while "step 6/" not in (tmp_path / "log").read_text():
                 assert proc.poll() is None, (tmp_path / "log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no step 6 within 420 s"
                 time.sleep(0.1)
             rank_process(proc, 1).send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=180)
+            code = proc.wait(timeout=scaled(180))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -109,7 +110,7 @@ def test_two_ranks_train_checkpoint_then_resume_and_sigterm(tmp_path):
     assert load_checkpoint(out / "checkpoints" / index["latest"]) == {
         "epoch": stopped_at // 4, "step": stopped_at, "batch_size": 4}
     # The scheduler rank 0 started (it writes ms-scheduler.log) has left too.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + scaled(60)
     while schedulers_writing(out / "ms-scheduler.log"):
         assert time.monotonic() < deadline, "the MindSpore scheduler outlived the job"
         time.sleep(1)
@@ -229,7 +230,7 @@ def test_mindcv_models_have_the_published_parameter_counts():
             "for m in ('resnext50_32x4d', 'resnest50'):\n"
             "    n = build_network(m, 1000)\n"
             "    print(m, sum(p.size for p in n.get_parameters()), sum(p.size for p in n.trainable_params()))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(100),
                           env=trainer_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = {line.split()[0]: tuple(map(int, line.split()[1:])) for line in proc.stdout.splitlines()}

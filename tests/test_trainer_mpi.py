@@ -18,6 +18,7 @@ from kjob_trainer.data import ShardBatches
 from kjob_trainer.metrics import read_metrics
 from kjob_trainer.torch_state import load_state
 
+from timing import scaled
 from trainer_utils import (REPO, assert_loadable_step_checkpoint, index_of, rank_process, run_trainer, signal_stop_run,
                            trainer_cmd, trainer_env, wait_for, write_digits, write_tiny_folder)
 
@@ -93,7 +94,7 @@ def test_killed_rank_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
             # Step 8 is mid-way through epoch 2: kill rank 1 as soon as it is saved.
             wait_for(lambda: index_of(out).get("latest") == "step-00000008.pt", proc, 240, "the step-8 checkpoint")
             rank_process(proc, 1).kill()
-            assert proc.wait(timeout=60) != 0
+            assert proc.wait(timeout=scaled(60)) != 0
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -160,7 +161,7 @@ def test_process_killed_while_writing_a_checkpoint_leaves_latest_valid(tmp_path)
         wait_for(lambda: any(p.name.startswith(".tmp-epoch-0002") and p.stat().st_size > 8192
                              for p in folder.glob(".tmp-*")), proc, 50, "the second write to start")
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=scaled(10))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from kjob.local_waiter import TRANSIENT_START_FAILURE
+from timing import scaled
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -51,7 +52,7 @@ def run_trainer(*args: str, np_: int | None = None, timeout: float = 240, module
     PMIx start-up failure (no rank ran), as `kjob submit --local` does."""
     for _ in range(2):
         done = subprocess.run(trainer_cmd(*args, np_=np_, module=module), capture_output=True, text=True,
-                              timeout=timeout, env=env or trainer_env(), cwd=REPO)
+                              timeout=scaled(timeout), env=env or trainer_env(), cwd=REPO)
         if done.returncode == 0 or TRANSIENT_START_FAILURE not in done.stdout + done.stderr:
             break
     return done
@@ -81,17 +82,9 @@ def no_stray_processes():
                     p.kill()
 
 
-def wait_until(predicate, what: str, timeout: float = 20) -> None:
-    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` while `proc` runs; fail when it exits first or after scaled(timeout) s."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if predicate():
             return
@@ -115,7 +108,7 @@ def signal_stop_run(tmp_path: Path, send, *, launch: Sequence[str] = ()) -> tupl
         try:
             wait_for(lambda: "step 2/" in (tmp_path / "log").read_text(), proc, 240, "step 2")
             send(proc)
-            code = proc.wait(timeout=120)
+            code = proc.wait(timeout=scaled(120))
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -86,7 +86,18 @@ class FakeServer:
 
     def stop(self) -> None:
         if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.thread.join(60)
         self.loop.close()
+
+    async def _stop(self) -> None:
+        """Close the server, then end and await every task still on the loop (a watch, a
+        follow or an exec stream a client left open), so none is destroyed pending when
+        the loop closes: Python reports those as unraisable, and the tests fail on them."""
+        await self.runner.cleanup()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
