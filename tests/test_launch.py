@@ -5,7 +5,10 @@ code is the wrapper's; bad usage is exit 2 and one line. Then in front of real m
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +143,87 @@ def test_sigterm_to_the_wrapper_in_front_of_mpirun_saves_a_checkpoint(tmp_path):
     assert code == 143, text[-3000:]
     assert ASKED.format(sig="SIGTERM", name="mpirun") in text and "SIGUSR1: saved a checkpoint at step" in text, text[-3000:]
     assert_loadable_step_checkpoint(out)
+
+
+# --- PID 1 reaps, and the launcher waits for the workers' sshd ----------------------------
+
+# Inside its own PID namespace the wrapper is PID 1. The child leaves an orphan (sh's
+# background sleep) that is re-parented to PID 1, and exits 0 once the orphan has been
+# collected, 7 if it stays a zombie.
+ORPHAN_MAKER = """
+import subprocess, sys, time
+sh = subprocess.run(["sh", "-c", "sleep 0.2 & echo $!"], capture_output=True, text=True)
+orphan = int(sh.stdout)
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    try:
+        with open(f"/proc/{orphan}/stat") as f:
+            f.read()
+    except FileNotFoundError:
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit(7)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a PID namespace needs root (CI runs as root)")
+def test_as_pid_1_it_reaps_the_orphans_it_adopts():
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *LAUNCH, sys.executable, "-c", ORPHAN_MAKER, str(scaled(20))],
+                       capture_output=True, text=True, timeout=scaled(60))
+    assert (r.returncode, r.stderr) == (0, "")
+
+
+def fake_mpirun(tmp_path: Path, hosts: list[str], port: int) -> tuple[list[str], dict]:
+    """A stand-in `mpirun --hostfile FILE` that notes it ran, and an `ssh` that says every
+    host's port is `port` (as `ssh -G` does from the image's config)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mpirun").write_text(f"#!/bin/sh\ntouch {tmp_path}/mpirun-ran\n")
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\necho 'hostname $2'\necho 'port {port}'\n")
+    for tool in ("mpirun", "ssh"):
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "hostfile").write_text("".join(f"{h} slots=1\n" for h in hosts))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return [*LAUNCH, str(bin_dir / "mpirun"), "--hostfile", str(tmp_path / "hostfile"), "-np", "1", "true"], env
+
+
+def free_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def test_the_launcher_waits_until_every_host_accepts_ssh(tmp_path):
+    sock = free_port()
+    port = sock.getsockname()[1]
+    command, env = fake_mpirun(tmp_path, ["127.0.0.1", "localhost"], port)
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline() == f"kjob launch: waiting for ssh on 127.0.0.1:{port}, localhost:{port} (2 of 2 host(s))\n"
+    assert not (tmp_path / "mpirun-ran").exists()
+    sock.listen()  # the workers' sshd is up
+    _, err = proc.communicate(timeout=scaled(30))
+    sock.close()
+    assert proc.returncode == 0 and (tmp_path / "mpirun-ran").exists()
+    assert re.fullmatch(r"kjob launch: all 2 host\(s\) accept ssh after \d+ s\n", err), err
+
+
+def test_a_stop_while_waiting_for_the_hosts_starts_nothing(tmp_path):
+    sock = free_port()  # bound, never listening: refused
+    command, env = fake_mpirun(tmp_path, ["127.0.0.1"], sock.getsockname()[1])
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("kjob launch: waiting for ssh on 127.0.0.1:")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=scaled(30))
+    sock.close()
+    assert proc.returncode == 143 and not (tmp_path / "mpirun-ran").exists()
+    assert err == "kjob launch: SIGTERM -> SIGUSR1 to mpirun (checkpoint and stop)\nkjob launch: stopped before mpirun started\n"
+
+
+def test_hostfiles_are_read_as_openmpi_reads_them(tmp_path):
+    from kjob_trainer.ssh_hosts import hostfile_of, read_hosts
+
+    (tmp_path / "hostfile").write_text("# the operator's\nw-0.w slots=8\n\nw-1.w slots=8  # two\nw-0.w slots=8\n")
+    assert read_hosts(tmp_path / "hostfile") == ["w-0.w", "w-1.w"]
+    assert hostfile_of(["/opt/venv/bin/mpirun", "--hostfile", "/etc/mpi/hostfile", "-np", "16", "python"]) == Path("/etc/mpi/hostfile")
+    assert hostfile_of(["mpirun", "-np", "2", "python"]) is None
+    assert hostfile_of(["/usr/sbin/sshd", "--hostfile", "x"]) is None

@@ -101,7 +101,7 @@ def test_sigterm_reaches_the_child_only_after_its_session_ended(tmp_path):
     assert time_of(tmp_path, "SIGTERM") - sent > 1.5  # the session's sleep, not the wrapper's limit
     first, second = err.splitlines()
     assert first == HELD.format(name=PYTHON, limit=110)
-    assert re.fullmatch(rf"kjob launch: sessions ended after [12] s -> SIGTERM to {re.escape(PYTHON)}", second), second
+    assert re.fullmatch(rf"kjob launch: sessions ended after \d+ s -> SIGTERM to {re.escape(PYTHON)}", second), second
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
@@ -111,7 +111,7 @@ def test_an_idle_child_is_stopped_at_once(tmp_path, stop):
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, names(tmp_path), err) == (0, ["idle", stop.name], f"kjob launch: {stop.name}, no sessions -> {stop.name} to {PYTHON}\n")
-    assert time_of(tmp_path, stop.name) - sent < 1
+    assert time_of(tmp_path, stop.name) - sent < scaled(10)  # at once, not after the 110 s hold
 
 
 def test_a_session_that_outlives_the_hold_limit_is_cut_at_the_limit(tmp_path):
@@ -120,7 +120,7 @@ def test_a_session_that_outlives_the_hold_limit_is_cut_at_the_limit(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=scaled(20))
     assert (proc.returncode, names(tmp_path)) == (0, ["session PID", "SIGTERM"])  # the stand-in killed the session
-    assert 1 <= time_of(tmp_path, "SIGTERM") - sent < 3
+    assert 1 <= time_of(tmp_path, "SIGTERM") - sent < scaled(20)  # the 1 s limit, not the session's 60 s
     assert err.splitlines() == [HELD.format(name=PYTHON, limit=1),
                                 f"kjob launch: hold limit of 1 s reached (1 process left) -> SIGTERM to {PYTHON}"]
 
@@ -132,8 +132,9 @@ def test_a_second_sigterm_stops_the_child_at_once(tmp_path):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=scaled(20))
-    assert (proc.returncode, names(tmp_path), err) == (0, ["session PID", "SIGTERM"], f"kjob launch: SIGTERM again after 0 s -> SIGTERM to {PYTHON}\n")
-    assert time_of(tmp_path, "SIGTERM") - sent < 1
+    assert (proc.returncode, names(tmp_path)) == (0, ["session PID", "SIGTERM"])
+    assert re.fullmatch(rf"kjob launch: SIGTERM again after \d+ s -> SIGTERM to {re.escape(PYTHON)}\n", err), err
+    assert time_of(tmp_path, "SIGTERM") - sent < scaled(10)  # at once, not after the session's 60 s
 
 
 def test_sigusr1_is_not_passed_on():

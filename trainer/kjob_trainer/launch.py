@@ -23,6 +23,13 @@ stopped alone (a drain, an eviction), and the job cannot go on without it, so it
 for the checkpoint themselves (the trainer agrees on a stop across all ranks). It says on
 stderr when it starts holding and when it lets go. SIGUSR1 to the wrapper is not passed on.
 
+In front of `mpirun --hostfile FILE ...` (the launcher) it first waits, bounded and logged,
+until every host of FILE accepts ssh (ssh_hosts.py): a restarted launcher must not spend the
+job's retries on a replacement worker whose sshd is not up yet.
+
+As PID 1 it also reaps every process that ends under it: a session process whose parent
+exited is re-parented to PID 1, and nothing else would collect it.
+
 Usage errors (no command, a command that cannot be started) are one `Error: ...` line and
 exit 2. Standard library only: it runs in both the PyTorch and the MindSpore images.
 """
@@ -38,6 +45,7 @@ import time
 from typing import Sequence
 
 from kjob_trainer.errors import BadInput
+from kjob_trainer.ssh_hosts import hostfile_of, read_hosts, wait_for_hosts
 
 USAGE = "usage: python -m kjob_trainer.launch [--hold [--hold-limit SECONDS]] -- COMMAND [ARG...]"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -47,6 +55,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HOLD_LIMIT_S = 110.0
 # How often the main loop looks at the held child's processes.
 POLL_S = 0.2
+# The exit code of a job stopped before its command started: 128 + SIGTERM, as a stopped
+# trainer's.
+STOPPED_CODE = 143
 # What OpenMPI puts in the environment of every rank it starts (and what the processes
 # a rank starts inherit): how a rank is told from the daemons and shells above it.
 RANK_VARIABLE = b"OMPI_COMM_WORLD_RANK="
@@ -230,6 +241,32 @@ def _seconds(text: str | None) -> float:
     return value
 
 
+def reap(child: subprocess.Popen) -> int | None:
+    """Collect every process that has ended under this one (as PID 1, orphans too); the
+    child's exit code once it has ended (killed by signal N: 128+N), else None."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # nothing left under it
+            pid = 0
+        if pid == 0:
+            return child.returncode
+        if pid == child.pid:
+            code = os.waitstatus_to_exitcode(status)
+            # Recorded on the Popen too, so a late send_signal() cannot reach a reused pid.
+            child.returncode = 128 - code if code < 0 else code
+
+
+def wait_for_ssh(command: list[str], relay: Relay) -> bool:
+    """Before `mpirun --hostfile FILE`: wait until FILE's hosts accept ssh. False when a stop
+    signal came meanwhile (nothing has started, nothing to checkpoint)."""
+    hostfile = hostfile_of(command)
+    if hostfile is None or not hostfile.is_file():
+        return True
+    wait_for_hosts(read_hosts(hostfile), relay._say, stop=lambda: relay.stopping)
+    return not relay.stopping
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if list(argv[:1]) in (["-h"], ["--help"]):
@@ -243,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # instead of killing this process (or, as PID 1, being ignored).
         for sig in (*STOP_SIGNALS, signal.SIGUSR1):
             signal.signal(sig, relay.on_signal)
+        if not wait_for_ssh(command, relay):
+            relay._say(f"stopped before {name} started")
+            return STOPPED_CODE
         try:
             child = subprocess.Popen(command)
         except OSError as e:  # not found, not executable
@@ -251,13 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     relay.started(child)
-    while True:
-        try:
-            code = child.wait(timeout=POLL_S)
-        except subprocess.TimeoutExpired:
-            relay.poll()
-        else:
-            return 128 - code if code < 0 else code
+    while (code := reap(child)) is None:
+        relay.poll()
+        time.sleep(POLL_S)
+    return code
 
 
 if __name__ == "__main__":
