@@ -3,9 +3,13 @@ no traceback. Each starts a real process (a few seconds: importing torch)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
-from trainer_utils import run_trainer, trainer_env, write_tiny_folder
+from timing import scaled
+from trainer_utils import REPO, run_trainer, trainer_cmd, trainer_env, write_tiny_folder
 
 TINY = ["--image-size", "16", "--batch-size", "2", "--workers", "0", "--epochs", "1", "--log-interval", "1"]
 
@@ -80,3 +84,23 @@ def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     fake.write_bytes(b"not a checkpoint")
     proc = run_trainer("--checkpoint", str(fake), "--data-path", str(tmp_path / "ds"), module="kjob_trainer.evaluate")
     assert_one_line_error(proc, f"checkpoint {fake}: cannot be read")
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder of another owner needs root (CI runs as root)")
+def test_a_checkpoint_volume_that_uid_1000_cannot_write_is_named_at_start(tmp_path):
+    # An NFS volume whose root is someone else's 0755 (kubelet's fsGroup changes nothing
+    # there). Root writes anywhere, so the trainer runs as uid 1000 of a user namespace: its
+    # kernel uid owns nothing in `volume` and gets EACCES, as uid 1000 in a pod does.
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.chown(volume, 12345, 12345)
+    volume.chmod(0o755)
+    tmp_path.chmod(0o755)
+    proc = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000",
+                           *trainer_cmd("--synthetic", "--output-path", str(volume / "resnext50"), *TINY)],
+                          capture_output=True, text=True, timeout=scaled(300), env=trainer_env(), cwd=REPO)
+    # The owner is not mapped into the namespace: the kernel shows it as the overflow uid.
+    assert_one_line_error(proc, f"--output-path {volume / 'resnext50'}: uid 1000 (gid 1000) cannot write in {volume}, "
+                                "owned by 65534:65534 with mode 0755; make the volume's root writable for uid 1000")
+    assert "step" not in proc.stdout

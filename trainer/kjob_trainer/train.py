@@ -9,8 +9,11 @@ that are their own, such as failing to join); KJOB_DEBUG=1 shows the traceback.
 from __future__ import annotations
 
 import os
+import stat
 import sys
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Callable, Sequence
 
 from kjob_trainer.cli_args import parse_train_args
@@ -35,11 +38,30 @@ def framework_runner(cfg: TrainConfig) -> Callable[[TrainConfig, DistEnv], int]:
 
 
 def prepare_output(cfg: TrainConfig, dist: DistEnv) -> None:
-    """Create the output folder (every rank: the rendezvous file may live there)."""
+    """Create the output folder and prove that this user can write in it, before any
+    training: a checkpoint volume that uid 1000 cannot write would otherwise fail only at
+    the first save. Raises BadInput naming the folder, its owner and mode, and the fix."""
     try:
         os.makedirs(cfg.output_path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cfg.output_path, prefix=".kjob-write-test-"):
+            pass
+    except PermissionError as e:
+        raise BadInput(unwritable(cfg.output_path)) from e
     except OSError as e:
         raise BadInput(f"--output-path {cfg.output_path}: cannot create it ({e.strerror or e})") from e
+
+
+def unwritable(path: str) -> str:
+    """One line on why this user cannot write `path`: the nearest folder that exists, with
+    its owner and mode, and what the volume needs."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    st = where.stat()
+    uid, gid = os.geteuid(), os.getegid()
+    return (f"--output-path {path}: uid {uid} (gid {gid}) cannot write in {where}, owned by {st.st_uid}:{st.st_gid} "
+            f"with mode {stat.S_IMODE(st.st_mode):04o}; make the volume's root writable for uid {uid} "
+            f"(chown {uid}:{gid} or chmod 1777 it once; fsGroup does not change NFS volumes)")
 
 
 def report(error: BaseException, dist: DistEnv | None) -> None:
