@@ -25,12 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu_step import CHANNELS_LAST_AUTO, device_label, make_step, measure, sync  # noqa: E402
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
-from kjob_trainer import data as data_mod  # noqa: E402
-from kjob_trainer import fast_input as fi  # noqa: E402
+from kjob_trainer import torch_data as data_mod  # noqa: E402
+from kjob_trainer import torch_input as fi  # noqa: E402
+import input_kit as kit  # noqa: E402
+from kjob_trainer.progress import DataWaitMeter  # noqa: E402
 from kjob_trainer.config import make_config  # noqa: E402
 from kjob_trainer.dataset_index import scan_folder  # noqa: E402
 from kjob_trainer.errors import BadInput  # noqa: E402
-from kjob_trainer.models import build_model  # noqa: E402
+from kjob_trainer.torch_models import build_model  # noqa: E402
 
 
 def batches(args, root: Path, split, device: torch.device, channels_last: bool):
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         root = ensure_jpegs(args.data)
         split = scan_folder(root / "train", "train")
         if args.decoder == "dali":
-            from kjob_trainer.dali_input import import_dali
+            from kjob_trainer.torch_dali import import_dali
 
             import_dali()
     except BadInput as e:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = torch.channels_last if cl else torch.contiguous_format
     model = build_model(args.model, len(split.classes)).to(device, memory_format=fmt).train()
     step, _ = make_step(model, device, args.amp, args.compile)
-    meter = fi.DataWaitMeter(batches(args, root, split, device, cl))
+    meter = DataWaitMeter(batches(args, root, split, device, cl))
     it = iter(meter)
     for _ in range(warmup):  # worker start-up, compile, cudnn autotune
         images, labels = next(it)

@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
-from kjob_trainer import fast_input as fi  # noqa: E402
+from kjob_trainer import torch_input as fi  # noqa: E402
+import input_kit as kit  # noqa: E402
+from kjob_trainer.progress import DataWaitMeter  # noqa: E402
 
 TARGET_PER_CORE = 250  # img/s, issue 7
 
@@ -74,7 +76,7 @@ def per_core(paths: list[str], size: int, decoder: str, repeats: int) -> dict:
     is the rate of one fully-owned core even when other work shares the machine; the
     wall-clock rate (median of short chunks) is reported beside it.
     """
-    ds = fi.FastImageDataset([(p, 0) for p in paths], size=size, train=True, decoder=decoder)
+    ds = kit.FastImageDataset([(p, 0) for p in paths], size=size, train=True, decoder=decoder)
     for i in range(min(10, len(ds))):  # warm caches, lazy imports, page cache
         ds[i]
     wall_rates, cpu_s = [], 0.0
@@ -123,10 +125,10 @@ def mindspore_pipeline(paths: list[str], size: int, repeats: int, batch: int) ->
 
 def with_workers(paths: list[str], size: int, decoder: str, workers: int, batch: int) -> dict:
     """img/s through a real DataLoader with `workers` processes (one epoch after a warm-up one)."""
-    ds = fi.FastImageDataset([(p, 0) for p in paths], size=size, train=True, decoder=decoder)
-    opts = fi.LoaderOptions(num_workers=workers, pin_memory=False, persistent_workers=True,
+    ds = kit.FastImageDataset([(p, 0) for p in paths], size=size, train=True, decoder=decoder)
+    opts = kit.LoaderOptions(num_workers=workers, pin_memory=False, persistent_workers=True,
                             prefetch_factor=4, drop_last=False)
-    loader = fi.make_loader(ds, batch, shuffle=True, options=opts, seed=0)
+    loader = kit.make_loader(ds, batch, shuffle=True, options=opts, seed=0)
     for _ in loader:  # start the workers and warm them
         pass
     t0 = time.perf_counter()
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)  # per-core numbers: one thread, as in a loader worker
     root = ensure_jpegs(args.data)
-    samples, _ = fi.scan_image_folder(root / "train")
+    samples, _ = kit.scan_image_folder(root / "train")
     paths = [p for p, _ in samples][: args.images]
     sizes = [Path(p).stat().st_size for p in paths]
     print(banner("input pipeline: random-resized-crop + flip to uint8 tensor",

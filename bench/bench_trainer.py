@@ -24,7 +24,7 @@ import torch
 
 from kjob_trainer.config import make_config
 from kjob_trainer.distributed import DistEnv
-from kjob_trainer.models import build_model
+from kjob_trainer.torch_models import build_model
 from kjob_trainer.torch_setup import autocast_dtype, make_optimizer
 from kjob_trainer.torch_train import Trainer
 

@@ -31,7 +31,9 @@ import numpy as np  # noqa: E402
 
 from kjob_trainer.config import make_config  # noqa: E402
 from kjob_trainer.distributed import DistEnv  # noqa: E402
-from kjob_trainer.mindspore_train import Run, build_network, build_train_step, lr_per_batch, setup_context  # noqa: E402
+from kjob_trainer.mindspore_setup import build_network, build_train_step, lr_table, setup_context  # noqa: E402
+from kjob_trainer.mindspore_train import Trainer  # noqa: E402
+from kjob_trainer.schedule import LrSchedule  # noqa: E402
 
 
 def bare_loop(cfg, steps: int) -> float:
@@ -39,7 +41,7 @@ def bare_loop(cfg, steps: int) -> float:
     from mindspore import Tensor
 
     net = build_network(cfg.model, cfg.num_classes)
-    step = build_train_step(cfg, net, lr_per_batch(cfg, 2 * steps, 1), "CPU")
+    step = build_train_step(cfg, net, lr_table(LrSchedule.from_config(cfg, 1, 2 * steps).table(), 1), "CPU")
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((cfg.batch_size, 3, cfg.image_size, cfg.image_size), dtype=np.float32))
     y = Tensor(rng.integers(0, cfg.num_classes, cfg.batch_size).astype(np.int32))
@@ -55,9 +57,9 @@ def bare_loop(cfg, steps: int) -> float:
 
 def full_step(cfg, steps: int) -> float:
     """img/s the trainer itself reports for its second log interval."""
-    job = Run(cfg, DistEnv(), "CPU")
+    job = Trainer(cfg, DistEnv(), "CPU")
     job.build()
-    job.train()
+    job.fit()
     rows = [json.loads(line) for line in (Path(cfg.output_path) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train] == [steps, 2 * steps], train

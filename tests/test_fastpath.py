@@ -1,20 +1,27 @@
-"""The fast path: torchvision.io decoding, uint8 transforms, loader options, the data-wait
-meter, DALI's absence, and that channels-last / torch.compile do not change the loss curve."""
+"""The PyTorch fast path (torch_input, torch_dali, torch_data's RankInput): torchvision.io
+decoding, uint8 transforms, the benchmarks' loader helpers (bench/input_kit.py), the
+data-wait meter (progress.py), DALI's absence, and that channels-last / torch.compile do
+not change the loss curve."""
 
 from __future__ import annotations
 
 import io
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from kjob_trainer import dali_input
-from kjob_trainer import fast_input as fi
+from kjob_trainer import torch_dali as dali_input
+from kjob_trainer import torch_input as fi
 from kjob_trainer.errors import BadInput
+from kjob_trainer.progress import DataWaitMeter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import input_kit as kit  # noqa: E402  (bench-only helpers: not part of the trainer)
 
 
 def _jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
@@ -40,7 +47,7 @@ def image_folder(tmp_path_factory):
 
 
 def test_decode_gives_uint8_rgb_chw(image_folder):
-    samples, classes = fi.scan_image_folder(image_folder)
+    samples, classes = kit.scan_image_folder(image_folder)
     assert classes == ["n00000000", "n00000001"] and len(samples) == 16
     img = fi.read_rgb(samples[1][0])
     assert img.dtype == torch.uint8 and img.shape == (3, 90, 120)
@@ -49,7 +56,7 @@ def test_decode_gives_uint8_rgb_chw(image_folder):
 
 
 def test_torchvision_decode_matches_pil_decode(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
+    samples, _ = kit.scan_image_folder(image_folder)
     for path, _ in samples[:4]:
         ours = fi.read_rgb(path)
         pil = torch.from_numpy(np.array(fi.load_pil_rgb(path))).permute(2, 0, 1)
@@ -58,9 +65,9 @@ def test_torchvision_decode_matches_pil_decode(image_folder):
 
 
 def test_fast_center_crop_matches_pil_path(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
-    fast = fi.FastImageDataset(samples, size=64, train=False, decoder="torchvision")
-    slow = fi.FastImageDataset(samples, size=64, train=False, decoder="pil")
+    samples, _ = kit.scan_image_folder(image_folder)
+    fast = kit.FastImageDataset(samples, size=64, train=False, decoder="torchvision")
+    slow = kit.FastImageDataset(samples, size=64, train=False, decoder="pil")
     for i in (0, 3, 9):
         a, label_a = fast[i]
         b, label_b = slow[i]
@@ -72,7 +79,7 @@ def test_fast_center_crop_matches_pil_path(image_folder):
 
 
 def test_image_transform_options(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
+    samples, _ = kit.scan_image_folder(image_folder)
     path = samples[1][0]
     for decoder in ("torchvision", "pil"):
         x = fi.image_transform(decoder, 40, train=False, eval_resize=48, normalize=True)(path)
@@ -100,7 +107,7 @@ def _rank_input(root, decoder: str, *, train: bool, batch: int = 4, rank: int = 
     """The trainer's input for `root` (one split) as RankInput builds it, on the CPU."""
     import dataclasses
 
-    from kjob_trainer import data as data_mod
+    from kjob_trainer import torch_data as data_mod
     from kjob_trainer.config import TrainConfig
     from kjob_trainer.dataset_index import scan_folder
 
@@ -172,8 +179,8 @@ def test_trainer_dali_names_a_corrupt_file(tmp_path, image_folder):
 
 
 def test_train_transform_shape_and_determinism(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
-    ds = fi.FastImageDataset(samples, size=32, train=True)
+    samples, _ = kit.scan_image_folder(image_folder)
+    ds = kit.FastImageDataset(samples, size=32, train=True)
     torch.manual_seed(7)
     first = [ds[i][0] for i in range(4)]
     torch.manual_seed(7)
@@ -209,25 +216,25 @@ def test_normalize_batch_is_imagenet_normalisation():
 
 
 def test_loader_options_only_pass_worker_options_with_workers():
-    none = fi.LoaderOptions(num_workers=0).dataloader_kwargs()
+    none = kit.LoaderOptions(num_workers=0).dataloader_kwargs()
     assert "prefetch_factor" not in none and "persistent_workers" not in none
     assert none["pin_memory"] is torch.cuda.is_available()
-    two = fi.LoaderOptions(num_workers=2, prefetch_factor=3, pin_memory=False).dataloader_kwargs()
+    two = kit.LoaderOptions(num_workers=2, prefetch_factor=3, pin_memory=False).dataloader_kwargs()
     assert two == {"num_workers": 2, "pin_memory": False, "drop_last": True,
                    "persistent_workers": True, "prefetch_factor": 3}
     with pytest.raises(fi.FastInputError, match="workers must be >= 0"):
-        fi.LoaderOptions(num_workers=-1).dataloader_kwargs()
+        kit.LoaderOptions(num_workers=-1).dataloader_kwargs()
     with pytest.raises(fi.FastInputError, match="prefetch factor must be >= 1"):
-        fi.LoaderOptions(num_workers=1, prefetch_factor=0).dataloader_kwargs()
+        kit.LoaderOptions(num_workers=1, prefetch_factor=0).dataloader_kwargs()
 
 
 @pytest.mark.timeout(60)
 def test_worker_loader_through_prefetcher_and_meter(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
-    ds = fi.FastImageDataset(samples, size=32, train=True)
-    opts = fi.LoaderOptions(num_workers=1, prefetch_factor=2, persistent_workers=True)
-    loader = fi.make_loader(ds, 4, shuffle=True, options=opts, seed=0)
-    meter = fi.DataWaitMeter(fi.DevicePrefetcher(loader, "cpu", channels_last=True))
+    samples, _ = kit.scan_image_folder(image_folder)
+    ds = kit.FastImageDataset(samples, size=32, train=True)
+    opts = kit.LoaderOptions(num_workers=1, prefetch_factor=2, persistent_workers=True)
+    loader = kit.make_loader(ds, 4, shuffle=True, options=opts, seed=0)
+    meter = DataWaitMeter(fi.DevicePrefetcher(loader, "cpu", channels_last=True))
     for epoch in range(2):  # persistent workers serve the second epoch too
         batches = list(meter)
         assert len(batches) == len(meter) == 4
@@ -243,13 +250,13 @@ def test_data_wait_meter_tells_input_bound_from_compute_bound():
             time.sleep(delay)
             yield i
 
-    starved = fi.DataWaitMeter(slow_source(5, 0.02))
+    starved = DataWaitMeter(slow_source(5, 0.02))
     assert list(starved) == [0, 1, 2, 3, 4]
     assert starved.input_bound and starved.wait_share > 0.8
     assert starved.wait_ms_per_step >= 15
     assert "input-bound" in starved.report()
 
-    busy = fi.DataWaitMeter(range(5))
+    busy = DataWaitMeter(range(5))
     for _ in busy:
         time.sleep(0.02)  # the "training step"
     assert not busy.input_bound and busy.wait_share < 0.1
@@ -258,7 +265,7 @@ def test_data_wait_meter_tells_input_bound_from_compute_bound():
     assert busy.steps == 0 and busy.wait_share == 0.0
 
     # A window reset mid-iteration measures from the reset, not from the last batch.
-    meter = fi.DataWaitMeter(range(6))
+    meter = DataWaitMeter(range(6))
     for i in meter:
         if i == 2:
             meter.reset()
@@ -273,12 +280,12 @@ def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
         dali_input.make_dali_loader([("x.JPEG", 0)], 2)
     assert isinstance(e.value, BadInput) and e.value.exit_code == 2
     assert "\n" not in str(e.value)
-    with pytest.raises(fi.FastInputError, match=r"dali_input\.make_dali_loader"):
-        fi.FastImageDataset([("x.JPEG", 0)], decoder="dali")
+    with pytest.raises(fi.FastInputError, match=r"torch_dali\.make_dali_loader"):
+        kit.FastImageDataset([("x.JPEG", 0)], decoder="dali")
 
 
 def test_dali_cpu_pipeline(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
+    samples, _ = kit.scan_image_folder(image_folder)
     loader = dali_input.make_dali_loader(samples, 4, size=32, train=True, device="cpu", num_threads=1)
     batches = list(loader)
     assert len(batches) == 4
@@ -296,11 +303,11 @@ def test_corrupt_and_bad_options_are_clear_errors(tmp_path):
     with pytest.raises(fi.CorruptImage, match=r"bad\.JPEG"):
         fi.load_pil_rgb(bad)
     with pytest.raises(fi.FastInputError, match=r"^unknown image decoder 'turbo': choose torchvision or pil$"):
-        fi.FastImageDataset([], decoder="turbo")
+        kit.FastImageDataset([], decoder="turbo")
     with pytest.raises(fi.FastInputError, match="no such folder"):
-        fi.scan_image_folder(tmp_path / "missing")
+        kit.scan_image_folder(tmp_path / "missing")
     with pytest.raises(fi.FastInputError, match="batch size must be >= 1"):
-        fi.make_loader(fi.FastImageDataset([]), 0)
+        kit.make_loader(kit.FastImageDataset([]), 0)
 
 
 # --------------------------------------------------------------------------- loss curves
@@ -335,10 +342,10 @@ def _loss_curve(batches, *, channels_last: bool, compile: bool, steps: int = 6) 
 
 @pytest.fixture(scope="module")
 def uint8_batches(image_folder):
-    samples, _ = fi.scan_image_folder(image_folder)
-    ds = fi.FastImageDataset(samples, size=24, train=True)
+    samples, _ = kit.scan_image_folder(image_folder)
+    ds = kit.FastImageDataset(samples, size=24, train=True)
     torch.manual_seed(1)
-    loader = fi.make_loader(ds, 8, shuffle=True, options=fi.LoaderOptions(num_workers=0), seed=1)
+    loader = kit.make_loader(ds, 8, shuffle=True, options=kit.LoaderOptions(num_workers=0), seed=1)
     batches = list(loader)
     return batches * 3  # 6 steps over the same 16 images: the loss must fall
 

@@ -38,7 +38,7 @@ def error_lines(stderr: str) -> list[str]:
 LOAD = """
 import json, sys
 from kjob_trainer.mindspore_eval import _load_into, read_checkpoint
-from kjob_trainer.mindspore_train import build_network
+from kjob_trainer.mindspore_setup import build_network
 params, info = read_checkpoint(sys.argv[1])
 net = build_network(info["model"], 10)
 _load_into(net, params, sys.argv[1])
@@ -96,7 +96,7 @@ def test_two_ranks_train_checkpoint_then_resume_and_sigterm(tmp_path):
                 proc.kill()
                 proc.wait()
     text = (tmp_path / "log").read_text()
-    assert code != 0 and "resumed from step-00000003.ckpt: epoch 0 step 3" in text, text[-3000:]
+    assert code != 0 and f"resumed from {out / 'checkpoints' / 'step-00000003.ckpt'}: epoch 0 step 3" in text, text[-3000:]
     stop = re.search(r"^stopping on SIGTERM at step (\d+): checkpoint ((?:step-\d{8}|epoch-\d{4})\.ckpt) saved", text, re.M)
     assert stop, text[-3000:]
     steps = [int(m.group(3)) for m in PROGRESS.finditer(text)]
@@ -189,7 +189,7 @@ def test_corrupt_image_beyond_the_allowed_fraction_is_one_line_and_exit_2(tmp_pa
                        "--output-path", str(tmp_path / "out"), timeout=180)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert error_lines(proc.stderr) == [
-        f"Error: dataset: 1 image(s) could not be decoded (more than max_bad_images=0 of 6), e.g. {bad}"]
+        f"Error: dataset: 1 training images could not be decoded, more than max_bad_images=0 x 6 allows (e.g. {bad})"]
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
@@ -201,7 +201,7 @@ def test_folder_training_evaluates_and_evaluate_cli_agrees(tmp_path):
     proc = run_trainer("--framework", "mindspore", "--data-path", str(tmp_path / "data"), "--image-size", "32",
                        "--batch-size", "4", "--epochs", "1", "--workers", "1", "--output-path", str(out), timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert re.search(r"^eval epoch 1/1 top1 [\d.]+ top5 100\.00 loss [\d.]+ images 8$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^epoch 1/1 eval top1 [\d.]+ top5 100\.00 loss [\d.]+ \(8 images\)$", proc.stdout, re.M), proc.stdout
     entry = index_of(out)["checkpoints"][0]
     assert entry["file"] == "epoch-0001.ckpt" and set(entry["metrics"]) >= {"top1", "top5", "loss"}
     ev = run_trainer("--checkpoint", str(out / "checkpoints" / "epoch-0001.ckpt"), "--data-path",
@@ -226,7 +226,7 @@ def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_mindcv_models_have_the_published_parameter_counts():
-    code = ("from kjob_trainer.mindspore_train import build_network\n"
+    code = ("from kjob_trainer.mindspore_setup import build_network\n"
             "for m in ('resnext50_32x4d', 'resnest50'):\n"
             "    n = build_network(m, 1000)\n"
             "    print(m, sum(p.size for p in n.get_parameters()), sum(p.size for p in n.trainable_params()))\n")

@@ -1,5 +1,6 @@
-"""Pure parts of the MindSpore trainer (no MindSpore import): the lr schedule, per-rank
-sharding, and where the ranks find the dynamic-cluster scheduler."""
+"""Pure parts of the MindSpore trainer (no MindSpore import): the lr table its optimizer
+gets from the shared schedule, per-rank sharding as it uses it, and where the ranks find
+the dynamic-cluster scheduler."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import pytest
 from kjob_trainer.config import make_config
 from kjob_trainer.distributed import DistEnv
 from kjob_trainer.errors import BadInput, DistributedError
-from kjob_trainer.mindspore_data import batches_per_epoch, shard_indices
 from kjob_trainer.mindspore_dist import BASE_SCHED_PORT, PORT_SPREAD, cluster_address
-from kjob_trainer.mindspore_train import lr_per_batch
+from kjob_trainer.mindspore_setup import lr_table
+from kjob_trainer.schedule import LrSchedule
+from kjob_trainer.sharding import batches_per_epoch, shard_indices
+
+
+def lr_per_batch(cfg, batches: int, world: int) -> np.ndarray:
+    """The table the MindSpore optimizer gets (one lr per micro-batch of the run)."""
+    steps = batches // cfg.grad_accum
+    return lr_table(LrSchedule.from_config(cfg, world, steps).table(), cfg.grad_accum)
 
 
 def cfg(**kw):
@@ -29,6 +37,14 @@ def test_lr_scales_by_global_batch_warms_up_then_follows_cosine_to_min_lr():
     assert lr[10] == pytest.approx(0.2, rel=1e-5)  # warmup over: cosine starts at the base lr
     assert lr[30] == pytest.approx(0.001 + 0.5 * 0.199 * (1 + math.cos(math.pi * 20 / 40)), rel=1e-5)
     assert np.all(np.diff(lr[10:]) <= 0) and lr[-1] > 0.001
+
+
+def test_grad_accumulation_repeats_each_steps_lr_for_its_micro_batches():
+    c = cfg(lr=0.1, batch_size=32, epochs=2, grad_accum=2)
+    lr = lr_per_batch(c, batches=4, world=8)  # 2 steps per epoch, 4 in all
+    steps = LrSchedule.from_config(c, 8, 2)
+    assert len(lr) == 8 and list(lr[::2]) == pytest.approx([steps.lr_at(s) for s in range(4)], rel=1e-6)
+    assert list(lr[1::2]) == list(lr[::2])
 
 
 def test_step_schedule_decays_at_milestones():
@@ -78,14 +94,3 @@ def test_scheduler_on_several_hosts_is_the_hostfiles_first_host(tmp_path):
         cluster_address(_dist(rank=5, world=16, local=8), {"KJOB_HOSTFILE": str(tmp_path / "none")})
     with pytest.raises(BadInput, match="KJOB_MS_SCHED_PORT='x' is not a port number"):
         cluster_address(_dist(), {"KJOB_MS_SCHED_PORT": "x"})
-
-
-def test_mindcv_recipe_config_has_mindcvs_values():
-    # mindspore-lab/mindcv configs/resnext/resnext50_32x4d_ascend.yaml, key for key.
-    c = make_config("resnext50_mindcv", {"synthetic": True})
-    assert (c.framework, c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (
-        "mindspore", "resnext50_32x4d", 150, 32, 0.1, 0.9, 1e-4)
-    assert (c.lr_schedule, c.min_lr, c.warmup_epochs, c.label_smoothing) == ("cosine", 0.0, 0.0, 0.1)
-    assert (c.amp_level, c.loss_scale, c.loss_scale_type, c.keep_checkpoints) == ("O2", 1024.0, "fixed", 30)
-    assert (c.image_size, c.eval_resize_size(), c.crop_scale_min, c.hflip) == (224, 256, 0.08, True)
-    assert c.scaled_lr(8) == pytest.approx(0.1)  # 8 cards x 32 = 256: MindCV's lr as is

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kjob_trainer.checkpoints import CheckpointDir, sha256_file
-from kjob_trainer.data import ShardBatches
+from kjob_trainer.torch_data import ShardBatches
 from kjob_trainer.metrics import read_metrics
 from kjob_trainer.torch_state import load_state
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from kjob_trainer.augment import AUTO_AUGMENT_POLICIES
 from kjob_trainer.config import AMP_MODES, DEVICES, FRAMEWORKS, LR_SCHEDULES, MODELS
 from kjob_trainer.errors import BadInput
 
@@ -59,6 +60,11 @@ def _parser(prog: str) -> OneLineParser:
     a("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, help="random horizontal flip (default on)")
     a("--crop-scale-min", dest="crop_scale_min", type=float, metavar="F", help="min area fraction of the random crop")
     a("--eval-resize", dest="eval_resize", type=int, metavar="N")
+    a("--eval-resize-square", dest="eval_resize_square", action=argparse.BooleanOptionalAction,
+      help="eval: resize to N x N, not the short side to N")
+    a("--color-jitter", dest="color_jitter", type=float, metavar="F", help="brightness/contrast/saturation jitter")
+    a("--auto-augment", dest="auto_augment", choices=AUTO_AUGMENT_POLICIES, help="AutoAugment policy")
+    a("--mixup-alpha", dest="mixup_alpha", type=float, metavar="F", help="Mixup with Beta(F, F); 0 = off")
     a("--workers", "-j", "--num_parallel_workers", dest="workers", type=int, metavar="N", help="loader processes per rank")
     a("--synthetic", action="store_true", help="random images, no dataset needed")
     a("--synthetic-samples", dest="synthetic_samples", type=int, metavar="N")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kjob_trainer.augment import AUTO_AUGMENT_POLICIES
 from kjob_trainer.errors import BadInput
 
 FRAMEWORKS = ("pytorch", "mindspore")
@@ -64,6 +65,13 @@ class TrainConfig:
     eval_resize: int | None = None  # None: image_size * 256 / 224, the usual ratio
     hflip: bool = True  # random horizontal flip in training (off for data where mirroring changes meaning)
     crop_scale_min: float = 0.08  # smallest area fraction of the random-resized crop (Inception's 8%)
+    # Recipe augmentations after crop and flip (see augment.py): brightness/contrast/saturation
+    # jitter strength (the MindSpore zoo's 0.4), an AutoAugment policy (PaddleClas: imagenet),
+    # and Mixup's Beta(alpha, alpha) (PaddleClas: 0.2); 0 / None = off.
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    mixup_alpha: float = 0.0
+    eval_resize_square: bool = False  # eval: resize to eval_resize x eval_resize (the MindSpore zoo) instead of the short side
     workers: int = 4  # loader processes per rank
     synthetic: bool = False
     synthetic_samples: int = 1281167  # images per epoch of synthetic data (ImageNet's count)
@@ -203,5 +211,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.warmup_epochs >= 0 and cfg.dist_timeout > 0, "--warmup-epochs must not be negative; --dist-timeout must be positive")
     _check(0 < cfg.crop_scale_min <= 1, f"--crop-scale-min must be in (0, 1], got {cfg.crop_scale_min}")
     _check(0 <= cfg.max_bad_images < 1, "--max-bad-images is a fraction in [0, 1)")
+    _check(cfg.auto_augment is None or cfg.auto_augment in AUTO_AUGMENT_POLICIES,
+           f"--auto-augment must be one of {', '.join(AUTO_AUGMENT_POLICIES)}, got {cfg.auto_augment!r}")
+    _check(cfg.mixup_alpha >= 0 and cfg.color_jitter >= 0, "--mixup-alpha and --color-jitter must not be negative")
     _check(cfg.synthetic or bool(cfg.data_path), "no dataset: give --data-path DIR or --synthetic")
     _check(bool(cfg.resume), "--resume must be auto, never or a checkpoint path")

@@ -109,6 +109,20 @@ def find_splits(data_path: str, need_val: bool) -> tuple[Split, Split | None]:
     return train, val
 
 
+def find_val_split(data_path: str) -> Split:
+    """The validation images of DIR for `evaluate`: DIR/val/<class>/*, DIR/val_list.txt, or
+    DIR itself holding class folders (as the references pass `.../imagenet/val`).
+    Raises BadInput if there are none."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise BadInput(f"dataset folder {data_path} does not exist")
+    if (root / "val").is_dir():
+        return scan_folder(root / "val", "val")
+    if (root / "val_list.txt").is_file():
+        return read_list(root, root / "val_list.txt", "val")
+    return scan_folder(root, "val")
+
+
 def check_num_classes(split: Split, num_classes: int | None) -> int:
     """The model's class count. Raises BadInput if --num-classes disagrees with the data."""
     found = len(split.classes)

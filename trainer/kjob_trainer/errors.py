@@ -30,3 +30,24 @@ class Terminated(TrainerError):
     """SIGTERM was received and handled (checkpoint saved where possible); exit 143 = 128+15."""
 
     exit_code = 143
+
+
+def print_error(error: BaseException, dist) -> None:
+    """Print the one `Error:` (or `Stopped:`) line of a failed run or evaluation.
+
+    Rank 0 prints every error; another rank prints only its own, such as failing to join
+    (`dist` is the DistEnv, or None before it is known)."""
+    import sys
+
+    own = isinstance(error, DistributedError) or not isinstance(error, TrainerError)
+    if dist is not None and not dist.is_main and not own:
+        return
+    if isinstance(error, TrainerError):
+        text = str(error)
+    else:
+        first = (str(error).strip().splitlines() or [""])[0]
+        text = f"{type(error).__name__}: {first}"
+        if dist is not None and dist.distributed:
+            text = f"{dist.where()}: {text}"
+    prefix = "Stopped" if isinstance(error, Terminated) else "Error"
+    print(f"{prefix}: {text}", file=sys.stderr, flush=True)

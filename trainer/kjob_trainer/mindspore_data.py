@@ -1,18 +1,17 @@
 """MindSpore input: `mindspore.dataset` pipelines over the same datasets as the PyTorch side.
 
-The dataset is found and checked by the framework-neutral `dataset_index` (same layouts,
-same one-line errors). Sharding is done here rather than by `num_shards/shard_id`: each
-epoch is a seeded permutation of the whole set, cut to a multiple of world x batch and
-dealt round-robin, so ranks never overlap, every rank runs the same number of steps (the
-gradient all-reduce needs that), and a resumed epoch can skip exactly the batches it has
-already trained on. MindSpore reads each rank's list through a `SubsetSampler`.
+The dataset is found and checked by the framework-neutral `dataset_index`, each rank's
+samples come from `sharding.shard_indices` (the PyTorch side's too), read through a
+`SubsetSampler`, and synthetic images from `synthetic.SyntheticBank`. Augmentation follows
+the config with MindSpore's and MindCV's own transforms: random-resized crop, flip, then
+`vision.RandomColorAdjust` (colour jitter) or MindCV's AutoAugment ("autoaug", the
+ImageNet policy); Mixup is a batch transform of the loop (augment.mixup_draw).
 
 Pipelines yield (image CHW float32, label int32, index int64): `index` is the sample's
 position in the dataset, so a rank can show which samples it trained on.
 
 Corrupt images (same policy as the PyTorch side): a file that fails to decode is replaced
-by the next good one and counted; the trainer stops with exit 2, naming the file, once a
-rank's count exceeds `max_bad_images` x its share of the training set.
+by the next good one and counted; the loop applies `run_protocol.check_bad_images`.
 """
 
 from __future__ import annotations
@@ -24,13 +23,15 @@ import numpy as np
 
 from kjob_trainer.config import TrainConfig
 from kjob_trainer.dataset_index import Split
-from kjob_trainer.errors import BadInput
+from kjob_trainer.synthetic import SyntheticBank
 
 # ImageNet channel statistics on the 0..255 scale, as MindCV normalises.
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 MAX_SUBSTITUTES = 16  # following samples tried in place of an undecodable one
-SYNTHETIC_BANK = 64  # distinct synthetic images: generating one per sample would cost more than the step
+# MindCV's AutoAugment translates by up to this fraction of the image side (its
+# transforms_imagenet_train sets translate_const the same way).
+AUTO_AUGMENT_TRANSLATE = 0.45
 
 
 @dataclass
@@ -61,42 +62,44 @@ class ImageSource:
 
 
 class SyntheticSource:
-    """Random normalised CHW images from a small bank, labels `index % num_classes`."""
+    """`synthetic.SyntheticBank`, normalised as a decoded image would be (CHW float32)."""
 
     bad = 0
     bad_files: list[str] = []
 
     def __init__(self, samples: int, image_size: int, num_classes: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.bank = rng.standard_normal((SYNTHETIC_BANK, 3, image_size, image_size), dtype=np.float32)
-        self.samples = samples
+        self.bank = SyntheticBank(samples, image_size, num_classes, seed)
+        mean = np.asarray(MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(STD, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.images = ((self.bank.bank.astype(np.float32) - mean) / std).astype(np.float32)
         self.num_classes = num_classes
 
     def __len__(self) -> int:
-        return self.samples
+        return len(self.bank)
 
     def __getitem__(self, index: int):
-        index = int(index)
-        return self.bank[index % SYNTHETIC_BANK], np.int32(index % self.num_classes), np.int64(index)
+        _, label, i = self.bank.item(int(index))
+        return self.images[i % len(self.images)], np.int32(label), np.int64(i)
 
 
-def shard_indices(n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, train: bool) -> list[int]:
-    """This rank's sample indices for `epoch`, in order. Train: a permutation seeded by
-    (seed, epoch), trimmed to whole global batches. Eval: every sample once, round-robin."""
-    if not train:
-        return list(range(rank, n, world))
-    order = np.random.default_rng(seed + epoch).permutation(n)
-    usable = (n // (world * batch_size)) * world * batch_size
-    return [int(i) for i in order[rank:usable:world]]
+def _recipe_ops(cfg: TrainConfig) -> list:
+    """The recipe's colour augmentation after crop and flip (MindSpore's and MindCV's ops)."""
+    import mindspore.dataset.vision as vision
 
+    ops = []
+    if cfg.color_jitter:
+        ops.append(vision.RandomColorAdjust(brightness=cfg.color_jitter, contrast=cfg.color_jitter,
+                                            saturation=cfg.color_jitter))
+    if cfg.auto_augment:
+        from mindcv.data.auto_augment import auto_augment_transform
+        from mindspore.dataset.vision import Inter
 
-def batches_per_epoch(n: int, batch_size: int, world: int) -> int:
-    """Training batches per rank per epoch. Raises BadInput if there is not one global batch."""
-    count = n // (world * batch_size)
-    if count < 1:
-        raise BadInput(f"dataset: {n} training images are fewer than one global batch "
-                       f"({world} ranks x --batch-size {batch_size})")
-    return count
+        # "autoaug": the ImageNet policy; magnitude_std 0 keeps the policy's fixed magnitudes
+        # (PaddleClas's ImageNetPolicy has no magnitude noise; MindCV's default adds 0.5).
+        ops.append(auto_augment_transform("autoaug", {
+            "translate_const": int(cfg.image_size * AUTO_AUGMENT_TRANSLATE), "magnitude_std": 0.0,
+            "img_mean": tuple(min(255, round(m)) for m in MEAN), "interpolation": Inter.BILINEAR}))
+    return ops
 
 
 def _image_ops(cfg: TrainConfig, train: bool) -> list:
@@ -106,8 +109,10 @@ def _image_ops(cfg: TrainConfig, train: bool) -> list:
         steps = [vision.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0), ratio=(0.75, 1.333))]
         if cfg.hflip:
             steps.append(vision.RandomHorizontalFlip(0.5))
+        steps += _recipe_ops(cfg)
     else:
-        steps = [vision.Resize(cfg.eval_resize_size()), vision.CenterCrop(cfg.image_size)]
+        side = cfg.eval_resize_size()
+        steps = [vision.Resize((side, side) if cfg.eval_resize_square else side), vision.CenterCrop(cfg.image_size)]
     return [*steps, vision.Normalize(MEAN, STD), vision.HWC2CHW()]
 
 
@@ -126,10 +131,3 @@ def make_pipeline(source, indices: list[int], cfg: TrainConfig, batch_size: int,
     if isinstance(source, ImageSource):
         pipe = pipe.map(operations=_image_ops(cfg, train), input_columns="image", num_parallel_workers=workers)
     return pipe.batch(batch_size, drop_remainder=train)
-
-
-def check_bad_images(source, shard_size: int, cfg: TrainConfig) -> None:
-    """Raises BadInput once this rank has replaced more corrupt images than allowed."""
-    if source.bad > cfg.max_bad_images * shard_size:
-        raise BadInput(f"dataset: {source.bad} image(s) could not be decoded (more than max_bad_images="
-                       f"{cfg.max_bad_images:g} of {shard_size}), e.g. {source.bad_files[0]}")

@@ -76,17 +76,18 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def evaluate_checkpoint(checkpoint: str, data_path: str, *, batch_size: int = 32, device: str = "auto",
                         workers: int = 2, dist=None) -> dict[str, Any]:
     """Top-1/top-5 of a kjob MindSpore checkpoint on the val images of `data_path`
-    (DIR/val/<class>/, DIR/val_list.txt, or DIR holding class folders, as `evaluate` finds them).
+    (DIR/val/<class>/, DIR/val_list.txt, or DIR holding class folders: dataset_index.find_val_split).
 
     Returns {"model", "checkpoint", "epoch", "step", "top1", "top5", "loss", "images"}. Raises
     BadInput for an unreadable checkpoint, batch size < 1, or classes that differ from training's."""
     import dataclasses
 
     from kjob_trainer.config import TrainConfig
+    from kjob_trainer.dataset_index import find_val_split
     from kjob_trainer.distributed import dist_env
-    from kjob_trainer.evaluate import find_val_split
-    from kjob_trainer.mindspore_data import ImageSource, make_pipeline, shard_indices
-    from kjob_trainer.mindspore_train import build_network, setup_context
+    from kjob_trainer.mindspore_data import ImageSource, make_pipeline
+    from kjob_trainer.mindspore_setup import build_network, setup_context
+    from kjob_trainer.sharding import shard_indices
 
     if batch_size < 1:
         raise BadInput(f"--batch-size must be at least 1, got {batch_size}")

@@ -1,10 +1,9 @@
-"""PyTorch plumbing the training loop needs: device, process group, optimizer, lr schedule."""
+"""PyTorch plumbing the training loop needs: device, process group, optimizer, autocast dtype
+(the lr schedule is framework-free: schedule.py)."""
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -13,7 +12,7 @@ from kjob_trainer.config import TrainConfig
 from kjob_trainer.distributed import (DistEnv, local_address, publish_address, rendezvous_file,
                                       static_address, wait_for_address)
 from kjob_trainer.errors import BadInput, DistributedError
-from kjob_trainer.models import parameter_groups
+from kjob_trainer.torch_models import parameter_groups
 
 
 def select_device(cfg: TrainConfig, dist: DistEnv) -> torch.device:
@@ -75,39 +74,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     groups = parameter_groups(model, cfg.weight_decay, cfg.bn_bias_decay)
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fast)
-
-
-@dataclass(frozen=True)
-class LrSchedule:
-    """lr as a pure function of the optimizer step, so resuming needs only the step:
-    linear warmup from start_factor x base, then cosine to min_lr or step decay."""
-
-    base_lr: float
-    total_steps: int
-    steps_per_epoch: int
-    warmup_steps: int
-    kind: str
-    milestones: tuple[int, ...]
-    gamma: float
-    min_lr: float
-    start_factor: float
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, world_size: int, steps_per_epoch: int, total_steps: int) -> "LrSchedule":
-        return cls(cfg.scaled_lr(world_size), total_steps, steps_per_epoch,
-                   round(cfg.warmup_epochs * steps_per_epoch), cfg.lr_schedule, cfg.lr_milestones,
-                   cfg.lr_gamma, cfg.min_lr, cfg.warmup_start_factor)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            frac = step / self.warmup_steps
-            return self.base_lr * (self.start_factor + (1 - self.start_factor) * frac)
-        if self.kind == "step":
-            passed = sum(1 for m in self.milestones if step >= m * self.steps_per_epoch)
-            return self.base_lr * self.gamma ** passed
-        span = max(1, self.total_steps - self.warmup_steps)
-        frac = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:

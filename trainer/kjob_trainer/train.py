@@ -4,6 +4,7 @@ Exit codes: 0 done; 2 bad input (flags, config, dataset, checkpoint); 1 other fa
 (a rank could not join, a peer died); 143 stopped by SIGTERM after saving a checkpoint.
 Errors are one `Error: ...` line on stderr, from rank 0 (other ranks print only errors
 that are their own, such as failing to join); KJOB_DEBUG=1 shows the traceback.
+An entry point only: nothing imports this module.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 from kjob_trainer.cli_args import parse_train_args
 from kjob_trainer.config import TrainConfig, make_config
 from kjob_trainer.distributed import DistEnv, dist_env
-from kjob_trainer.errors import BadInput, DistributedError, Terminated, TrainerError
+from kjob_trainer.errors import BadInput, TrainerError, print_error
 
 
 def framework_runner(cfg: TrainConfig) -> Callable[[TrainConfig, DistEnv], int]:
@@ -64,22 +65,6 @@ def unwritable(path: str) -> str:
             f"(chown {uid}:{gid} or chmod 1777 it once; fsGroup does not change NFS volumes)")
 
 
-def report(error: BaseException, dist: DistEnv | None) -> None:
-    """Print the one-line error (see module doc for which ranks print)."""
-    own = isinstance(error, DistributedError) or not isinstance(error, TrainerError)
-    if dist is not None and not dist.is_main and not own:
-        return
-    if isinstance(error, TrainerError):
-        text = str(error)
-    else:
-        first = (str(error).strip().splitlines() or [""])[0]
-        text = f"{type(error).__name__}: {first}"
-        if dist is not None and dist.distributed:
-            text = f"{dist.where()}: {text}"
-    prefix = "Stopped" if isinstance(error, Terminated) else "Error"
-    print(f"{prefix}: {text}", file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     dist = None
     try:
@@ -94,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the one place errors become exit codes
         if os.environ.get("KJOB_DEBUG"):
             traceback.print_exc()
-        report(e, dist)
+        print_error(e, dist)
         return e.exit_code if isinstance(e, TrainerError) else 1
 
 

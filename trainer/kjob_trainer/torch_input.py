@@ -1,4 +1,4 @@
-"""The fast input pipeline: JPEG bytes -> augmented uint8 tensors -> normalised device batches.
+"""PyTorch image input: JPEG bytes -> augmented uint8 tensors -> normalised device batches.
 
 Three decoders, one output format (uint8 CHW in the workers, normalised on the device):
 
@@ -8,22 +8,22 @@ Three decoders, one output format (uint8 CHW in the workers, normalised on the d
 - ``"pil"``: the classic ``PIL.Image.open`` + torchvision PIL transforms, for comparison and
   for formats torchvision cannot decode.
 - ``"dali"``: NVIDIA DALI (``pip install nvidia-dali-cuda130``), decoding with nvJPEG on the
-  GPU for nodes whose CPUs cannot keep up: a whole loader, in dali_input.py, which imports
+  GPU for nodes whose CPUs cannot keep up: a whole loader, in torch_dali.py, which imports
   DALI only when asked for.
 
 Workers ship uint8 images (4x less inter-process and host-to-device traffic than float32);
 ``normalize_batch`` / ``DevicePrefetcher`` turn them into normalised float tensors on the
-device. ``DataWaitMeter`` wraps any batch iterator and measures the time the training loop
-spends blocked on data each step, so the trainer can say when it is input-bound.
+device. Augmentation follows the config: random-resized crop, flip, then the recipe's
+colour jitter or AutoAugment (torchvision's v2 transforms, which work on uint8 tensors); all
+of it draws from torch's RNG, which `torch_data.ImageDataset` seeds per sample, so a resumed
+run makes the same crops. (The loader helpers the benchmarks use live in bench/input_kit.py.)
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,7 +39,7 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EVAL_CROP_FRACTION = 0.875
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-# Decoders that run inside DataLoader workers (DALI is a loader of its own: dali_input.py).
+# Decoders that run inside DataLoader workers (DALI is a loader of its own: torch_dali.py).
 WORKER_DECODERS = ("torchvision", "pil")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -131,18 +131,34 @@ def rrc_params(height: int, width: int, u: Sequence[float], scale: tuple[float, 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _recipe_ops(api: Any, *, color_jitter: float, auto_augment: str | None) -> list:
+    """The recipe's colour augmentation after crop and flip, from torchvision `api`
+    (transforms.v2 for uint8 tensors, transforms for PIL images)."""
+    ops = []
+    if color_jitter:
+        ops.append(api.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    if auto_augment:
+        ops.append(api.AutoAugment(api.AutoAugmentPolicy.IMAGENET))
+    return ops
+
+
 class TensorTrainTransform:
-    """Random-resized-crop + horizontal flip of a uint8 (3, H, W) tensor to (3, size, size).
+    """Random-resized-crop + horizontal flip of a uint8 (3, H, W) tensor to (3, size, size),
+    then the recipe's colour jitter and/or AutoAugment (ImageNet policy), still uint8.
 
     Same box distribution as torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3)
     from torch's RNG, so DataLoader's per-worker seeding applies; the resize is antialiased
     bilinear on uint8, which torch runs with a vectorised integer kernel.
     """
 
-    def __init__(self, size: int, *, flip: bool = True, scale: tuple[float, float] = RRC_SCALE) -> None:
+    def __init__(self, size: int, *, flip: bool = True, scale: tuple[float, float] = RRC_SCALE,
+                 color_jitter: float = 0.0, auto_augment: str | None = None) -> None:
+        from torchvision.transforms import v2
+
         self.size = size
         self.flip = flip
         self.scale = scale
+        self.recipe = _recipe_ops(v2, color_jitter=color_jitter, auto_augment=auto_augment)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
@@ -152,34 +168,40 @@ class TensorTrainTransform:
         out = F.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
         if self.flip and u[22] < 0.5:
             out = out.flip(-1)
+        for op in self.recipe:
+            out = op(out)
         return out
 
 
 class TensorEvalTransform:
-    """Resize the short side to `resize` (default size/0.875), then center-crop size x size
-    (uint8 in, uint8 out)."""
+    """Resize the short side to `resize` (default size/0.875), or the whole image to
+    resize x resize with square=True, then center-crop size x size (uint8 in, uint8 out)."""
 
-    def __init__(self, size: int, *, resize: int | None = None) -> None:
+    def __init__(self, size: int, *, resize: int | None = None, square: bool = False) -> None:
         self.size = size
         self.resize = resize or int(round(size / EVAL_CROP_FRACTION))
+        self.square = square
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
-        out = F.resize(img, [self.resize], antialias=True)
+        out = F.resize(img, [self.resize, self.resize] if self.square else [self.resize], antialias=True)
         return F.center_crop(out, [self.size, self.size])
 
 
 def pil_transform(size: int, *, train: bool, scale: tuple[float, float] = RRC_SCALE,
-                  resize: int | None = None, flip: bool = True) -> Callable[[Any], torch.Tensor]:
+                  resize: int | None = None, flip: bool = True, color_jitter: float = 0.0,
+                  auto_augment: str | None = None, square: bool = False) -> Callable[[Any], torch.Tensor]:
     """The classic torchvision PIL pipeline, ending in a uint8 (3, size, size) tensor."""
     from torchvision import transforms as T
 
     if train:
         steps = [T.RandomResizedCrop(size, scale=scale, ratio=RRC_RATIO)]
         steps += [T.RandomHorizontalFlip()] if flip else []
+        steps += _recipe_ops(T, color_jitter=color_jitter, auto_augment=auto_augment)
     else:
-        steps = [T.Resize(resize or int(round(size / EVAL_CROP_FRACTION))), T.CenterCrop(size)]
+        side = resize or int(round(size / EVAL_CROP_FRACTION))
+        steps = [T.Resize((side, side) if square else side), T.CenterCrop(size)]
     return T.Compose([*steps, T.PILToTensor()])
 
 
@@ -194,12 +216,10 @@ def load_pil_rgb(path: str | Path) -> Any:
         raise CorruptImage(f"{path}: cannot decode image ({e})") from e
 
 
-# --------------------------------------------------------------------------- dataset + loader
-
-
 def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float, float] = RRC_SCALE,
-                    eval_resize: int | None = None, flip: bool = True,
-                    normalize: bool = False) -> Callable[[str], torch.Tensor]:
+                    eval_resize: int | None = None, flip: bool = True, normalize: bool = False,
+                    color_jitter: float = 0.0, auto_augment: str | None = None,
+                    eval_square: bool = False) -> Callable[[str], torch.Tensor]:
     """path -> (3, size, size) tensor: read, decode with `decoder`, augment (train) or
     resize + center-crop (eval). uint8 by default; normalize=True gives the ImageNet-normalised
     float32 tensor a dataset that does not normalise on the device expects.
@@ -208,16 +228,17 @@ def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float,
     the returned function raises CorruptImage for an undecodable file.
     """
     if decoder not in WORKER_DECODERS:
-        hint = " (DALI is a whole loader of its own: dali_input.make_dali_loader)" if decoder == "dali" else ""
+        hint = " (DALI is a whole loader of its own: torch_dali.make_dali_loader)" if decoder == "dali" else ""
         raise FastInputError(f"unknown image decoder {decoder!r}: choose torchvision or pil{hint}")
     if size < 1:
         raise FastInputError(f"image size must be >= 1, got {size}")
+    recipe = {"color_jitter": color_jitter, "auto_augment": auto_augment}
     if decoder == "torchvision":
-        tf: Callable[[Any], torch.Tensor] = (TensorTrainTransform(size, scale=scale, flip=flip) if train
-                                             else TensorEvalTransform(size, resize=eval_resize))
+        tf: Callable[[Any], torch.Tensor] = (TensorTrainTransform(size, scale=scale, flip=flip, **recipe) if train
+                                             else TensorEvalTransform(size, resize=eval_resize, square=eval_square))
         load: Callable[[str], Any] = read_rgb
     else:
-        tf = pil_transform(size, train=train, scale=scale, resize=eval_resize, flip=flip)
+        tf = pil_transform(size, train=train, scale=scale, resize=eval_resize, flip=flip, square=eval_square, **recipe)
         load = load_pil_rgb
 
     def transform(path: str) -> torch.Tensor:
@@ -225,71 +246,6 @@ def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float,
         return normalize_batch(out.unsqueeze(0))[0] if normalize else out
 
     return transform
-
-
-class FastImageDataset(torch.utils.data.Dataset):
-    """(path, label) samples -> (uint8 (3, size, size) tensor, label), decoded by `decoder`.
-
-    `decoder` is "torchvision" or "pil" (DALI has its own loader: make_dali_loader).
-    Raises FastInputError for an unknown decoder; __getitem__ raises CorruptImage.
-    """
-
-    def __init__(self, samples: Sequence[tuple[str, int]], *, size: int = 224, train: bool = True,
-                 decoder: str = "torchvision") -> None:
-        self.samples = list(samples)
-        self.decoder = decoder
-        self.transform = image_transform(decoder, size, train=train)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return self.transform(path), label
-
-
-@dataclass(frozen=True)
-class LoaderOptions:
-    """DataLoader settings of the fast path. pin_memory=None means "when CUDA is available"."""
-
-    num_workers: int = 4
-    pin_memory: bool | None = None
-    persistent_workers: bool = True
-    prefetch_factor: int = 4
-    drop_last: bool = True
-
-    def dataloader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for torch's DataLoader; worker-only options only with workers.
-
-        Raises FastInputError for a negative worker count or prefetch factor below 1.
-        """
-        if self.num_workers < 0:
-            raise FastInputError(f"loader workers must be >= 0, got {self.num_workers}")
-        if self.prefetch_factor < 1:
-            raise FastInputError(f"prefetch factor must be >= 1, got {self.prefetch_factor}")
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": pin,
-                                  "drop_last": self.drop_last}
-        if self.num_workers > 0:
-            # torch refuses these two without worker processes.
-            kwargs["persistent_workers"] = self.persistent_workers
-            kwargs["prefetch_factor"] = self.prefetch_factor
-        return kwargs
-
-
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, sampler: Any = None,
-                shuffle: bool = False, options: LoaderOptions = LoaderOptions(),
-                seed: int | None = None) -> torch.utils.data.DataLoader:
-    """A DataLoader of uint8 batches with the fast-path options. Raises FastInputError."""
-    if batch_size < 1:
-        raise FastInputError(f"batch size must be >= 1, got {batch_size}")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
-        generator=generator, **options.dataloader_kwargs())
 
 
 # --------------------------------------------------------------------------- device side
@@ -363,104 +319,3 @@ class DevicePrefetcher:
             pending = ready
         if pending is not None:
             yield pending
-
-
-# --------------------------------------------------------------------------- input-bound report
-
-
-class DataWaitMeter:
-    """Wrap a batch iterable; measure how long each `next()` blocks (time waiting for data).
-
-        meter = DataWaitMeter(loader)
-        for step, (x, y) in enumerate(meter):
-            ...train...
-            if step % 50 == 0:
-                print(meter.report())      # "data wait 3.1 ms/step (2.4% of step time)"
-                meter.reset()
-
-    The share is the time blocked in `next()` over the wall time since the window began
-    (construction, the first batch of an iteration, or `reset()`), read when asked, so a
-    window read right after a step includes that step's compute. On a GPU the host runs
-    ahead of the device, so this counts only real stalls: the device starves only when the
-    host is stuck waiting for data.
-    """
-
-    # Above this share of step time spent waiting, the run is called input-bound.
-    INPUT_BOUND_SHARE = 0.10
-
-    def __init__(self, batches: Iterable[Any]) -> None:
-        self.batches = batches
-        self.reset()
-
-    def reset(self) -> None:
-        """Start a new measuring window now (the totals restart; the iteration goes on)."""
-        self.steps = 0
-        self.wait_s = 0.0
-        self.last_wait_s = 0.0
-        self._window_start = time.perf_counter()
-
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[Any]:
-        it = iter(self.batches)
-        if self.steps == 0:  # don't count the idle time between construction and iteration
-            self._window_start = time.perf_counter()
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.last_wait_s = time.perf_counter() - start
-            self.wait_s += self.last_wait_s
-            self.steps += 1
-            yield batch
-
-    @property
-    def wait_ms_per_step(self) -> float:
-        return 1000.0 * self.wait_s / self.steps if self.steps else 0.0
-
-    @property
-    def window_s(self) -> float:
-        """Wall seconds since the window began."""
-        return time.perf_counter() - self._window_start
-
-    @property
-    def wait_share(self) -> float:
-        """Fraction (0..1) of the window's wall time spent blocked on data."""
-        elapsed = self.window_s
-        return min(1.0, self.wait_s / elapsed) if self.steps and elapsed > 0 else 0.0
-
-    @property
-    def input_bound(self) -> bool:
-        return self.steps > 0 and self.wait_share > self.INPUT_BOUND_SHARE
-
-    def summary(self) -> dict[str, float | int | bool]:
-        """The window's numbers, for metrics.jsonl."""
-        return {"data_wait_ms": round(self.wait_ms_per_step, 3),
-                "data_wait_share": round(self.wait_share, 4),
-                "input_bound": self.input_bound, "steps": self.steps}
-
-    def report(self) -> str:
-        """One human line, e.g. "data wait 3.1 ms/step (2.4% of step time)"."""
-        line = f"data wait {self.wait_ms_per_step:.1f} ms/step ({100 * self.wait_share:.1f}% of step time)"
-        if self.input_bound:
-            line += " - input-bound: add loader workers, or decode faster (torchvision decoder, or DALI on the GPU)"
-        return line
-
-
-def scan_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class index) for root/<class>/<file> in sorted order, and the class names.
-
-    A small scanner for the benchmarks and tests; the trainer's own data module handles list
-    files and its error policy. Raises FastInputError for a missing or empty folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FastInputError(f"{root}: no such folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    samples = [(str(f), i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
-    if not samples:
-        raise FastInputError(f"{root}: no images in class folders")
-    return samples, classes

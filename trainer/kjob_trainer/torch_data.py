@@ -1,5 +1,5 @@
-"""PyTorch input: datasets, per-rank sharding, transforms, and RankInput, which turns
-them into normalised device batches (workers decode to uint8; the device normalises).
+"""PyTorch input: datasets, this rank's batches (`sharding`), transforms, and RankInput,
+which turns them into normalised device batches (workers decode to uint8; the device normalises).
 
 Determinism (what makes `--resume auto` land on the same weights as an unbroken run):
 the sampler yields `epoch * N + index`, and the dataset seeds each sample's augmentation
@@ -13,7 +13,6 @@ exit 2, naming a file, once they exceed `max_bad_images` x the training set.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 import torch
@@ -21,6 +20,9 @@ from PIL import Image
 
 from kjob_trainer.config import TrainConfig
 from kjob_trainer.dataset_index import Split
+from kjob_trainer.errors import BadInput
+from kjob_trainer.sharding import eval_batches, shard_indices
+from kjob_trainer.synthetic import SyntheticBank
 
 # How many following samples to try in place of an undecodable one.
 MAX_SUBSTITUTES = 16
@@ -36,16 +38,21 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[str], torch.Tensor]:
     """Image path -> uint8 (3, size, size) tensor (normalised later, on the device: see
-    RankInput). The one place the augmentation is defined. cfg.decoder "torchvision":
-    fast_input's libjpeg-turbo decode into uint8 tensors (~1.65x the images per core of PIL,
+    RankInput). The one place the PyTorch augmentation is defined. cfg.decoder "torchvision":
+    torch_input's libjpeg-turbo decode into uint8 tensors (~1.65x the images per core of PIL,
     see BENCHMARKS.md); "pil": PIL + torchvision transforms; "dali" decodes in its own
     loader, so its datasets keep the torchvision transform for nothing but reference.
-    Raises BadInput (FastInputError) for another decoder name."""
-    from kjob_trainer.fast_input import image_transform
+    Raises BadInput (FastInputError) for another decoder name, and for DALI with a recipe
+    augmentation it does not implement."""
+    from kjob_trainer.torch_input import image_transform
 
+    if cfg.decoder == "dali" and train and (cfg.auto_augment or cfg.color_jitter):
+        raise BadInput("--decoder dali implements crop and flip only, not the recipe's auto_augment/color_jitter; "
+                       "use --decoder torchvision")
     decoder = "torchvision" if cfg.decoder == "dali" else cfg.decoder
     return image_transform(decoder, cfg.image_size, train=train, scale=(cfg.crop_scale_min, 1.0),
-                           eval_resize=cfg.eval_resize_size(), flip=cfg.hflip)
+                           eval_resize=cfg.eval_resize_size(), flip=cfg.hflip, color_jitter=cfg.color_jitter,
+                           auto_augment=cfg.auto_augment, eval_square=cfg.eval_resize_square)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -78,30 +85,25 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
-    """Random uint8 images without decoding cost (like decoded ones, normalised on the
-    device): a small bank of tensors, reused by index."""
-
-    BANK = 64  # distinct images; enough to keep the loss from collapsing in a smoke run
+    """`synthetic.SyntheticBank` as uint8 tensors (normalised on the device like decoded ones)."""
 
     def __init__(self, samples: int, image_size: int, num_classes: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.bank = torch.randint(0, 256, (self.BANK, 3, image_size, image_size), generator=g, dtype=torch.uint8)
-        self.samples = samples
+        self.bank = SyntheticBank(samples, image_size, num_classes, seed)
+        self.images = torch.from_numpy(self.bank.bank)
         self.num_classes = num_classes
 
     def __len__(self) -> int:
-        return self.samples
+        return len(self.bank)
 
     def __getitem__(self, key: int):
-        index = int(key) % self.samples
-        return self.bank[index % self.BANK], (index % self.BANK) % self.num_classes, index, 0
+        _, label, index = self.bank.item(int(key))
+        return self.images[index % len(self.images)], label, index, 0
 
 
 class ShardBatches:
-    """Batches of one rank for one epoch: a seeded permutation of the dataset, cut to a
-    multiple of world x batch (drop_last) for training, split round-robin, no overlap
-    between ranks. `start_batch` skips batches already trained on (mid-epoch resume).
-    Yields lists of `epoch * N + index` (see module doc)."""
+    """This rank's batches of one epoch, as `sharding.shard_indices` deals them, for a
+    DataLoader's batch_sampler. `start_batch` skips batches already trained on (mid-epoch
+    resume). Yields lists of `epoch * N + index` (see module doc)."""
 
     def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, train: bool) -> None:
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
@@ -114,17 +116,12 @@ class ShardBatches:
 
     def rank_indices(self) -> list[int]:
         """This rank's sample indices for the current epoch, in order."""
-        if not self.train:
-            return list(range(self.rank, self.n, self.world))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        usable = (self.n // (self.world * self.batch_size)) * self.world * self.batch_size
-        return order[self.rank:usable:self.world]
+        return shard_indices(self.n, self.batch_size, self.rank, self.world, self.seed, self.epoch, self.train)
 
     def __len__(self) -> int:
         if self.train:
             return self.n // (self.world * self.batch_size) - self.start_batch
-        return math.ceil(len(range(self.rank, self.n, self.world)) / self.batch_size)
+        return eval_batches(self.n, self.batch_size, self.rank, self.world)
 
     def __iter__(self) -> Iterator[list[int]]:
         idx = self.rank_indices()
@@ -139,7 +136,7 @@ class RankInput:
 
     Worker decoders (torchvision, pil): one DataLoader for the whole run whose workers ship
     uint8 images and persist across epochs (set_epoch reaches the sampler, which lives in
-    this process); `fast_input.DevicePrefetcher` copies and normalises the next batch while
+    this process); `torch_input.DevicePrefetcher` copies and normalises the next batch while
     the model works on this one (a side stream on CUDA). DALI: a pipeline per epoch that
     reads this rank's files in the sampler's order, so sharding and mid-epoch resume are the
     same as with the workers (the crops are DALI's own random draws, not sample_seed's).
@@ -152,7 +149,7 @@ class RankInput:
         self.dali = cfg.decoder == "dali" and isinstance(dataset, ImageDataset)
         self.loader = None
         if self.dali:
-            from kjob_trainer.dali_input import import_dali
+            from kjob_trainer.torch_dali import import_dali
 
             import_dali()  # a missing DALI fails here, before any training
         else:
@@ -163,7 +160,7 @@ class RankInput:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         """The batches of `epoch` from `start_batch` on."""
-        from kjob_trainer.fast_input import DevicePrefetcher
+        from kjob_trainer.torch_input import DevicePrefetcher
 
         self.batches.set_epoch(epoch, start_batch)
         if self.dali:
@@ -171,8 +168,7 @@ class RankInput:
         return iter(DevicePrefetcher(self.loader, self.device, channels_last=self.channels_last))
 
     def _dali_epoch(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        from kjob_trainer.dali_input import make_dali_loader
-        from kjob_trainer.errors import BadInput
+        from kjob_trainer.torch_dali import make_dali_loader
 
         b, cfg, split = self.batches, self.cfg, self.dataset.split
         order = b.rank_indices()[b.start_batch * b.batch_size:]
@@ -204,7 +200,7 @@ class RankInput:
 
 
 def _decodes(path: str) -> bool:
-    from kjob_trainer.fast_input import read_rgb
+    from kjob_trainer.torch_input import read_rgb
 
     try:
         read_rgb(path)
