@@ -1,6 +1,6 @@
 """Trainer overhead, MindSpore: img/s of kjob's full training step vs a bare train-step loop.
 
-Full step = `kjob_trainer.mindspore_train.Run` on synthetic data in this process: the
+Full step = `kjob_trainer.mindspore_train.Trainer` on synthetic data in this process: the
 `mindspore.dataset` pipeline (sampler, batching, index column), lr bookkeeping, the stop-
 flag agreement and a progress line + metrics row every --steps steps. Its img/s is the
 trainer's own figure for the second log interval (the first one holds the graph compile).

@@ -364,3 +364,49 @@ def test_torch_compile_gives_the_same_loss_curve(uint8_batches):
     fast = _loss_curve(uint8_batches, channels_last=True, compile=True)
     assert base[-1] < base[0]
     np.testing.assert_allclose(fast, base, rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- recipe augmentations
+
+
+def _recipe_dataset(root, **recipe):
+    import dataclasses
+
+    from kjob_trainer import torch_data
+    from kjob_trainer.config import TrainConfig
+    from kjob_trainer.dataset_index import scan_folder
+
+    cfg = dataclasses.replace(TrainConfig(), image_size=32, **recipe)
+    split = scan_folder(root, "train")
+    return torch_data.ImageDataset(split, torch_data.build_transforms(cfg, True), cfg.seed)
+
+
+@pytest.mark.parametrize("recipe", [{"auto_augment": "imagenet"}, {"color_jitter": 0.4}])
+def test_recipe_augmentation_is_uint8_and_fixed_by_seed_epoch_and_sample(image_folder, recipe):
+    """AutoAugment (PaddleClas) and colour jitter (the MindSpore zoo) run on the uint8 tensor
+    and draw from the per-sample seed: the same (epoch, sample) gives the same image in any
+    process (what an exact resume needs), another epoch another one."""
+    plain = _recipe_dataset(image_folder)
+    augmented = _recipe_dataset(image_folder, **recipe)
+    n = len(augmented)
+    first = [augmented[i][0] for i in range(6)]
+    assert all(x.dtype == torch.uint8 and x.shape == (3, 32, 32) for x in first)
+    assert all(torch.equal(x, augmented[i][0]) for i, x in enumerate(first))
+    assert not all(torch.equal(x, augmented[n + i][0]) for i, x in enumerate(first))  # epoch 1
+    # The recipe op comes after the same crop and flip: it changed some images.
+    assert not all(torch.equal(x, plain[i][0]) for i, x in enumerate(first))
+
+
+def test_dali_refuses_a_recipe_augmentation_it_does_not_implement(image_folder):
+    with pytest.raises(BadInput, match="--decoder dali implements crop and flip only"):
+        _recipe_dataset(image_folder, decoder="dali", auto_augment="imagenet")
+
+
+def test_eval_square_resize_stretches_instead_of_keeping_the_aspect(image_folder):
+    samples, _ = kit.scan_image_folder(image_folder)
+    path = samples[1][0]  # 120 x 90
+    short = fi.image_transform("torchvision", 40, train=False, eval_resize=48)(path)
+    square = fi.image_transform("torchvision", 40, train=False, eval_resize=48, eval_square=True)(path)
+    pil_square = fi.image_transform("pil", 40, train=False, eval_resize=48, eval_square=True)(path)
+    assert short.shape == square.shape == (3, 40, 40) and not torch.equal(short, square)
+    assert (square.float() - pil_square.float()).abs().mean() < 2.0

@@ -238,3 +238,36 @@ def test_mindcv_models_have_the_published_parameter_counts():
     # the trainable ones equal torchvision's 25,028,904.
     assert counts["resnext50_32x4d"] == (25_097_128, 25_028_904)
     assert counts["resnest50"][1] == 27_483_240
+
+
+PIPELINE = """
+import json, sys
+import numpy as np
+from kjob_trainer.config import make_config
+from kjob_trainer.dataset_index import find_splits
+from kjob_trainer.mindspore_data import ImageSource, make_pipeline
+from kjob_trainer.sharding import shard_indices
+
+cfg = make_config(sys.argv[2], {"data_path": sys.argv[1], "image_size": 32, "workers": 1})
+train, val = find_splits(sys.argv[1], need_val=True)
+out = {}
+for name, split, is_train in (("train", train, True), ("val", val, False)):
+    idx = shard_indices(len(split), 4, 0, 1, cfg.seed, 0, is_train)
+    batches = list(make_pipeline(ImageSource(split), idx, cfg, 4, train=is_train).create_tuple_iterator(
+        num_epochs=1, output_numpy=True))
+    out[name] = [[list(b[0].shape), str(b[0].dtype), bool(np.isfinite(b[0]).all())] for b in batches]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("recipe", ["resnest50", "resnext50_mindspore_zoo"])
+def test_recipe_augmentations_run_in_the_mindspore_pipeline(tmp_path, recipe):
+    """PaddleClas's AutoAugment (MindCV's "autoaug") and the zoo's colour jitter and square
+    eval resize (MindSpore's RandomColorAdjust, Resize((N, N))) in mindspore.dataset."""
+    write_tiny_folder(tmp_path / "data", classes=2, per_class=4, size=40)
+    proc = subprocess.run([sys.executable, "-c", PIPELINE, str(tmp_path / "data"), recipe], capture_output=True,
+                          text=True, timeout=180, env=trainer_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"train": [[[4, 3, 32, 32], "float32", True]] * 2, "val": [[[4, 3, 32, 32], "float32", True]] * 2}
