@@ -26,12 +26,10 @@ from bench_gpu_step import CHANNELS_LAST_AUTO, device_label, make_step, measure,
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
 from kjob_trainer import torch_data as data_mod  # noqa: E402
-from kjob_trainer import torch_input as fi  # noqa: E402
-import input_kit as kit  # noqa: E402
-from kjob_trainer.progress import DataWaitMeter  # noqa: E402
 from kjob_trainer.config import make_config  # noqa: E402
 from kjob_trainer.dataset_index import scan_folder  # noqa: E402
 from kjob_trainer.errors import BadInput  # noqa: E402
+from kjob_trainer.progress import DataWaitMeter  # noqa: E402
 from kjob_trainer.torch_models import build_model  # noqa: E402
 
 

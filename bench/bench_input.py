@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
-from kjob_trainer import torch_input as fi  # noqa: E402
 import input_kit as kit  # noqa: E402
-from kjob_trainer.progress import DataWaitMeter  # noqa: E402
+
+from kjob_trainer import torch_input as fi  # noqa: E402
 
 TARGET_PER_CORE = 250  # img/s, issue 7
 

@@ -77,6 +77,7 @@ class Trainer:
         self.ckpts = CheckpointDir.under(cfg.output_path, self.framework, cfg.model, cfg.keep_checkpoints)
         self.log = MetricsLog(cfg.output_path, enabled=dist.is_main)
         self.step = 0
+        self.logged_step = 0
         self.batch_in_epoch = 0
         self.last_train_loss: float | None = None
         self.last_eval: dict[str, float] | None = None
@@ -109,7 +110,7 @@ class Trainer:
         if any(not n.startswith("_grad_accumulation") for n in not_loaded):
             raise BadInput(f"--resume {path}: checkpoint does not fit this model/optimizer "
                            f"({len(not_loaded)} parameters missing, e.g. {not_loaded[0]})")
-        self.step = info["step"]
+        self.step = self.logged_step = info["step"]
         epochs_done = self.step // self.steps_per_epoch
         self.batch_in_epoch = (self.step - epochs_done * self.steps_per_epoch) * self.cfg.grad_accum
         metrics = info["metrics"]
@@ -154,11 +155,12 @@ class Trainer:
         protocol.check_bad_images(self.bad_total, len(self.source), self.cfg.max_bad_images, example)
         line, record = protocol.interval_record(
             r, seconds=time.perf_counter() - self.interval_started, meter=self.meter, epoch=epoch,
-            epochs=self.cfg.epochs, step=self.step, total_steps=self.total_steps,
-            lr=self.lr_at(max(self.step - 1, 0)), count_top1=False)
+            epochs=self.cfg.epochs, step=self.step, steps_in_interval=self.step - self.logged_step,
+            total_steps=self.total_steps, lr=self.lr_at(max(self.step - 1, 0)), count_top1=False)
         self.log.print(line)
         self.log.record("train", self.step, **record)
         self.last_train_loss = r.loss
+        self.logged_step = self.step
         self.losses = []
         self.meter.reset()
         self.interval_started = time.perf_counter()

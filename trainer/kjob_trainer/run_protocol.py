@@ -119,8 +119,9 @@ class Reduced:
 
 
 def interval_record(r: Reduced, *, seconds: float, meter: DataWaitMeter, epoch: int, epochs: int, step: int,
-                    total_steps: int, lr: float, count_top1: bool) -> tuple[str, dict]:
-    """(progress line, `train` record) of an all-reduced interval that took `seconds`."""
+                    steps_in_interval: int, total_steps: int, lr: float, count_top1: bool) -> tuple[str, dict]:
+    """(progress line, `train` record) of an all-reduced interval of `steps_in_interval`
+    optimizer steps that took `seconds`."""
     seconds = max(seconds, 1e-9)
     rate = r.samples / seconds
     wait_ms = meter.wait_ms_per_step
@@ -132,7 +133,7 @@ def interval_record(r: Reduced, *, seconds: float, meter: DataWaitMeter, epoch: 
     share = meter.wait_s / seconds
     if share > DataWaitMeter.INPUT_BOUND_SHARE:  # say it plainly when the device starves
         extra += f" ({100 * share:.0f}% of step time: input-bound, add --workers or use --decoder dali)"
-    per_step = seconds / max(1, meter.steps)
+    per_step = seconds / max(1, steps_in_interval)
     line = progress_line(epoch=epoch, epochs=epochs, step=step, total_steps=total_steps, loss=r.loss,
                          lr=lr, images_per_s=rate, eta_s=(total_steps - step) * per_step, extra=extra)
     return line, record

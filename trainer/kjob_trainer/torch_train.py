@@ -28,6 +28,7 @@ from kjob_trainer.errors import BadInput, Terminated
 from kjob_trainer.metrics import MetricsLog, plot_curves
 from kjob_trainer.progress import DataWaitMeter
 from kjob_trainer.schedule import LrSchedule
+from kjob_trainer.sharding import batches_per_epoch
 from kjob_trainer.synthetic import SYNTHETIC_CLASSES
 from kjob_trainer.torch_eval import evaluate
 from kjob_trainer.torch_models import build_model
@@ -58,9 +59,7 @@ def load_data(cfg: TrainConfig, dist: DistEnv) -> Data:
         val = (torch_data.ImageDataset(val_split, torch_data.build_transforms(cfg, False), cfg.seed)
                if val_split else None)
         classes, paths = list(train_split.classes), train_split.paths
-    if len(train) < cfg.batch_size * dist.world_size:
-        raise BadInput(f"dataset: {len(train)} training images are fewer than one global batch "
-                       f"({cfg.batch_size} x {dist.world_size} ranks)")
+    batches_per_epoch(len(train), cfg.batch_size, dist.world_size)  # raises BadInput for less than one batch
     tb = torch_data.ShardBatches(len(train), cfg.batch_size, dist.rank, dist.world_size, cfg.seed, True)
     vb = torch_data.ShardBatches(len(val), cfg.batch_size, dist.rank, dist.world_size, cfg.seed, False) if val else None
     return Data(train, val, classes, tb, vb, paths)
@@ -120,6 +119,7 @@ class Trainer:
         self.bad_total = 0
         self.first_bad: int | None = None
         self.interval_started = time.perf_counter()
+        self.logged_step = self.pos.step
         self.meter = DataWaitMeter()
         self.ranks = protocol.RankRecord(dist.rank, dist.world_size, dist.host)
         self.train_input = torch_data.RankInput(self.data.train, self.data.train_batches, cfg, self.device,
@@ -173,11 +173,12 @@ class Trainer:
         protocol.check_bad_images(self.bad_total, len(self.data.train), self.cfg.max_bad_images, example)
         line, record = protocol.interval_record(
             r, seconds=time.perf_counter() - self.interval_started, meter=self.meter, epoch=epoch,
-            epochs=self.cfg.epochs, step=self.pos.step, total_steps=self.total_steps,
-            lr=self.lr_at(max(self.pos.step - 1, 0)), count_top1=True)
+            epochs=self.cfg.epochs, step=self.pos.step, steps_in_interval=self.pos.step - self.logged_step,
+            total_steps=self.total_steps, lr=self.lr_at(max(self.pos.step - 1, 0)), count_top1=True)
         self.log.print(line)
         self.log.record("train", self.pos.step, **record)
         self.last_train_loss = r.loss
+        self.logged_step = self.pos.step
         self.sums.zero_()
         self.bad = 0
         self.meter.reset()
