@@ -267,7 +267,7 @@ def test_recipe_augmentations_run_in_the_mindspore_pipeline(tmp_path, recipe):
     eval resize (MindSpore's RandomColorAdjust, Resize((N, N))) in mindspore.dataset."""
     write_tiny_folder(tmp_path / "data", classes=2, per_class=4, size=40)
     proc = subprocess.run([sys.executable, "-c", PIPELINE, str(tmp_path / "data"), recipe], capture_output=True,
-                          text=True, timeout=180, env=trainer_env(), cwd=REPO)
+                          text=True, timeout=scaled(180), env=trainer_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"train": [[[4, 3, 32, 32], "float32", True]] * 2, "val": [[[4, 3, 32, 32], "float32", True]] * 2}

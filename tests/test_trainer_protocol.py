@@ -23,6 +23,7 @@ from kjob_trainer.metrics import read_metrics
 from kjob_trainer.schedule import LrSchedule
 from kjob_trainer.sharding import shard_indices
 
+from timing import scaled
 from trainer_utils import REPO, trainer_env, write_tiny_folder
 
 # 12 training images, batch 4, one process: 3 steps per epoch, 6 in all; warm-up over the
@@ -64,7 +65,7 @@ def digits_free_data(tmp_path_factory) -> Path:
 def test_both_loops_follow_the_same_protocol(framework, digits_free_data, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", RUN, framework, str(digits_free_data), str(out), json.dumps(SCHEDULE)],
-                          capture_output=True, text=True, timeout=400, env=trainer_env(), cwd=REPO)
+                          capture_output=True, text=True, timeout=scaled(400), env=trainer_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("PROTOCOL ", 1)[1])
     # The loop put back the handlers it found (StopFlag.restore).
