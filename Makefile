@@ -57,7 +57,7 @@ bench: $(VENV)/.test-installed
 
 # Regenerate the committed GitOps output under manifests/examples/.
 render-examples: $(VENV)/.demo-installed
-	$(BIN)/python -m kjob.render_examples
+	$(BIN)/python tools/render_examples.py
 
 # Regenerate the lock after editing pyproject.toml's dependencies: pins that still fit are
 # kept. `make lock-upgrade` takes the newest releases on purpose. tests/test_lock.py fails

@@ -153,7 +153,7 @@ def test_no_traceback_from_the_installed_script(kube, tmp_path):
 
 
 def test_cluster_modules_do_not_import_the_kubernetes_client_until_used():
-    code = ("import sys, kjob.cli, kjob.cluster, kjob.kubeapi, kjob.status, kjob.logs; "
+    code = ("import sys, kjob.cli, kjob.cluster.backend, kjob.cluster.api, kjob.cluster.status, kjob.cluster.logs; "
             "from kjob.cli import cli; from click.testing import CliRunner; "
             "assert CliRunner().invoke(cli, ['logs', '--help']).exit_code == 0; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3', 'torch')))")

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from kjob.cli import cli, main
-from kjob.gitops import GENERATED_MARKER, dump_objects
-from kjob.render import render_objects
-from kjob.spec import load_spec
+from kjob.render.text import GENERATED_MARKER, dump_objects
+from kjob.render.manifests import render_objects
+from kjob.spec.load import load_spec
 from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def test_options_from_environment_variables(capsys, monkeypatch):
 def test_render_dir_failure_leaves_nothing(capsys, tmp_path, monkeypatch):
     """A write that fails half-way (disk full) leaves neither DIR, nor the parents kjob
     created for it, nor a temporary directory."""
-    from kjob import gitops
+    from kjob.render import text as gitops
 
     def fail(_new, _out):
         raise OSError(28, "No space left on device")

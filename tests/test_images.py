@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from kjob import render
-from kjob.spec import load_spec
+from kjob.render import manifests as render
+from kjob.spec.load import load_spec
 from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kjob.render import mpirun_flags, render_objects, templates_dir, trainer_command, yaml_safe_json
-from kjob.spec import load_spec, parse_spec
+from kjob.render.commands import mpirun_flags, trainer_command
+from kjob.render.manifests import render_objects, templates_dir, yaml_safe_json
+from kjob.spec.load import load_spec, parse_spec
 from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,13 +128,14 @@ def test_pods_have_time_to_checkpoint_when_stopped(launcher):
     """Kubernetes' default 30 s before SIGKILL is tight for finishing a step and writing a
     checkpoint; torchrun must pass SIGTERM on and wait nearly as long; `kjob delete`
     gives an MPIJob's launcher as long after SIGUSR1."""
-    from kjob import render, stopping
+    from kjob import names
+    from kjob.render import manifests as render
 
     (job,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\n"))
     replicas = job["spec"].get("mpiReplicaSpecs") or job["spec"]["pytorchReplicaSpecs"]
     for replica in replicas.values():
         pod = replica["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] == render.TERMINATION_GRACE_S == stopping.GRACE_S == 120
+        assert pod["terminationGracePeriodSeconds"] == names.TERMINATION_GRACE_S == 120
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
         assert env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") == ("110" if launcher == "torchrun" else None)
 
@@ -241,14 +243,14 @@ def test_yaml_safe_json_round_trips_awkward_text():
 
 @pytest.mark.timeout(120)
 def test_rendering_is_deterministic_across_processes():
-    code = ("import sys; from kjob.spec import load_spec; from kjob.render import render_objects; from kjob.gitops import dump_objects;"
+    code = ("import sys; from kjob.spec.load import load_spec; from kjob.render.manifests import render_objects; from kjob.render.text import dump_objects;"
             "sys.stdout.write(''.join(dump_objects(render_objects(load_spec(p))) for p in sys.argv[1:]))")
     outputs = set()
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         outputs.add(subprocess.run([sys.executable, "-c", code, *map(str, EXAMPLES)], env=env, capture_output=True, text=True, check=True, timeout=scaled(60)).stdout)
     assert len(outputs) == 1
-    from kjob.gitops import dump_objects
+    from kjob.render.text import dump_objects
 
     assert outputs.pop() == "".join(dump_objects(render_objects(load_spec(p))) for p in EXAMPLES)
 
@@ -281,7 +283,7 @@ def test_templates_ship_in_the_wheel():
 
 def test_worker_probe_and_paths_match_the_image():
     """The MPIJob's sshd command, port and user agree with images/ (the trainer image)."""
-    from kjob import render
+    from kjob.render import manifests as render
 
     sshd_config = (ROOT / "images" / "ssh" / "sshd_config").read_text()
     assert re.search(rf"^Port {render.SSHD_PORT}$", sshd_config, re.M)

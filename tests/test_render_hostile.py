@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from kjob.errors import InvalidInput
-from kjob.gitops import dump_objects, object_text
-from kjob.render import render_objects
-from kjob.spec import JobSpec, parse_spec
+from kjob.render.text import dump_objects, object_text
+from kjob.render.manifests import render_objects
+from kjob.spec.load import parse_spec
+from kjob.spec.model import JobSpec
 
 # A baseline spec in which every string field holds a unique token; the test swaps one
 # token for a hostile string. Paths use the YAML (camelCase) keys.

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from kjob.errors import InvalidInput
-from kjob.spec import JobSpec, json_schema, load_spec, load_specs, max_name_length, parse_quantity, parse_spec, with_namespace
+from kjob.spec.checks import max_name_length, parse_quantity
+from kjob.spec.load import load_spec, load_specs, parse_spec, with_namespace
+from kjob.spec.model import JobSpec, json_schema
 from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +230,7 @@ NESTED = {
 @pytest.mark.parametrize("text", NESTED.values(), ids=NESTED.keys())
 def test_nesting_limit_is_kjobs_own_whichever_yaml_loader(monkeypatch, loader, text):
     # The message must not depend on the installed PyYAML's limits or on libyaml being there.
-    import kjob.specfile as specfile
+    from kjob.spec import yamlfile as specfile
 
     if loader == "pure-python":
         monkeypatch.setattr(specfile, "_Loader", type("_PureLoader", (yaml.SafeLoader,), {}))
@@ -238,7 +240,7 @@ def test_nesting_limit_is_kjobs_own_whichever_yaml_loader(monkeypatch, loader, t
 
 
 def test_nesting_below_the_limit_is_read():
-    import kjob.specfile as specfile
+    from kjob.spec import yamlfile as specfile
 
     doc = specfile.parse_yaml("a: " + "[" * 90 + "1" + "]" * 90 + "\n", "ok.yaml")
     assert doc.problems == []

@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from kjob.local_waiter import TRANSIENT_START_FAILURE
+from kjob.local.waiter import TRANSIENT_START_FAILURE
 from timing import scaled
 
 REPO = Path(__file__).resolve().parents[1]

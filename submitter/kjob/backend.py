@@ -1,9 +1,9 @@
-"""What every backend (a Kubernetes cluster, or this machine under mpirun) offers.
+"""What every backend (a Kubernetes cluster, or this machine under mpirun) offers, and
+the shapes it answers in.
 
-The CLI talks only to this interface, so `kjob status`, `list`, `logs`, `delete` and
-`fetch-ckpt` print the same shapes for a cluster job and a local run. The cluster
-backend lives in cluster.py (+ status.py, logs.py, checkpoints.py); the local one in
-local.py.
+The CLI talks only to this interface, so `kjob submit`, `status`, `list`, `logs`,
+`delete` and `fetch-ckpt` behave and print alike for a cluster job and a local run. The
+implementations are kjob.cluster.backend and kjob.local.backend.
 """
 
 from __future__ import annotations
@@ -79,6 +79,13 @@ class FetchOptions:
 
 class Backend(Protocol):
     """Raises only kjob.errors.KjobError subclasses."""
+
+    def submit(self, plan, *, replace: bool = False, follow: bool = False, wait: bool = False,
+               write: Callable[[str], None] = print) -> int:
+        """Carry out `plan` (the kjob.plan.ClusterPlan or LocalPlan of this backend) and
+        say what was done through `write`; with `follow`, stream the job's log until it
+        ends; with `wait`, return when it ended. Returns the exit code for the CLI."""
+        ...
 
     def status(self, name: str) -> JobStatus: ...
 

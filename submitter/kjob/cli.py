@@ -2,20 +2,19 @@
 
 Each command parses flags, calls one library function and prints. Every KjobError
 becomes `Error: ...` on stderr and its exit code (errors.py); nothing else reaches the
-user as a traceback unless KJOB_DEBUG=1. Heavy imports (kubernetes, torch) happen inside
-the commands that need them, never at import time: `kjob --help` and `kjob render`
-stay fast.
+user as a traceback unless KJOB_DEBUG=1. The library is imported inside the commands
+that use it, never at import time: `kjob --help` loads Click alone, and `kjob render`
+never loads the Kubernetes client.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 import click
 
-from kjob import __version__
+from kjob import __version__, settings
 from kjob.errors import KjobError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KJOB"}
@@ -49,9 +48,10 @@ def cli() -> None:
     Exit codes: 0 ok, 1 job failed, 2 bad input, 3 cluster unreachable,
     4 forbidden (RBAC), 5 not found, 6 conflict, 7 checkpoint verification failed.
     """
+    settings.current()  # a bad KJOB_* value is bad input (exit 2) before anything runs
 
 
-# --- spec -> manifests (issue 2) ----------------------------------------------------------
+# --- spec -> manifests ---------------------------------------------------------------------
 
 
 def spec_paths_argument(func):
@@ -67,8 +67,8 @@ def format_option(func):
 
 def _render_all(paths, namespace: str | None = None) -> list[dict]:
     """Load every spec (all problems reported together), then render them all."""
-    from kjob.render import render_objects
-    from kjob.spec import load_specs, with_namespace
+    from kjob.render.manifests import render_objects
+    from kjob.spec.load import load_specs, with_namespace
 
     return [obj for spec in load_specs(paths) for obj in render_objects(with_namespace(spec, namespace))]
 
@@ -85,7 +85,7 @@ def render(specs, output_dir, format, namespace) -> None:  # noqa: A002 - the op
     directory for GitOps (Argo CD, Flux). Nothing is written if any spec is invalid.
     A SPEC of - is read from standard input.
     """
-    from kjob.gitops import check_unique, dump_objects, write_gitops_dir
+    from kjob.render.text import check_unique, dump_objects, write_gitops_dir
 
     objects = _render_all(specs, namespace)
     if output_dir:
@@ -104,8 +104,8 @@ def validate(specs) -> None:
     Reports every problem as FILE:LINE:COL: field.path: message (exit code 2);
     prints one line per valid spec. A SPEC of - is read from standard input.
     """
-    from kjob.render import render_objects
-    from kjob.spec import load_specs
+    from kjob.render.manifests import render_objects
+    from kjob.spec.load import load_specs
 
     for path, spec in zip(specs, load_specs(specs)):
         render_objects(spec)  # a spec that validates must also render
@@ -125,14 +125,14 @@ def schema(output) -> None:
     """
     import json
 
-    from kjob.spec import json_schema
+    from kjob.spec.model import json_schema
 
     output.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
 @cli.command()
 @click.argument("spec_file", metavar="SPEC")
-@click.option("--dry-run", is_flag=True, help="Print the objects that would be sent (exactly those) and stop.")
+@click.option("--dry-run", is_flag=True, help="Print what would be done and stop: the objects that would be sent (exactly those), or with --local the command line and environment that would run.")
 @format_option
 @click.option("-f", "--follow", is_flag=True, help="Stream the job's log until it ends; exit 1 if it failed. Ctrl-C stops following, not the job.")
 @click.option("--replace", is_flag=True, help="Replace a job of the same name (a different spec, or a finished local run).")
@@ -142,56 +142,30 @@ def schema(output) -> None:
 def submit(spec_file, dry_run, format, follow, replace, wait, local, kubeconfig, kube_context, namespace) -> None:
     """Submit a job: validate the spec, render it and create the MPIJob/PyTorchJob
     (or with --local, run it under mpirun on this machine, in ./kjob-runs/NAME)."""
-    from kjob.render import render_objects
-    from kjob.spec import load_spec, with_namespace
+    from kjob.plan import cluster_plan, local_plan
+    from kjob.spec.load import load_spec, with_namespace
 
     spec = with_namespace(load_spec(spec_file), namespace)
+    plan = local_plan(spec) if local else cluster_plan(spec, format)
     if dry_run:
-        from kjob.gitops import dump_objects
-
-        click.echo(dump_objects(render_objects(spec), format), nl=False)
-    elif local:
-        _submit_local(spec, follow=follow, replace=replace)
-    else:
-        _submit_cluster(render_objects(spec), kubeconfig=kubeconfig, context=kube_context, namespace=namespace,
-                        wait=wait, follow=follow, replace=replace)
-
-
-def _submit_local(spec, *, follow: bool, replace: bool) -> None:
-    """The --local branch of submit: kjob.local (detached, or followed to the end)."""
-    from kjob.local import submit_local
-
-    code = submit_local(spec, follow, replace=replace, write=click.echo)
+        click.echo(plan.text(), nl=False)
+        return
+    code = get_backend(local, kubeconfig, kube_context, namespace).submit(plan, replace=replace, follow=follow, wait=wait, write=click.echo)
     if code:
         raise click.exceptions.Exit(code)
 
 
-# --- running jobs: status, list, delete, logs, fetch-ckpt, and submit's cluster path ----------
+# --- running jobs: status, list, delete, logs, fetch-ckpt ---------------------------------------
 def get_backend(local: bool, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None):
-    """The local backend (kjob.local) or the cluster one (kjob.cluster), imported lazily
-    so that commands which do not need the Kubernetes client never load it."""
+    """The local backend or the cluster one, imported here so that commands which do not
+    need the Kubernetes client never load it."""
     if local:
-        from kjob.local import LocalBackend
+        from kjob.local.backend import LocalBackend
 
         return LocalBackend()
-    from kjob.cluster import ClusterBackend
+    from kjob.cluster.backend import ClusterBackend
 
     return ClusterBackend(kubeconfig, context, namespace)
-
-
-def _submit_cluster(objects: list[dict], *, kubeconfig, context, namespace, wait: bool, follow: bool, replace: bool) -> None:
-    """The cluster branch of submit (kjob.cluster): sends exactly `objects`, then waits or follows."""
-    from kjob.backend import LogOptions
-
-    backend = get_backend(False, kubeconfig, context, namespace)
-    done = backend.submit(objects, replace=replace)
-    click.echo(done.message)
-    if follow:
-        final = backend.logs(done.name, LogOptions(follow=True, color=sys.stdout.isatty()), click.echo)
-        _say_final(done.name, final)
-    elif wait:
-        final = backend.wait(done.name, done.namespace).state
-        _say_final(done.name, final)
 
 
 def _say_final(name: str, state: str | None) -> None:
@@ -212,7 +186,7 @@ OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json", "yaml
 @kube_options
 def status(name, output, local, kubeconfig, kube_context, namespace) -> None:
     """Show one job's state, its pods, and why a pod is pending or failing."""
-    from kjob.status import dump, format_status
+    from kjob.report import dump, format_status
 
     st = get_backend(local, kubeconfig, kube_context, namespace).status(name)
     click.echo(format_status(st) if output == "text" else dump(st, output))
@@ -225,7 +199,7 @@ def status(name, output, local, kubeconfig, kube_context, namespace) -> None:
 @kube_options
 def list_(all_namespaces, output, local, kubeconfig, kube_context, namespace) -> None:
     """List the jobs made by kjob (label app.kubernetes.io/managed-by=kjob)."""
-    from kjob.status import dump, format_list
+    from kjob.report import dump, format_list
 
     jobs = get_backend(local, kubeconfig, kube_context, namespace).list_jobs(all_namespaces)
     click.echo(format_list(jobs, all_namespaces) if output == "text" else dump(jobs, output))
@@ -351,7 +325,7 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except KjobError as e:
-        if os.environ.get("KJOB_DEBUG"):
+        if settings.debug():
             raise
         for line in e.lines():
             click.echo(f"Error: {line}", err=True)
@@ -361,7 +335,7 @@ def main() -> None:
         sys.stderr.close()
         sys.exit(0)
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
-        if os.environ.get("KJOB_DEBUG"):
+        if settings.debug():
             raise
         click.echo(f"Error: internal error: {type(e).__name__}: {e} (KJOB_DEBUG=1 shows the traceback)", err=True)
         sys.exit(1)

@@ -52,7 +52,8 @@ class InvalidInput(KjobError):
 
 
 class ClusterUnavailable(KjobError):
-    """Cannot talk to the API server: connection, TLS, 401, timeouts, 5xx after retries."""
+    """Cannot talk to the API server: connection, TLS, 401, timeouts, 5xx after retries;
+    or, for a local run, this machine could not start it."""
 
     exit_code = 3
 
@@ -85,7 +86,7 @@ EXIT_CODES = {
     0: "success",
     1: "the job itself failed",
     2: "bad input: spec file or flags",
-    3: "cluster unreachable or failing (connection, TLS, 401, timeouts, 5xx)",
+    3: "cluster unreachable or failing (connection, TLS, 401, timeouts, 5xx); a local run that cannot start",
     4: "forbidden by RBAC (403)",
     5: "not found: job, namespace, pod, checkpoint or CRD",
     6: "conflict: job exists with a different spec",

@@ -1,0 +1,206 @@
+"""Jobs on a cluster: preflight, create (all or nothing), idempotent re-submit, get, list
+and delete, and the pods and Warning Events of a job.
+
+Requests are built by kjob.cluster.requests and sent by kjob.cluster.api.Kube, so only
+KjobError subclasses leave this module.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from kjob import settings
+from kjob.cluster import requests
+from kjob.cluster.api import Kube
+from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
+from kjob.names import GROUP, JOB_KINDS, SPEC_HASH
+
+OPERATORS = {
+    "MPIJob": ("mpi-operator v0.8", "kubectl apply --server-side -f https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.8.2/deploy/v2beta1/mpi-operator.yaml"),
+    "PyTorchJob": ("training-operator v1.9", 'kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"'),
+}
+# What kjob does after submitting, checked up front by SelfSubjectAccessReview:
+# (verb, resource, subresource) on top of "create <the job kind>".
+NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log"), ("create", "pods", "exec")]
+
+
+def poll_seconds() -> float:
+    """How often waiting loops look again ($KJOB_POLL_SECONDS; tests make it short)."""
+    return settings.current().poll_seconds
+
+
+# -- preflight ------------------------------------------------------------------------------
+def preflight(kube: Kube, kind: str, namespace: str) -> None:
+    """In one round of concurrent calls: the operator's API is served at the version kjob
+    renders, the namespace exists, and RBAC allows what kjob will do. Reports every
+    problem at once. Raises ClusterUnavailable, NotFound (CRD, namespace) or Forbidden."""
+    _, plural = JOB_KINDS[kind]
+    checks = [lambda: _check_api(kube, kind), lambda: _check_namespace(kube, namespace)]
+    access = [("create", plural, "", GROUP)] + [(v, r, s, "") for v, r, s in NEEDED_ACCESS]
+    checks += [lambda a=a: _check_access(kube, namespace, *a) for a in access]
+    with ThreadPoolExecutor(max_workers=len(checks)) as pool:
+        problems = [p for p in pool.map(_capture, checks) if p is not None]
+    if not problems:
+        return
+    for cls in (ClusterUnavailable, NotFound, Forbidden, KjobError):
+        first = [p for p in problems if isinstance(p, cls)]
+        if first:
+            lines = [p.message for p in problems]
+            hints = [p.hint for p in problems if p.hint]
+            raise type(first[0])("\n".join(lines), hint="; ".join(hints) or None)
+
+
+def _capture(check: Callable[[], KjobError | None]) -> KjobError | None:
+    try:
+        return check()
+    except KjobError as e:
+        return e
+
+
+def _check_api(kube: Kube, kind: str) -> KjobError | None:
+    api_version, plural = JOB_KINDS[kind]
+    operator, install = OPERATORS[kind]
+    missing = NotFound(f"the {kind} API ({api_version} {plural}) is not served by {kube.where()}: {operator} is not installed", hint=f"install it: {install}")
+    try:
+        found = kube.send(requests.api_resources(api_version))
+    except NotFound:
+        return missing
+    names = [r.get("name") for r in found.get("resources", [])] if isinstance(found, dict) else []
+    return None if plural in names else missing
+
+
+def _check_namespace(kube: Kube, namespace: str) -> None:
+    kube.send(requests.get_namespace(namespace))
+
+
+def _check_access(kube: Kube, namespace: str, verb: str, resource: str, sub: str, group: str) -> KjobError | None:
+    try:
+        review = kube.send(requests.access_review(namespace, verb, resource, sub, group))
+    except (Forbidden, NotFound):
+        return None  # not allowed to ask (or no such API): the real calls will tell
+    if review.get("status", {}).get("allowed"):
+        return None
+    what = resource + (f"/{sub}" if sub else "") + (f".{group}" if group else "")
+    return Forbidden(f'forbidden: RBAC does not allow "{verb} {what}" in namespace "{namespace}" (context "{kube.context}")', hint=f"ask a cluster admin for a Role with {verb} on {what}")
+
+
+# -- create / get / list / delete ----------------------------------------------------------------
+@dataclass
+class Submitted:
+    kind: str
+    name: str
+    namespace: str
+    created: bool  # False: the same spec was already there
+    message: str
+
+
+def find_job(objects: list[dict]) -> dict:
+    jobs = [o for o in objects if o.get("kind") in JOB_KINDS]
+    if len(jobs) != 1:
+        raise InvalidInput(f"expected exactly one MPIJob or PyTorchJob among the rendered objects, found {len(jobs)}")
+    return jobs[0]
+
+
+def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = False) -> Submitted:
+    """Create every object in `namespace`, or none: a failure removes what was already created.
+    Same spec already there (spec-hash annotation): nothing to do. Raises Conflict
+    (different spec, no `replace`) and what preflight/requests raise."""
+    job = find_job(objects)
+    kind, name = job["kind"], job["metadata"]["name"]
+    preflight(kube, kind, namespace)
+    existing = get_job(kube, name, namespace, kinds=[kind], missing_ok=True)
+    if existing is not None:
+        ours = job["metadata"].get("annotations", {}).get(SPEC_HASH)
+        theirs = existing["metadata"].get("annotations", {}).get(SPEC_HASH)
+        if ours and ours == theirs:
+            return Submitted(kind, name, namespace, False, f"{kind} {namespace}/{name} is already submitted with this spec ({ours[:19]}…): nothing to do")
+        if not replace:
+            raise Conflict(
+                f'{kind} "{name}" already exists in namespace "{namespace}" with a different spec (on the server: {(theirs or "no kjob spec hash")[:19]}…, this spec: {(ours or "none")[:19]}…)',
+                hint="kjob submit --replace deletes it and submits this spec; or give the job another name",
+            )
+        delete_job(kube, existing, wait=True)
+    created: list[dict] = []
+    for obj in objects:
+        # Sent as planned (what --dry-run printed): an object without a namespace gets
+        # the one of the request's path from the API server.
+        try:
+            created.append(kube.send(requests.create(obj, namespace)))
+        except KjobError as e:
+            undone = _rollback(kube, created)
+            note = f" (rolled back: deleted {', '.join(undone)})" if undone else ""
+            raise type(e)(e.message + note, hint=e.hint) from e
+    verb = "replaced" if existing is not None else "created"
+    return Submitted(kind, name, namespace, True, f"{kind} {namespace}/{name} {verb}")
+
+
+def _rollback(kube: Kube, created: list[dict]) -> list[str]:
+    undone = []
+    for obj in reversed(created):
+        md = obj["metadata"]
+        try:
+            kube.send(requests.delete(obj))
+            undone.append(f"{obj['kind']} {md['name']}")
+        except KjobError:
+            undone.append(f"{obj['kind']} {md['name']} (delete failed: remove it by hand)")
+    return undone
+
+
+def get_job(kube: Kube, name: str, namespace: str, *, kinds: list[str] | None = None, missing_ok: bool = False) -> dict | None:
+    """The job object (MPIJob or PyTorchJob) by name. Raises NotFound unless missing_ok."""
+    for kind in kinds or list(JOB_KINDS):
+        try:
+            return kube.send(requests.get_job(kind, name, namespace))
+        except NotFound:
+            continue  # not this kind, or its operator is not installed
+    if missing_ok:
+        return None
+    raise NotFound(f'job "{name}" not found in namespace "{namespace}" on {kube.where()}', hint="kjob list shows the jobs; -n/--namespace picks another namespace")
+
+
+def list_jobs(kube: Kube, namespace: str | None) -> list[dict]:
+    """Jobs made by kjob (label selector), in one namespace or all (None)."""
+    out = []
+    for kind in JOB_KINDS:
+        try:
+            found = kube.send(requests.list_jobs(kind, namespace))
+        except NotFound:
+            continue  # that operator is not installed: no jobs of its kind
+        out += found.get("items", [])
+    return sorted(out, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+
+
+def job_pods(kube: Kube, job: dict) -> list[dict]:
+    """The pods the operator made for `job`."""
+    md = job["metadata"]
+    found = kube.send(requests.list_job_pods(md["namespace"], md["name"]))
+    return found.get("items", [])
+
+
+def job_events(kube: Kube, job: dict, pods: list[dict]) -> list[dict]:
+    """Warning Events of the job and its pods (one call; filtered here)."""
+    md = job["metadata"]
+    names = {md["name"]} | {p["metadata"]["name"] for p in pods}
+    found = kube.send(requests.warning_events(md["namespace"]))
+    return [e for e in found.get("items", []) if e.get("involvedObject", {}).get("name") in names]
+
+
+def delete_job(kube: Kube, job: dict, *, wait: bool = False, timeout: float = 300) -> int:
+    """Delete the job (its pods go with it: they are owned by it). Returns how many pods
+    it had. With `wait`, returns when the job and its pods are gone. Raises NotFound..."""
+    md = job["metadata"]
+    pods = job_pods(kube, job)
+    kube.send(requests.delete_job(job))
+    deadline = time.monotonic() + timeout
+    while wait:
+        gone = get_job(kube, md["name"], md["namespace"], kinds=[job["kind"]], missing_ok=True) is None
+        if gone and not job_pods(kube, job):
+            break
+        if time.monotonic() > deadline:
+            raise ClusterUnavailable(f"{job['kind']} {md['namespace']}/{md['name']} was deleted but is still there after {timeout:.0f} s (a finalizer?)")
+        time.sleep(poll_seconds())
+    return len(pods)

@@ -1,0 +1,85 @@
+"""One state per cluster job, explained: from the job's conditions, its replica statuses,
+its pods and their Warning Events. Pure functions over API dicts (no I/O, no client
+import)."""
+
+from __future__ import annotations
+
+from kjob import names
+from kjob.backend import FINAL_STATES, JobStatus, PodInfo
+from kjob.cluster.pods import exit_code, pod_reason, replica_name
+
+# The operators' condition types that are job states (kubeflow/common JobConditionType).
+CONDITION_STATES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+
+
+def job_state(job: dict) -> tuple[str, str | None]:
+    """(state, condition message). Final conditions win; otherwise the newest True one.
+    No conditions yet means the operator has not picked the job up: Pending."""
+    conds = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True" and c.get("type") in CONDITION_STATES]
+    for final in ("Failed", "Succeeded", "Suspended"):
+        for c in conds:
+            if c["type"] == final:
+                return final, c.get("message")
+    if not conds:
+        return "Pending", "no conditions yet: waiting for the operator to pick the job up"
+    newest = max(enumerate(conds), key=lambda ic: (ic[1].get("lastTransitionTime") or "", ic[0]))[1]
+    return newest["type"], newest.get("message")
+
+
+def pod_info(pod: dict, events: list[dict]) -> PodInfo:
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    return PodInfo(
+        name=pod["metadata"]["name"],
+        replica=replica_name(pod),
+        phase=status.get("phase", "Unknown"),
+        ready=bool(statuses) and all(cs.get("ready") for cs in statuses),
+        restarts=sum(cs.get("restartCount", 0) for cs in statuses),
+        node=pod.get("spec", {}).get("nodeName"),
+        reason=pod_reason(pod, events),
+    )
+
+
+def _order(info: PodInfo) -> tuple:
+    role, _, index = info.replica.partition("-")
+    return (0 if role in ("launcher", "master") else 1, int(index) if index.isdigit() else 0, info.name)
+
+
+def _image(job: dict) -> str | None:
+    for replica in (job.get("spec") or {}).values():
+        if not isinstance(replica, dict):
+            continue
+        for key in ("Worker", "Master", "Launcher"):
+            containers = (replica.get(key) or {}).get("template", {}).get("spec", {}).get("containers") or []
+            if containers:
+                return containers[0].get("image")
+    return None
+
+
+def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobStatus:
+    """The JobStatus of a job object, its pods (None: not looked at) and Warning Events."""
+    md, st = job["metadata"], job.get("status") or {}
+    ann = md.get("annotations") or {}
+    state, message = job_state(job)
+    infos = sorted((pod_info(p, events) for p in pods or []), key=_order)
+    out = JobStatus(
+        name=md["name"], namespace=md.get("namespace"), kind=job["kind"], state=state, message=message,
+        workers=int(ann.get(names.WORKERS, 0) or 0), gpus_per_worker=int(ann.get(names.GPUS_PER_WORKER, 0) or 0),
+        image=_image(job), created=md.get("creationTimestamp"), started=st.get("startTime"), finished=st.get("completionTime"),
+        replicas=st.get("replicaStatuses") or {}, pods=infos,
+    )
+    troubled = [i for i in infos if i.reason]
+    if state not in FINAL_STATES and troubled:
+        out.message = f"{troubled[0].replica}: {troubled[0].reason}"
+        if state == "Created":
+            out.state = "Pending"
+    elif state == "Created" and infos and all(i.phase == "Pending" for i in infos):
+        out.state = "Pending"
+    if state == "Failed":
+        leaders = [p for p in pods or [] if replica_name(p) in names.LEADERS]
+        out.exit_code = next((c for c in map(exit_code, leaders) if c is not None), None)
+    running_workers = [i for i in infos if i.replica.startswith("worker") and i.phase == "Running"]
+    if state == "Succeeded" and running_workers:
+        policy = (job.get("spec") or {}).get("runPolicy", {}).get("cleanPodPolicy", "None")
+        out.warnings.append(f"job Succeeded while {len(running_workers)} worker pod(s) are still Running (cleanPodPolicy {policy}): they hold their GPUs until `kjob delete {md['name']}`")
+    return out

@@ -1,0 +1,93 @@
+"""The command lines a job runs: the trainer's (`python -m kjob_trainer.train` with every
+training setting of the spec written out) and mpirun's flags, in a pod and on this
+machine. The manifests and the local plan both take them from here, so a local run
+trains exactly as the cluster job would.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kjob.names import TRAINER_MODULE
+from kjob.spec.model import JobSpec
+
+# mpi-operator writes the hostfile here; passing it explicitly works with OpenMPI 4 and 5.
+HOSTFILE = "/etc/mpi/hostfile"
+# mpirun starts ranks over ssh, which does not pass the pod's environment on: these are
+# forwarded explicitly with -x (the image defines PATH, LD_LIBRARY_PATH and PYTHONPATH).
+FORWARDED_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED")
+
+
+
+def _num(value: float | int) -> str:
+    """Shortest exact text of a number: 5.0 -> '5', 0.0001 -> '0.0001'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trainer_command(spec: JobSpec, *, data_path: str | None, output_path: str, synthetic: bool | None = None,
+                    device: str | None = None) -> list[str]:
+    """`python -m kjob_trainer.train ...` with every training setting of the spec written
+    out. `synthetic` defaults to spec.train.synthetic; `device` to gpu for a
+    GPU job, cpu otherwise. Raises ValueError when neither data nor synthetic is given."""
+    t = spec.train
+    synthetic = t.synthetic if synthetic is None else synthetic
+    if data_path is None and not synthetic:
+        raise ValueError("trainer_command: data_path is required unless synthetic")
+    cmd = ["python", "-m", TRAINER_MODULE]
+    if t.config:
+        cmd += ["--config", t.config]
+    cmd += ["--framework", spec.framework, "--model", spec.model]
+    if data_path is not None:
+        cmd += ["--data-path", data_path]
+    cmd += [
+        "--output-path", output_path,
+        "--epochs", _num(t.epochs),
+        "--batch-size", _num(t.batch_size),
+        "--lr", _num(t.lr),
+        "--momentum", _num(t.momentum),
+        "--weight-decay", _num(t.weight_decay),
+        "--warmup-epochs", _num(t.warmup_epochs),
+        "--label-smoothing", _num(t.label_smoothing),
+        "--lr-schedule", t.lr_schedule,
+        "--amp", t.amp,
+        "--channels-last" if t.channels_last else "--no-channels-last",
+        "--grad-accum", _num(t.grad_accum),
+        "--ckpt-interval", _num(t.checkpoint_interval),
+        "--keep-checkpoints", _num(t.keep_checkpoints),
+        "--resume", t.resume,
+        "--image-size", _num(t.image_size),
+        "--workers", _num(t.loader_workers),
+        "--seed", _num(t.seed),
+        "--device", device or ("gpu" if spec.gpus_per_worker else "cpu"),
+        "--eval" if t.eval else "--no-eval",
+        "--num-classes", _num(t.num_classes),
+        "--log-interval", _num(t.log_interval),
+    ]
+    if t.compile:
+        cmd.append("--compile")
+    if t.decoder is not None:  # unset: the trainer's default, and the command of older specs
+        cmd += ["--decoder", t.decoder]
+    if synthetic:
+        cmd += ["--synthetic", "--synthetic-samples", _num(t.synthetic_samples)]
+    if t.max_steps is not None:
+        cmd += ["--max-steps", _num(t.max_steps)]
+    return cmd
+
+
+def mpirun_flags(spec: JobSpec, *, local: bool) -> list[str]:
+    """mpirun options (without -np and the program). In pods: the operator's hostfile,
+    no binding (the pod's cgroup limits the CPUs), and -x for the variables ssh does not
+    carry. Locally: oversubscription (more ranks than cores) and, as root,
+    --allow-run-as-root."""
+    flags = ["--bind-to", "none", "--map-by", "slot"]
+    if local:
+        flags.append("--oversubscribe")
+        if os.geteuid() == 0:
+            flags.append("--allow-run-as-root")
+        return flags
+    flags = ["--hostfile", HOSTFILE] + flags
+    for name in dict.fromkeys(FORWARDED_ENV + tuple(spec.env)):
+        flags += ["-x", name]
+    return flags

@@ -1,0 +1,250 @@
+"""JobSpec -> the Kubernetes objects of one job: where the MPIJob and the PyTorchJob are
+built.
+
+A pure builder: no I/O except reading the templates, no cluster client. The Jinja
+templates in manifests/templates/ hold the shape of the manifests; this module computes
+the values, and every value enters a template through `| tojson`, so no string in a spec
+can change the structure. The text is parsed back with yaml.safe_load; `render_objects`
+returns those dicts, and submitting sends exactly them.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from kjob import names
+from kjob.errors import KjobError
+from kjob.names import LAUNCH_MODULE, TERMINATION_GRACE_S, TRAINER_MODULE, WORKER_HOLD_S
+from kjob.render.commands import mpirun_flags, trainer_command
+from kjob.spec.model import JobSpec
+
+# The trainer image runs as this non-root user (images/); mpi-operator mounts the SSH
+# keys into its home, and sshd reads a config it can own.
+MPI_USER_UID = 1000
+MPI_HOME = "/home/mpiuser"
+SSH_AUTH_MOUNT_PATH = f"{MPI_HOME}/.ssh"
+SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", f"{MPI_HOME}/.sshd_config"]
+# The port of that sshd (images/ssh/sshd_config; unprivileged, as it runs as mpiuser).
+# A worker is Ready only once sshd accepts connections, so WaitForWorkersReady really
+# means "mpirun can reach every worker".
+SSHD_PORT = 2222
+SSHD_READINESS = {"tcpSocket": {"port": SSHD_PORT}, "periodSeconds": 2, "failureThreshold": 3}
+# The launcher only runs mpirun and ssh: a small, fixed request keeps it schedulable
+# on a full GPU node.
+LAUNCHER_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+# Set on the trainer containers unless the spec's env overrides them.
+DEFAULT_ENV = {"NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
+# torchrun (PID 1 of a PyTorchJob pod) passes SIGTERM on to the trainer and kills it
+# after this many seconds (its default is 30); it must end before the kubelet's SIGKILL.
+TORCHRUN_SHUTDOWN_ENV = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(TERMINATION_GRACE_S - 10)}
+# The MPIJob launcher's PID 1: mpirun's own SIGTERM (pod deleted, preempted, drained) kills
+# the ranks before they can checkpoint, so mpirun runs under the launch wrapper, which
+# turns the SIGTERM into SIGUSR1. `mpirun ...` stays in args.
+LAUNCHER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--"]
+# The MPIJob worker's PID 1: sshd under the same wrapper with --hold. When the whole job
+# goes every pod gets SIGTERM at once, and sshd as PID 1 would take the ranks in its
+# sessions with it; the wrapper keeps the SIGTERM from sshd until those sessions end
+# (after the launcher's checkpoint), at most WORKER_HOLD_S. `/usr/sbin/sshd ...` stays
+# in args.
+WORKER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--hold", "--hold-limit", str(WORKER_HOLD_S), "--"]
+
+
+def labels(spec: JobSpec) -> dict[str, str]:
+    """The labels kjob puts on the job and its pods (`kjob list` selects managed-by)."""
+    return {
+        names.LABEL_NAME: "kjob",
+        names.LABEL_INSTANCE: spec.name,
+        names.LABEL_MANAGED_BY: "kjob",
+        names.LABEL_COMPONENT: "training",
+    }
+
+
+def annotations(spec: JobSpec) -> dict[str, str]:
+    """Annotations that let `kjob status/fetch-ckpt` and conflict checks read the job back."""
+    return {
+        names.SPEC_HASH: spec.spec_hash(),
+        names.CHECKPOINT_CLAIM: spec.checkpoints.claim_name,
+        names.OUTPUT_PATH: spec.output_path,
+        names.WORKERS: str(spec.workers),
+        names.GPUS_PER_WORKER: str(spec.gpus_per_worker),
+        names.FRAMEWORK: spec.framework,
+        names.MODEL: spec.model,
+    }
+
+
+def _volumes(spec: JobSpec) -> tuple[list[dict], list[dict]]:
+    """(volumes, volumeMounts) of a trainer pod: dataset (read-only), checkpoints, /dev/shm."""
+    volumes, mounts = [], []
+    if spec.data is not None:
+        d = spec.data
+        if d.pvc:
+            source = {"persistentVolumeClaim": {"claimName": d.pvc, "readOnly": True}}
+        elif d.host_path:
+            source = {"hostPath": {"path": d.host_path, "type": "Directory"}}
+        else:
+            source = {"nfs": {"server": d.nfs.server, "path": d.nfs.path, "readOnly": True}}
+        volumes.append({"name": "data", **source})
+        mounts.append({"name": "data", "mountPath": d.mount_path, "readOnly": True})
+    volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpoints.claim_name}})
+    mounts.append({"name": "checkpoints", "mountPath": spec.checkpoints.mount_path})
+    # Data-loader workers share batches through /dev/shm; the runtime's default is 64 MiB.
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}})
+    mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _trainer_resources(spec: JobSpec) -> dict:
+    res = spec.resources
+    requests = {k: v for k, v in (("cpu", res.requests.cpu), ("memory", res.requests.memory)) if v}
+    limits = {k: v for k, v in (("cpu", res.limits.cpu), ("memory", res.limits.memory)) if v}
+    if spec.gpus_per_worker:
+        limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
+    return {"requests": requests, "limits": limits}
+
+
+def _env(spec: JobSpec, defaults: dict[str, str] | None = None) -> list[dict]:
+    merged = {**DEFAULT_ENV, **(defaults or {}), **spec.env}
+    return [{"name": k, "value": v} for k, v in merged.items()]
+
+
+def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], env: list[dict],
+         resources: dict, trainer: bool, readiness: dict | None = None) -> dict:
+    """Values for one pod template (manifests/templates/_pod.yaml.j2)."""
+    volumes, mounts = _volumes(spec) if trainer else ([], [])
+    return {
+        "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
+        "readiness": readiness,
+        "resources": resources, "volumes": volumes, "mounts": mounts,
+        "termination_grace": TERMINATION_GRACE_S,
+        # sshd runs as mpiuser on an unprivileged port, so every capability can go.
+        "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
+                         "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
+                         "seccompProfile": {"type": "RuntimeDefault"}},
+        "container_security": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # GPU jobs get the node's GPUs; tolerations/selector apply to the launcher too so it
+        # lands in the same pool (it is small).
+        "node_selector": dict(spec.node_selector),
+        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations],
+        "image_pull_secrets": [{"name": s} for s in spec.image_pull_secrets],
+    }
+
+
+def _run_policy(spec: JobSpec, min_available: int) -> dict:
+    rp = spec.run_policy
+    # No `suspend`: Kueue suspends and resumes jobs itself, and a value written here would
+    # make GitOps tools fight it (the operators' default is not suspended).
+    out: dict = {"cleanPodPolicy": rp.clean_pod_policy, "backoffLimit": rp.backoff_limit}
+    if rp.active_deadline_seconds is not None:
+        out["activeDeadlineSeconds"] = rp.active_deadline_seconds
+    if rp.ttl_seconds_after_finished is not None:
+        out["ttlSecondsAfterFinished"] = rp.ttl_seconds_after_finished
+    if spec.scheduler_name == "volcano":
+        # Gang scheduling: every pod of the job or none.
+        policy: dict = {"minAvailable": min_available}
+        if spec.queue:
+            policy["queue"] = spec.queue
+        if spec.priority_class_name:
+            policy["priorityClass"] = spec.priority_class_name
+        out["schedulingPolicy"] = policy
+    return out
+
+
+def _job_labels(spec: JobSpec) -> dict[str, str]:
+    out = labels(spec)
+    if spec.queue and spec.scheduler_name != "volcano":
+        out[names.KUEUE_QUEUE_LABEL] = spec.queue
+    return out
+
+
+def _context(spec: JobSpec) -> dict:
+    common = {"spec": spec, "labels": _job_labels(spec), "annotations": annotations(spec),
+              "namespace": spec.namespace, "scheduler_name": spec.scheduler_name,
+              "priority_class_name": spec.priority_class_name, "image": spec.image,
+              "image_pull_policy": spec.image_pull_policy}
+    data_path = spec.data.mount_path if spec.data else None
+    train = trainer_command(spec, data_path=data_path, output_path=spec.output_path)
+    if spec.launcher == "mpi":
+        mpirun = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False)
+        launcher = _pod(spec, container="launcher", command=list(LAUNCHER_COMMAND), args=mpirun + train,
+                        env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
+        worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec),
+                      resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
+        return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
+                # Gang size = the workers only: with WaitForWorkersReady the launcher pod
+                # appears after them, so counting it would deadlock (mpi-operator#608).
+                "run_policy": _run_policy(spec, spec.workers)}
+    # torchrun reads --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_*
+    # variables that the training-operator sets on every replica.
+    pod = _pod(spec, container="pytorch", command=["torchrun"], args=["--module", TRAINER_MODULE] + train[3:],
+               env=_env(spec, TORCHRUN_SHUTDOWN_ENV), resources=_trainer_resources(spec), trainer=True)
+    return {**common, "pod": pod, "workers_beyond_master": spec.workers - 1,
+            "nproc_per_node": str(spec.procs_per_worker), "run_policy": _run_policy(spec, spec.workers)}
+
+
+def render_objects(spec: JobSpec) -> list[dict]:
+    """The Kubernetes objects of one job (today: one MPIJob or PyTorchJob), deterministic.
+
+    Raises kjob.errors.KjobError if a template produced something that is not the
+    expected object (a bug in kjob, reported instead of sent)."""
+    import yaml
+
+    template = "mpijob.yaml.j2" if spec.launcher == "mpi" else "pytorchjob.yaml.j2"
+    text = _environment().get_template(template).render(**_context(spec))
+    docs = [d for d in yaml.load_all(text, Loader=_yaml_loader()) if d is not None]
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != spec.kind:
+        raise KjobError(f"internal error: template {template} did not produce one {spec.kind}")
+    return docs
+
+
+# --- Jinja ---------------------------------------------------------------------------------
+
+# Characters that must not appear raw inside a YAML double-quoted scalar: YAML folds line
+# breaks (NEL, LS, PS) and rejects non-printable ones, so they are written as escapes.
+_YAML_RAW_UNSAFE = {0x85, 0x2028, 0x2029, 0xFEFF}
+
+
+def yaml_safe_json(value) -> str:
+    """JSON text of `value` that YAML reads back as exactly `value` (JSON is YAML 1.2;
+    non-ASCII text stays readable, risky characters become \\u/\\U escapes — PyYAML would
+    turn a JSON surrogate pair into two broken characters, so astral characters use \\U)."""
+    out = []
+    for ch in json.dumps(value, ensure_ascii=False, allow_nan=False):
+        code = ord(ch)
+        if code < 0x7F or (ch.isprintable() and code not in _YAML_RAW_UNSAFE):
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def templates_dir() -> Path:
+    """Where the Jinja templates are: manifests/templates in a checkout, kjob/templates in a wheel."""
+    from kjob import templates
+
+    return Path(templates.__file__).parent
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["tojson"] = yaml_safe_json
+    return env
+
+
+def _yaml_loader():
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,0 +1,237 @@
+"""The job spec as pydantic models: every field, its default and its checks, and the
+JSON Schema that editors read.
+
+A spec file is one YAML mapping with camelCase keys (like Kubernetes); the Python
+attributes are snake_case. Loading a file, with line numbers in its errors, is
+kjob.spec.load.
+
+Defaults follow the reference recipes (../shared/references): SGD momentum 0.9,
+lr 0.1 per 256 images, weight decay 1e-4, label smoothing 0.1, cosine schedule with
+5 warm-up epochs, 90 epochs (torchvision's ResNeXt recipe), 32 images per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+import types
+from typing import Annotated, Literal
+
+# When pydantic builds its first model it imports its plugin loader, which imports
+# importlib.metadata (and with it email, zipfile, tempfile...) and scans every installed
+# package's entry points: ~45 ms of the 0.25 s that `kjob render` may take. kjob's models
+# use no plugins, so while this module builds them a stand-in loader that finds none
+# (what PYDANTIC_DISABLE_PLUGINS=__all__ does) takes its place; it is removed afterwards
+# and any later model elsewhere gets the real one.
+_PLUGIN_LOADER = "pydantic.plugin._loader"
+_stand_in = None
+if _PLUGIN_LOADER not in sys.modules:
+    _stand_in = types.ModuleType(_PLUGIN_LOADER)
+    _stand_in.get_plugins = lambda: ()
+    sys.modules[_PLUGIN_LOADER] = _stand_in
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from kjob.spec.checks import (
+    check_abs_path, check_env_name, check_image, check_label_key,
+    check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, number_as_text, off_is_false,
+)
+
+Str = Annotated[str, AfterValidator(no_surrogates)]
+JobName = Annotated[str, AfterValidator(check_name)]
+Image = Annotated[str, AfterValidator(check_image)]
+# Kubernetes accepts `cpu: 8` as well as `cpu: "8"`; so does kjob (and its JSON Schema).
+Quantity = Annotated[str, BeforeValidator(number_as_text, json_schema_input_type=int | float | str), AfterValidator(check_quantity)]
+AbsPath = Annotated[str, AfterValidator(check_abs_path)]
+KubeName = Annotated[str, AfterValidator(check_subdomain)]
+LabelValue = Annotated[str, AfterValidator(check_label_value)]
+
+
+LabelKey = Annotated[str, AfterValidator(check_label_key)]
+EnvName = Annotated[str, AfterValidator(check_env_name)]
+
+
+# --- models --------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    """camelCase in YAML, snake_case in Python, unknown keys rejected."""
+
+    # strict: YAML's `true` is not a worker count and `8` is not an image name.
+    # Only the camelCase keys: `batch_size` in a spec is a typo, not a synonym.
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, validate_by_name=False, validate_by_alias=True,
+                              frozen=True, strict=True)
+
+
+class NFSSource(_Model):
+    server: Str = Field(min_length=1, description="NFS server host name or IP address.")
+    path: AbsPath = Field(description="Exported path on the server.")
+
+
+class DataVolume(_Model):
+    """Where the dataset (ImageNet layout: train/<wnid>/*.JPEG, val/...) is; mounted read-only."""
+
+    pvc: KubeName | None = Field(None, description="Name of a PersistentVolumeClaim holding the dataset.")
+    host_path: AbsPath | None = Field(None, description="A directory on every node (hostPath).")
+    nfs: NFSSource | None = Field(None, description="An NFS export.")
+    mount_path: AbsPath = Field("/data", description="Where the dataset appears inside the pods; the trainer's --data-path.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataVolume:
+        given = [k for k in ("pvc", "host_path", "nfs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of pvc, hostPath, nfs" + (f" (got {', '.join(to_camel(g) for g in given)})" if given else ""))
+        return self
+
+
+class Checkpoints(_Model):
+    """The PVC the trainer writes checkpoints to (ReadWriteMany when workers > 1)."""
+
+    claim_name: KubeName = Field(description="Name of the PersistentVolumeClaim for checkpoints.")
+    mount_path: AbsPath = Field("/checkpoints", description="Mount path; the job writes to <mountPath>/<name>.")
+
+
+class ResourceList(_Model):
+    cpu: Quantity | None = Field(None, description="CPU cores (e.g. '8', '500m').")
+    memory: Quantity | None = Field(None, description="Memory (e.g. '64Gi').")
+
+
+class Resources(_Model):
+    """Per worker pod. GPUs come from gpusPerWorker (nvidia.com/gpu limits)."""
+
+    requests: ResourceList = Field(default_factory=lambda: ResourceList(cpu="8", memory="32Gi"), description="What the scheduler reserves (default cpu 8, memory 32Gi).")
+    # No CPU limit by default: CFS throttling slows the input pipeline.
+    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="32Gi"), description="Hard caps (default memory 32Gi, no CPU limit).")
+
+
+class Toleration(_Model):
+    key: Str | None = Field(None, description="Taint key (none with operator Exists: every taint).")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: LabelValue | None = Field(None, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect; none: all effects.")
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class RunPolicy(_Model):
+    backoff_limit: int = Field(3, ge=0, description="Retries of the launcher (MPIJob) / replicas (PyTorchJob) before Failed.")
+    active_deadline_seconds: int | None = Field(None, gt=0, description="Fail the job after this long.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job after this long (None: keep it).")
+    # Running: delete the still-running sshd workers when the launcher ends, keep finished
+    # pods for `kjob logs`.
+    clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Which pods to delete when the job ends.")
+
+
+class TrainSettings(_Model):
+    """The trainer's flags (Contract 2). lr is for a global batch of 256; the trainer scales it."""
+
+    config: Str | None = Field(None, min_length=1, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
+    epochs: int = Field(90, ge=1, le=10000, description="Passes over the training set.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per process (per GPU).")
+    lr: float = Field(0.1, gt=0, le=100, description="Learning rate for a global batch of 256 (scaled linearly).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, lt=1, description="L2 weight decay.")
+    warmup_epochs: float = Field(5, ge=0, description="Linear lr warm-up, in epochs.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    lr_schedule: Literal["cosine", "step"] = Field("cosine", description="lr decay after warm-up.")
+    amp: Annotated[Literal["off", "bf16", "fp16"], BeforeValidator(off_is_false)] = Field("bf16", description="Mixed precision.")
+    channels_last: bool = Field(True, description="NHWC memory format (faster convolutions on tensor cores).")
+    compile: bool = Field(False, description="torch.compile the model (PyTorch only).")
+    grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    checkpoint_interval: int = Field(1, ge=1, description="Epochs between checkpoints.")
+    keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
+    resume: Annotated[str, AfterValidator(check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
+    image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
+    loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
+    decoder: Literal["torchvision", "pil", "dali"] | None = Field(None, description="Image decoder (PyTorch only; default torchvision); dali decodes on the GPU and needs the DALI package in the image.")
+    synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
+    synthetic_samples: int = Field(1281167, ge=1, description="Images per epoch of synthetic data (ImageNet's count by default).")
+    log_interval: int = Field(20, ge=1, le=100000, description="Steps between progress lines (and points of the loss curve).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    seed: int = Field(0, ge=0, description="Random seed (data order, initialization).")
+    eval: bool = Field(True, description="Evaluate on val/ after each epoch.")
+    num_classes: int = Field(1000, ge=2, description="Classes of the dataset.")
+
+
+class LocalSettings(_Model):
+    """Only for `kjob submit --local` (mpirun on this machine)."""
+
+    processes: int | None = Field(None, ge=1, le=256, description="mpirun -np for local runs (default: workers x gpusPerWorker, at least 1).")
+    data_path: Str | None = Field(None, min_length=1, description="Local dataset folder; unset means synthetic data.")
+
+
+class JobSpec(_Model):
+    """A kjob training job."""
+
+    name: JobName = Field(description="Job name: lowercase letters, digits and '-', starting with a letter.")
+    namespace: KubeName | None = Field(None, description="Namespace (default: the kubeconfig context's).")
+    framework: Literal["pytorch", "mindspore"] = Field("pytorch", description="Training framework inside the image.")
+    launcher: Literal["mpi", "torchrun"] = Field("mpi", description="mpi: MPIJob (OpenMPI); torchrun: PyTorchJob.")
+    image: Image = Field(description="The trainer image (see images/).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Kubernetes imagePullPolicy.")
+    image_pull_secrets: list[KubeName] = Field(default_factory=list, description="Names of Secrets for a private registry.")
+    model: Literal["resnext50_32x4d", "resnest50"] = Field("resnext50_32x4d", description="The network to train.")
+    workers: int = Field(1, ge=1, le=1024, description="Worker pods (nodes).")
+    gpus_per_worker: int = Field(8, ge=0, le=16, description="GPUs per worker; 0 = a CPU job (one process per worker).")
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory of each worker pod.")
+    shm_size: Quantity = Field("8Gi", description="Size of /dev/shm (a memory emptyDir) for data-loader workers.")
+    data: DataVolume | None = Field(None, description="The dataset volume; required unless train.synthetic is true.")
+    checkpoints: Checkpoints = Field(description="The checkpoint volume (a PVC).")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings: the trainer's flags.")
+    env: dict[EnvName, Str] = Field(default_factory=dict, description="Extra environment variables for the trainer.")
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (as in a pod spec).")
+    priority_class_name: KubeName | None = Field(None, description="PriorityClass of the pods.")
+    scheduler_name: KubeName | None = Field(None, description="e.g. 'volcano'; None: the default scheduler.")
+    queue: KubeName | None = Field(None, description="Volcano queue (schedulerName volcano) or Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="The operator's runPolicy.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="Settings for `kjob submit --local` only.")
+
+    @property
+    def kind(self) -> str:
+        """The Kubernetes kind this spec renders to."""
+        return "MPIJob" if self.launcher == "mpi" else "PyTorchJob"
+
+    @property
+    def procs_per_worker(self) -> int:
+        """Processes per worker pod: one per GPU, one for a CPU job."""
+        return self.gpus_per_worker or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.procs_per_worker
+
+    @property
+    def output_path(self) -> str:
+        """The trainer's --output-path inside the pods."""
+        return posixpath.join(self.checkpoints.mount_path, self.name)
+
+    def spec_hash(self) -> str:
+        """`sha256:<hex>` of the normalized spec (defaults written out, `local` left out:
+        it does not change what is sent to a cluster; so are unset later additions,
+        _HASHED_ONLY_WHEN_SET)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude={"local"})
+        for section, key in _HASHED_ONLY_WHEN_SET:
+            if data[section][key] is None:
+                del data[section][key]
+        import hashlib  # loads OpenSSL: only when a hash is wanted
+
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+# Fields added after jobs were already submitted whose unset value renders nothing: left
+# out of spec_hash while unset, so a spec that does not use them keeps its hash (no
+# "different spec" conflict on resubmit, no drift for a GitOps tool).
+_HASHED_ONLY_WHEN_SET = (("train", "decoder"),)
+
+
+if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:
+    del sys.modules[_PLUGIN_LOADER]
+
+
+def json_schema() -> dict:
+    """The spec's JSON Schema (camelCase keys), for editors (yaml-language-server)."""
+    schema = JobSpec.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
