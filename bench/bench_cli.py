@@ -1,4 +1,4 @@
-"""Wall time of whole `kjob` processes (issue 2 target: < 0.25 s each on the dev VM).
+"""Wall time of whole `kjob` processes (targets: `kjob --help` < 0.1 s, `kjob render` < 0.25 s on the dev VM).
 
     python bench/bench_cli.py [--runs N]
 

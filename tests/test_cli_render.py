@@ -1,4 +1,4 @@
-"""The CLI of issue 2: render, validate, schema, submit --dry-run; exact errors and
+"""The CLI without a cluster: render, validate, schema, submit --dry-run; exact errors and
 exit codes; help texts; no heavy imports."""
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def test_every_command_and_option_has_help(capsys):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("args", [["--help"], ["render", "examples/resnext50.yaml"], ["validate", "examples/resnext50.yaml"],
-                                  ["submit", "examples/smoke.yaml", "--dry-run"], ["schema"]])
+                                  ["submit", "examples/smoke.yaml", "--dry-run"],
+                                  ["submit", "examples/smoke.yaml", "--local", "--dry-run"], ["schema"]])
 def test_light_commands_import_no_heavy_modules(args):
     code = (
         "import sys\n"

@@ -280,6 +280,20 @@ def test_missing_data_path_is_bad_input_and_leaves_nothing(runs):
     assert not (runs / "kjob-runs").exists()
 
 
+def test_a_run_that_cannot_start_exits_3_not_1_and_leaves_no_record(run_kjob, tmp_path, monkeypatch):
+    """1 means "the job failed"; a run that never started did not fail: this machine
+    could not run it (exit 3, like a cluster that cannot take the job)."""
+    def refuse(*_args, **_kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("kjob.local.backend.subprocess.run", refuse)
+    done = run_kjob("submit", str(SMOKE), "--local")
+    assert (done.code, done.out) == (3, "")
+    assert done.err == "Error: cannot start the local run smoke: [Errno 24] Too many open files\n"
+    assert sorted(p.name for p in (tmp_path / "kjob-runs" / "smoke").iterdir()) == []
+
+
 def test_unknown_run_is_not_found(runs):
     for args in (["status", "ghost"], ["logs", "ghost"], ["delete", "ghost"], ["fetch-ckpt", "ghost"]):
         proc = kjob(runs, *args, "--local")

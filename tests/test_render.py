@@ -1,4 +1,4 @@
-"""Rendering: CRD validity, the trainer command line (Contract 2), escaping of every
+"""Rendering: CRD validity, the trainer command line (render.commands), escaping of every
 value, determinism (kjob.render + manifests/templates)."""
 
 from __future__ import annotations
@@ -129,7 +129,6 @@ def test_pods_have_time_to_checkpoint_when_stopped(launcher):
     checkpoint; torchrun must pass SIGTERM on and wait nearly as long; `kjob delete`
     gives an MPIJob's launcher as long after SIGUSR1."""
     from kjob import names
-    from kjob.render import manifests as render
 
     (job,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\n"))
     replicas = job["spec"].get("mpiReplicaSpecs") or job["spec"]["pytorchReplicaSpecs"]
@@ -157,7 +156,7 @@ def test_labels_and_annotations():
 
 
 def test_trainer_command_is_what_the_trainer_parses():
-    """Contract 2: the rendered flags parse in kjob_trainer and carry the spec's values."""
+    """The trainer command line: the rendered flags parse in kjob_trainer and carry the spec's values."""
     from kjob_trainer.cli_args import parse_train_args
     from kjob_trainer.config import make_config, validate
 

@@ -203,7 +203,7 @@ def test_progress_draws_only_when_enabled():
 
 
 def test_the_trainers_own_checkpoint_folder_is_read_and_verified(tmp_path):
-    """Contract 3 from the writer's side: kjob_trainer.checkpoints.CheckpointDir."""
+    """The checkpoint index from the writer's side: kjob_trainer.checkpoints.CheckpointDir."""
     from kjob_trainer.checkpoints import CheckpointDir, epoch_name, step_name
 
     ckdir = CheckpointDir.under(str(tmp_path / "run"), "pytorch", "resnext50_32x4d", keep=2)

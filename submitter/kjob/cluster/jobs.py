@@ -7,7 +7,6 @@ KjobError subclasses leave this module.
 
 from __future__ import annotations
 
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

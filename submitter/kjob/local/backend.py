@@ -234,9 +234,9 @@ def _state(record: dict, run_dir: Path) -> tuple[str, str | None]:
         return "Unknown", f"the run was started on host {record.get('host')}, this is {socket.gethostname()}"
     if not record.get("sid"):
         return "Created", "starting"
-    procs = procs.session_processes(int(record["sid"]))
-    if procs:
-        return "Running", f"{len(procs)} process(es) in session {record['sid']}"
+    alive = procs.session_processes(int(record["sid"]))
+    if alive:
+        return "Running", f"{len(alive)} process(es) in session {record['sid']}"
     # Never "Running forever": no process left and no exit code means it was killed
     # (SIGKILL of the whole run, OOM killer, reboot) before the waiter could record it.
     return "Failed", _failure_message("the processes ended without recording an exit code (killed?)", run_dir)

@@ -14,7 +14,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from kjob import names
+from kjob import names, templates
 from kjob.errors import KjobError
 from kjob.names import LAUNCH_MODULE, TERMINATION_GRACE_S, TRAINER_MODULE, WORKER_HOLD_S
 from kjob.render.commands import mpirun_flags, trainer_command
@@ -223,8 +223,6 @@ def yaml_safe_json(value) -> str:
 
 def templates_dir() -> Path:
     """Where the Jinja templates are: manifests/templates in a checkout, kjob/templates in a wheel."""
-    from kjob import templates
-
     return Path(templates.__file__).parent
 
 
