@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_S = 0.25
+# Targets on a quiet machine (wall seconds, median).
+HELP_TARGET_S = 0.1
+RENDER_TARGET_S = 0.25
 
 
 def kjob_executable() -> list[str]:
@@ -44,11 +46,11 @@ def time_once(cmd: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def bench(name: str, cmd: list[str], runs: int) -> None:
+def bench(name: str, cmd: list[str], runs: int, target: float | None = None) -> None:
     time_once(cmd)  # warm-up
     walls, cpus = zip(*(time_once(cmd) for _ in range(runs)))
     med = statistics.median(walls)
-    verdict = "ok" if med < TARGET_S else "over target"
+    verdict = "" if target is None else f"< {target:g} s: " + ("met" if med < target else "not met")
     print(f"| `{name}` | {med:.3f} | {min(walls):.3f} | {max(walls):.3f} | {statistics.median(cpus):.3f} | {runs} | {verdict} |")
 
 
@@ -72,11 +74,12 @@ def main() -> int:
     args = parser.parse_args()
     kjob = kjob_executable()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, kjob = {' '.join(kjob)}\n")
-    print("| command | median s | min s | max s | median CPU s | runs | target < 0.25 s |")
+    print("| command | median s | min s | max s | median CPU s | runs | target |")
     print("|---|---|---|---|---|---|---|")
-    bench("kjob --help", kjob + ["--help"], args.runs)
-    bench("kjob render examples/resnext50.yaml", kjob + ["render", "examples/resnext50.yaml"], args.runs)
-    bench("kjob validate examples/*.yaml", kjob + ["validate"] + sorted(str(p) for p in (ROOT / "examples").glob("*.yaml")), args.runs)
+    bench("kjob --help", kjob + ["--help"], args.runs, HELP_TARGET_S)
+    bench("kjob render examples/resnext50.yaml", kjob + ["render", "examples/resnext50.yaml"], args.runs, RENDER_TARGET_S)
+    bench("kjob validate examples/*.yaml", kjob + ["validate"] + sorted(str(p) for p in (ROOT / "examples").glob("*.yaml")), args.runs, RENDER_TARGET_S)
+    bench("kjob submit examples/smoke.yaml --local --dry-run", kjob + ["submit", "examples/smoke.yaml", "--local", "--dry-run"], args.runs)
     bench("python -c pass (interpreter floor)", [sys.executable, "-c", "pass"], args.runs)
     import_profile()
     return 0
