@@ -24,6 +24,10 @@ def test_the_wheel_renders_from_its_own_files(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"kjob/templates/mpijob.yaml.j2", "kjob/templates/pytorchjob.yaml.j2"} <= set(names)
     assert "kjob_trainer/configs/resnext50_mindcv.yaml" in names
+    # Every room of the house travels; the repository tools (tools/) do not.
+    for package in ("spec", "render", "cluster", "local", "transfer"):
+        assert f"kjob/{package}/__init__.py" in names, package
+    assert not [n for n in names if "render_examples" in n or "spec_docs" in n]
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
