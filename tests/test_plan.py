@@ -79,3 +79,24 @@ def test_plans_are_values():
     assert isinstance(plan, LocalPlan)
     with pytest.raises(AttributeError):
         plan.name = "other"  # type: ignore[misc]
+
+
+def test_submit_sends_exactly_what_the_dry_run_printed(kube, run_kjob, monkeypatch):
+    """No object is changed between the dry run and the request (the namespace of an
+    object without one comes from the request's path, on the server)."""
+    from kjob.cluster.api import Kube
+
+    sent = []
+    send = Kube.send
+
+    def record(self, req, **kwargs):
+        if req.verb == "create" and req.resource == "mpijobs":
+            sent.append(req.body)
+        return send(self, req, **kwargs)
+
+    monkeypatch.setattr(Kube, "send", record)
+    printed = run_kjob("submit", str(SMOKE), "--dry-run").out
+    done = run_kjob("submit", str(SMOKE))
+    assert done.code == 0, done
+    assert dump_objects(sent) == printed
+    assert kube.get("MPIJob", "smoke")["metadata"]["namespace"] == "default"
