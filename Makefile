@@ -52,6 +52,10 @@ test: $(VENV)/.test-installed
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not slow"
 
+# The import layers of submitter/kjob (contracts in pyproject.toml; make test runs them too).
+lint: $(VENV)/.test-installed
+	$(BIN)/lint-imports
+
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/run_all.py
 
