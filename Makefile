@@ -70,3 +70,20 @@ lock-upgrade: $(UV)
 
 clean:
 	rm -rf $(VENV) kjob-runs build *.egg-info
+
+# The real control plane of the cluster tests (tests/cluster/): etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok, mpi-operator and training-operator, built
+# from the Go module proxy at the versions in tests/cluster/tools/*/go.mod into
+# $${KJOB_CACHE:-~/.cache/kjob}/cluster/<key>/ (a cached build is skipped in a second).
+# `make cluster-up` starts one for a person (KUBECONFIG=.cluster/kubeconfig), `cluster-down` stops it.
+.PHONY: cluster-bin cluster-up cluster-down
+cluster-bin:
+	bash tests/cluster/build.sh >/dev/null
+
+cluster-up: $(VENV)/.test-installed cluster-bin
+	$(BIN)/python tests/cluster/controlplane.py up --dir .cluster
+
+cluster-down: $(VENV)/.test-installed
+	$(BIN)/python tests/cluster/controlplane.py down --dir .cluster
+
+test: cluster-bin
