@@ -24,6 +24,14 @@ OPERATORS = {
     "MPIJob": ("mpi-operator v0.8", "kubectl apply --server-side -f https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.8.2/deploy/v2beta1/mpi-operator.yaml"),
     "PyTorchJob": ("training-operator v1.9", 'kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"'),
 }
+# A job kind whose CRD another install is known to replace: (what happened, the fix).
+# training-operator's standalone manifests carry an MPIJob kubeflow.org/v1 CRD of the same
+# name as mpi-operator's v2beta1 one (kubeflow/trainer#1930, #1972).
+CLOBBERED = {
+    "MPIJob": ("training-operator's full install ships an MPIJob kubeflow.org/v1 CRD that replaces mpi-operator's v2beta1 one",
+               f"kubectl delete crd mpijobs.{GROUP}, install mpi-operator again ({OPERATORS['MPIJob'][1]}), and run training-operator "
+               "with --enable-scheme=pytorchjob and without its MPIJob CRD (README: Installing the operators)"),
+}
 # Other kinds a rendered job may carry, with their REST names.
 CORE_KINDS = {"ConfigMap": "configmaps", "Secret": "secrets", "Service": "services", "ServiceAccount": "serviceaccounts", "PersistentVolumeClaim": "persistentvolumeclaims"}
 MANAGED = "app.kubernetes.io/managed-by=kjob"
@@ -83,9 +91,33 @@ def _check_api(kube: Kube, kind: str) -> KjobError | None:
     try:
         found = kube.request("GET", f"/apis/{api_version}", verb="get", resource=f"{api_version} discovery")
     except NotFound:
-        return missing
+        found = None
     names = [r.get("name") for r in found.get("resources", [])] if isinstance(found, dict) else []
-    return None if plural in names else missing
+    if plural in names:
+        return None
+    elsewhere = _served_at(kube, plural, api_version)
+    if elsewhere:
+        # Seen on a real API server: a CRD serves one set of versions, so installing
+        # another operator's CRD of the same name takes the version kjob needs away.
+        return NotFound(f"the {kind} API is served by {kube.where()} only as {elsewhere} {plural}, not {api_version}: "
+                        f"its CRD {plural}.{GROUP} was replaced by another one" + (f" ({CLOBBERED[kind][0]})" if kind in CLOBBERED else ""),
+                        hint=CLOBBERED[kind][1] if kind in CLOBBERED else f"install it: {install}")
+    return missing
+
+
+def _served_at(kube: Kube, plural: str, wanted: str) -> str | None:
+    """Another version of GROUP that serves `plural` (e.g. kubeflow.org/v1), or None."""
+    try:
+        group = kube.request("GET", f"/apis/{GROUP}", verb="get", resource=f"{GROUP} discovery")
+        for version in group.get("versions", []):
+            gv = version.get("groupVersion")
+            if gv and gv != wanted:
+                found = kube.request("GET", f"/apis/{gv}", verb="get", resource=f"{gv} discovery")
+                if plural in [r.get("name") for r in found.get("resources", [])]:
+                    return gv
+    except (KjobError, AttributeError):
+        pass
+    return None
 
 
 def _check_namespace(kube: Kube, namespace: str) -> None:

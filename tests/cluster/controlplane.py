@@ -19,6 +19,7 @@ KJOB_TEST_TIME_SCALE (a float, default 1) for slow machines.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import shutil
@@ -51,6 +52,8 @@ CHECKPOINT_MOUNT = "/checkpoints"
 # (cmd/mpi-operator/app/server.go healthCheckPort): one cluster per machine at a time.
 MPI_OPERATOR_HEALTH_PORT = 8080
 OPERATOR_NAMESPACES = ("mpi-operator", "kubeflow")
+# training-operator reads its webhook certificates from here, a path fixed in its source.
+TRAINING_OPERATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 
 def time_scale() -> float:
@@ -191,6 +194,13 @@ class ControlPlane:
         self._install_crds()
         for ns in OPERATOR_NAMESPACES:
             self.api.create("/api/v1/namespaces", {"metadata": {"name": ns}}, exist_ok=True)
+        # training-operator's cert rotator fills this Secret but does not create it (its
+        # install ships it empty: manifests/base/webhook); without it the operator exits.
+        self.api.create("/api/v1/namespaces/kubeflow/secrets", {"metadata": {"name": "training-operator-webhook-cert"}}, exist_ok=True)
+        # Nor is it ready before it has put its CA into this configuration. It is left with
+        # no webhooks: the API server could not reach them (a Service, and no kube-proxy).
+        self.api.create("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+                        {"metadata": {"name": "validator.training-operator.kubeflow.org"}, "webhooks": []}, exist_ok=True)
         # Both serve /healthz with the API server's certificate (it names 127.0.0.1), so the
         # readiness checks verify TLS against the test CA.
         common = [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
@@ -230,10 +240,22 @@ class ControlPlane:
         wait_for(f"{NODE_COUNT} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
         wait_for("mpi-operator leads", lambda: (self.api.get("/apis/coordination.k8s.io/v1/namespaces/mpi-operator/leases/mpi-operator") or {})
                  .get("spec", {}).get("holderIdentity"), 60, proc_check=self.check_alive, interval=0.25)
+        self._mount_webhook_cert()
         url = f"http://127.0.0.1:{p['training-health']}/readyz"
         wait_for("training-operator /readyz", lambda: requests.get(url, timeout=2).status_code == 200, 60, proc_check=self.check_alive, interval=0.25)
         wait_for("the default ServiceAccount", lambda: self.api.get("/api/v1/namespaces/default/serviceaccounts/default"), 60,
                  proc_check=self.check_alive)
+
+    def _mount_webhook_cert(self) -> None:
+        """Play the kubelet's secret volume for training-operator: it waits until the
+        certificates it put in its Secret appear in its fixed serving-cert folder
+        (pkg/cert/cert.go certDir), which its Deployment mounts from that Secret."""
+        secret = "/api/v1/namespaces/kubeflow/secrets/training-operator-webhook-cert"
+        data = wait_for("training-operator's webhook certificates", lambda: (lambda d: d if "tls.crt" in d else None)(
+            (self.api.get(secret) or {}).get("data") or {}), 60, proc_check=self.check_alive, interval=0.25)
+        TRAINING_OPERATOR_CERT_DIR.mkdir(parents=True, exist_ok=True)
+        for name, value in data.items():
+            (TRAINING_OPERATOR_CERT_DIR / name).write_bytes(base64.b64decode(value))
 
     def _install_crds(self) -> None:
         names = []
@@ -291,6 +313,8 @@ class ControlPlane:
         `timeout` seconds, then kill any descendant still alive."""
         if self.nodeside:
             self.nodeside.stop()
+        if self.api:
+            self.api.session.close()
         everyone = self.pids()
         for name in reversed(list(self.procs)):
             p = self.procs[name]

@@ -35,7 +35,9 @@ class Pki:
 
 
 def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+    r = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"openssl {args[0]} failed: {r.stderr.strip()[-500:]}")
 
 
 def _signed(d: Path, name: str, subject: str, ca: tuple[Path, Path], *, sans: str | None, usage: str) -> tuple[Path, Path]:
