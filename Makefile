@@ -17,7 +17,7 @@ UV := $(VENV)/bin/uv
 # MindSpore holds for the whole tree.
 LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.10 --annotation-style line --custom-compile-command 'make lock'
 
-.PHONY: demo test test-fast bench render-examples lint clean lock lock-upgrade
+.PHONY: demo test test-fast e2e images-local bench render-examples lint clean lock lock-upgrade
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,17 @@ test: $(VENV)/.test-installed
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m "not slow"
+
+# The real-node tier (tests/node, marker `node`; root): both trainer images built here from
+# images/*/Dockerfile and loaded into a local containerd, a real kubelet (built from the Go
+# module proxy at the control plane's Kubernetes release) running them. Caches live in
+# $${KJOB_CACHE:-~/.cache/kjob}: the first run builds for tens of minutes, later runs reuse.
+e2e: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m node tests/node
+
+# Only the images (and the node's containerd, which they are loaded into).
+images-local:
+	images/build-local.sh
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/run_all.py

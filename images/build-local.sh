@@ -81,11 +81,13 @@ make_base() {
 }
 
 make_pause() {
-  local bin="$cache/pause/pause"
+  local bin="$cache/pause/pause" src
   mkdir -p "$cache/pause"
-  if ! [[ -x "$bin" && "$bin" -nt "$repo/images/local/pause.go" ]]; then
+  src="$(sha256sum <"$repo/images/local/pause.go")"
+  if ! [[ -x "$bin" && "$(cat "$cache/pause/source.sha256" 2>/dev/null)" == "$src" ]]; then
     (cd "$cache/pause" && CGO_ENABLED=0 GOFLAGS=-trimpath go build -ldflags "-s -w" -o pause.tmp "$repo/images/local/pause.go")
     mv "$cache/pause/pause.tmp" "$bin"
+    echo "$src" >"$cache/pause/source.sha256"
     podman rmi -f "$PAUSE_IMAGE" >/dev/null 2>&1 || true
   fi
   if ! podman image exists "$PAUSE_IMAGE"; then
@@ -153,7 +155,7 @@ build() {
     # after a change to the sources (unchanged inputs are skipped either way, by the stamp).
     if [[ -z "${KJOB_KEEP_LAYERS:-}" ]]; then
       podman rmi "$tag" >/dev/null
-      podman image prune --force >/dev/null
+      podman image prune --force >/dev/null || log "warning: podman image prune failed; the image is built and loaded"
     fi
   fi
 }
@@ -164,7 +166,13 @@ main() {
   for n in "${names[@]}"; do [[ -n "${TAGS[$n]:-}" ]] || { echo "unknown image $n (pytorch, mindspore)" >&2; exit 2; }; done
   [[ "$(id -u)" == 0 ]] || { echo "build-local.sh needs root (podman, debootstrap, containerd)" >&2; exit 1; }
   mkdir -p "$cache" "$run"
+  # One build at a time per cache (a test session and a person may both start one).
+  exec 9>"$cache/.lock"
+  flock 9
   need_tools
+  # Working containers an interrupted build left behind (we hold the lock: no build runs)
+  # would pin their layers on disk.
+  command buildah --root "$cache/storage" --runroot "$run/podman" --storage-driver overlay rm --all >/dev/null 2>&1 || true
   make_base
   make_pause >/dev/null
   if [[ -z "${KJOB_NO_LOAD:-}" ]] && ! in_containerd "$PAUSE_IMAGE"; then load "$PAUSE_IMAGE"; fi
