@@ -112,7 +112,11 @@ inputs_hash() {
 containerd_sock() { "$repo/tests/node/containerd.sh" start; }
 
 in_containerd() {  # image tag -> true when the node's containerd has it
-  ctr --address "$(containerd_sock)" -n k8s.io images ls -q | grep -qxF "$1"
+  # Listed first, then searched: `ctr ... | grep -q` fails under pipefail whenever grep
+  # exits before ctr has written everything (SIGPIPE), and a loaded image looks missing.
+  local listed
+  listed="$(ctr --address "$(containerd_sock)" -n k8s.io images ls -q)"
+  grep -qxF "$1" <<<"$listed"
 }
 
 load() {  # image tag -> into containerd's k8s.io namespace (what the kubelet uses)
