@@ -50,7 +50,7 @@ test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
 test-fast: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not node"
 
 # The real-node tier (tests/node, marker `node`; root): both trainer images built here from
 # images/*/Dockerfile and loaded into a local containerd, a real kubelet (built from the Go
