@@ -22,6 +22,14 @@ OPERATORS = {
     "MPIJob": ("mpi-operator v0.8", "kubectl apply --server-side -f https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.8.2/deploy/v2beta1/mpi-operator.yaml"),
     "PyTorchJob": ("training-operator v1.9", 'kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"'),
 }
+# A job kind whose CRD another install is known to replace: (what happened, the fix).
+# training-operator's standalone manifests carry an MPIJob kubeflow.org/v1 CRD of the same
+# name as mpi-operator's v2beta1 one (kubeflow/trainer#1930, #1972).
+CLOBBERED = {
+    "MPIJob": ("training-operator's full install ships an MPIJob kubeflow.org/v1 CRD that replaces mpi-operator's v2beta1 one",
+               f"kubectl delete crd mpijobs.{GROUP}, install mpi-operator again ({OPERATORS['MPIJob'][1]}), and run training-operator "
+               "with --enable-scheme=pytorchjob and without its MPIJob CRD (README: Installing the operators side by side)"),
+}
 # What kjob does after submitting, checked up front by SelfSubjectAccessReview:
 # (verb, resource, subresource) on top of "create <the job kind>".
 NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log"), ("create", "pods", "exec")]
@@ -67,9 +75,34 @@ def _check_api(kube: Kube, kind: str) -> KjobError | None:
     try:
         found = kube.send(requests.api_resources(api_version))
     except NotFound:
+        found = None
+    if plural in _served(found):
+        return None
+    elsewhere = _served_at(kube, plural, api_version)
+    if elsewhere is None:
         return missing
-    names = [r.get("name") for r in found.get("resources", [])] if isinstance(found, dict) else []
-    return None if plural in names else missing
+    # A CRD serves one set of versions: installing another operator's CRD of the same name
+    # takes the version kjob renders away.
+    what, fix = CLOBBERED.get(kind, ("", f"install it: {install}"))
+    return NotFound(f"the {kind} API is served by {kube.where()} only as {elsewhere} {plural}, not {api_version}: "
+                    f"its CRD {plural}.{GROUP} was replaced by another one" + (f" ({what})" if what else ""), hint=fix)
+
+
+def _served(discovery: dict | None) -> list[str]:
+    return [r.get("name") for r in discovery.get("resources", [])] if isinstance(discovery, dict) else []
+
+
+def _served_at(kube: Kube, plural: str, wanted: str) -> str | None:
+    """Another version of GROUP that serves `plural` (e.g. kubeflow.org/v1), or None."""
+    try:
+        group = kube.send(requests.api_resources(GROUP))
+        for version in group.get("versions", []):
+            gv = version.get("groupVersion")
+            if gv and gv != wanted and plural in _served(kube.send(requests.api_resources(gv))):
+                return gv
+    except (KjobError, AttributeError):
+        pass
+    return None
 
 
 def _check_namespace(kube: Kube, namespace: str) -> None:

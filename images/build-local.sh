@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Builds both trainer images on this machine, with no registry at all, and loads them into
+# the local node's containerd (tests/node/containerd.sh, namespace k8s.io):
+#
+#   images/build-local.sh                 # both images
+#   images/build-local.sh pytorch         # one of them
+#   KJOB_NO_LOAD=1 images/build-local.sh  # build only; do not touch containerd
+#
+# The images come from images/*/Dockerfile exactly as a production build makes them; the
+# only difference is the base (`--build-arg CUDA_IMAGE=`): a Debian bookworm made here with
+# debootstrap instead of nvidia/cuda from Docker Hub, which this machine cannot reach.
+# It also makes the pause (sandbox) image the node's pods need.
+#
+# Everything it keeps lives outside the clone, in ${KJOB_CACHE:-$HOME/.cache/kjob}/images:
+# the base tarball, podman's storage (the base image, and layers: see below), one stamp per
+# image: a hash of its Dockerfile, the lock, the sources the Dockerfile copies and the base.
+# When the stamp matches and containerd has the image, nothing is done. After loading an
+# image into containerd, podman's copy of it is removed (a disk shared with others cannot
+# hold both): KJOB_KEEP_LAYERS=1 keeps it, so that a change to the sources rebuilds only
+# from the layer it touches.
+#
+# Needs root (podman, debootstrap, containerd) and apt-get for the tools it installs.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${KJOB_CACHE:-$HOME/.cache/kjob}/images"
+run="${KJOB_NODE_RUN:-/run/kjob-node}"
+BASE_IMAGE="localhost/kjob/debian-bookworm:base"
+PAUSE_IMAGE="localhost/kjob/pause:local"
+# The tags the examples run (images/README.md).
+declare -A TAGS=(
+  [pytorch]="ghcr.io/kjob/kjob-trainer-pytorch:0.1.0"
+  [mindspore]="ghcr.io/kjob/kjob-trainer-mindspore:0.1.0"
+)
+DEBIAN_MIRROR="${KJOB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The registries here are trusted through the host's CA bundle (pip on a fresh base fails
+# with CERTIFICATE_VERIFY_FAILED without it): mounted read-only into every RUN step, never
+# copied into a layer, with a pip.conf that points pip at it. Not at the bundle's own path
+# (/etc/ssl/certs/ca-certificates.crt): python3-venv pulls in the ca-certificates package,
+# whose postinst replaces that file and fails on a mount ("Device or resource busy").
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+CA_IN_BUILD=/etc/kjob-build-ca.crt
+# This machine has no CAP_SYS_RESOURCE: a container's rlimits may not exceed its own.
+ULIMITS=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
+
+log() { echo "[build-local $(date +%T)] $*" >&2; }
+# podman's own storage for these builds (base, layers, images), kept in the cache.
+podman() { command podman --root "$cache/storage" --runroot "$run/podman" --storage-driver overlay "$@"; }
+
+need_tools() {
+  local missing=()
+  for pkg in podman buildah debootstrap containerd runc containernetworking-plugins; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+make_base() {
+  local tarball="$cache/debian-bookworm-minbase.tar"
+  if ! [[ -f "$tarball" ]]; then
+    log "debootstrap bookworm (minbase) from $DEBIAN_MIRROR"
+    local root
+    root="$(mktemp -d "$cache/rootfs.XXXXXX")"
+    nice debootstrap --variant=minbase bookworm "$root" "$DEBIAN_MIRROR" >"$cache/debootstrap.log" 2>&1 \
+      || { tail -20 "$cache/debootstrap.log" >&2; rm -rf "$root"; return 1; }
+    # What a Docker image of Debian also leaves out: apt's downloaded packages and lists.
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" --numeric-owner -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$root"
+  fi
+  if ! podman image exists "$BASE_IMAGE" || [[ "$(podman image inspect -f '{{index .Labels "kjob.base-tarball"}}' "$BASE_IMAGE" 2>/dev/null)" != "$(stat -c %Y "$tarball")" ]]; then
+    log "importing the base as $BASE_IMAGE"
+    podman import --quiet --change "LABEL kjob.base-tarball=$(stat -c %Y "$tarball")" --change 'CMD ["/bin/bash"]' \
+      "$tarball" "$BASE_IMAGE" >/dev/null
+  fi
+}
+
+make_pause() {
+  local bin="$cache/pause/pause" src
+  mkdir -p "$cache/pause"
+  src="$(sha256sum <"$repo/images/local/pause.go")"
+  if ! [[ -x "$bin" && "$(cat "$cache/pause/source.sha256" 2>/dev/null)" == "$src" ]]; then
+    (cd "$cache/pause" && CGO_ENABLED=0 GOFLAGS=-trimpath go build -ldflags "-s -w" -o pause.tmp "$repo/images/local/pause.go")
+    mv "$cache/pause/pause.tmp" "$bin"
+    echo "$src" >"$cache/pause/source.sha256"
+    podman rmi -f "$PAUSE_IMAGE" >/dev/null 2>&1 || true
+  fi
+  if ! podman image exists "$PAUSE_IMAGE"; then
+    tar -C "$cache/pause" --owner=0 --group=0 -cf "$cache/pause/pause.tar" pause
+    podman import --quiet --change 'ENTRYPOINT ["/pause"]' --change 'USER 65535:65535' "$cache/pause/pause.tar" "$PAUSE_IMAGE" >/dev/null
+  fi
+  echo "$PAUSE_IMAGE"
+}
+
+# The hash of everything the image is made from (what the Dockerfile copies, per .dockerignore).
+inputs_hash() {
+  local name="$1"
+  {
+    cd "$repo"
+    sha256sum "images/$name/Dockerfile" requirements.lock pyproject.toml README.md .dockerignore
+    find submitter manifests trainer images/ssh -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
+      | sort -z | xargs -0 sha256sum
+    podman image inspect -f '{{.Id}}' "$BASE_IMAGE"
+  } | sha256sum | cut -c1-16
+}
+
+containerd_sock() { "$repo/tests/node/containerd.sh" start; }
+
+in_containerd() {  # image tag -> true when the node's containerd has it
+  # Listed first, then searched: `ctr ... | grep -q` fails under pipefail whenever grep
+  # exits before ctr has written everything (SIGPIPE), and a loaded image looks missing.
+  local listed
+  listed="$(ctr --address "$(containerd_sock)" -n k8s.io images ls -q)"
+  grep -qxF "$1" <<<"$listed"
+}
+
+load() {  # image tag -> into containerd's k8s.io namespace (what the kubelet uses)
+  local sock; sock="$(containerd_sock)"
+  log "loading $1 into containerd (k8s.io)"
+  podman save --format docker-archive "$1" | ctr --address "$sock" -n k8s.io images import --no-unpack=false - >/dev/null
+  in_containerd "$1"
+}
+
+# Has the image of these inputs been built (and, unless KJOB_NO_LOAD, loaded)?
+up_to_date() {
+  local name="$1" tag="$2" hash="$3"
+  [[ -f "$cache/$name.stamp" && "$(cat "$cache/$name.stamp")" == "$hash" ]] || return 1
+  if [[ -n "${KJOB_NO_LOAD:-}" ]]; then podman image exists "$tag"; else in_containerd "$tag"; fi
+}
+
+build() {
+  local name="$1" tag="${TAGS[$1]}" stamp="$cache/$1.stamp" hash t0=$SECONDS
+  hash="$(inputs_hash "$name")"
+  if up_to_date "$name" "$tag" "$hash"; then
+    log "$tag: unchanged ($hash)"
+    return 0
+  else
+    log "$tag: building from images/$name/Dockerfile on $BASE_IMAGE"
+    rm -f "$stamp"
+    printf '[global]\ncert = %s\n' "$CA_IN_BUILD" >"$cache/pip.conf"
+    (cd "$repo" && podman build --layers --network host --pull=never "${ULIMITS[@]}" \
+      --volume "$CA_BUNDLE:$CA_IN_BUILD:ro" --volume "$cache/pip.conf:/etc/pip.conf:ro" \
+      --build-arg "CUDA_IMAGE=$BASE_IMAGE" \
+      --label "kjob.inputs=$hash" \
+      -f "images/$name/Dockerfile" -t "$tag" .) >"$cache/$name.build.log" 2>&1 \
+      || { tail -40 "$cache/$name.build.log" >&2; log "$tag: build failed; the whole log is $cache/$name.build.log"; return 1; }
+    echo "$hash" >"$stamp"
+    log "$tag: built in $((SECONDS - t0)) s ($(podman image inspect -f '{{.Size}}' "$tag" | numfmt --to=iec))"
+  fi
+  if [[ -z "${KJOB_NO_LOAD:-}" ]]; then
+    load "$tag"
+    # The multi-GB image now lives in containerd; on a shared disk, podman's copy and the
+    # build stage's layers go, unless KJOB_KEEP_LAYERS=1 keeps them for a faster rebuild
+    # after a change to the sources (unchanged inputs are skipped either way, by the stamp).
+    if [[ -z "${KJOB_KEEP_LAYERS:-}" ]]; then
+      podman rmi "$tag" >/dev/null
+      podman image prune --force >/dev/null || log "warning: podman image prune failed; the image is built and loaded"
+    fi
+  fi
+}
+
+main() {
+  local names=("$@") t0=$SECONDS
+  ((${#names[@]})) || names=(pytorch mindspore)
+  for n in "${names[@]}"; do [[ -n "${TAGS[$n]:-}" ]] || { echo "unknown image $n (pytorch, mindspore)" >&2; exit 2; }; done
+  [[ "$(id -u)" == 0 ]] || { echo "build-local.sh needs root (podman, debootstrap, containerd)" >&2; exit 1; }
+  mkdir -p "$cache" "$run"
+  # One build at a time per cache (a test session and a person may both start one).
+  exec 9>"$cache/.lock"
+  flock 9
+  need_tools
+  # Working containers an interrupted build left behind (we hold the lock: no build runs)
+  # would pin their layers on disk.
+  command buildah --root "$cache/storage" --runroot "$run/podman" --storage-driver overlay rm --all >/dev/null 2>&1 || true
+  make_base
+  make_pause >/dev/null
+  if [[ -z "${KJOB_NO_LOAD:-}" ]] && ! in_containerd "$PAUSE_IMAGE"; then load "$PAUSE_IMAGE"; fi
+  for n in "${names[@]}"; do build "$n"; done
+  log "done in $((SECONDS - t0)) s"
+}
+
+# Builds are long and the machine is shared: everything below runs at a lower priority.
+renice -n 10 $$ >/dev/null
+main "$@"

@@ -1,0 +1,139 @@
+"""Fixtures of the real-control-plane tier (marker `cluster`).
+
+`control_plane` starts the whole control plane once per test session (controlplane.py);
+`real` gives each test its own namespace on it, with the checkpoint claim kjob's
+examples mount, and KUBECONFIG pointing at that namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from controlplane import CLAIMS, ControlPlane, build_dir, wait_for  # noqa: E402
+from nodeside import append_log, end_pod, pod_dir  # noqa: E402
+from rest import Api  # noqa: E402
+
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+_startup: list[float] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _startup:
+        terminalreporter.write_line(f"real control plane: started in {_startup[0]:.1f} s")
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the real control plane runs kwok in its own PID namespace (unshare): needs root")
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), build_dir())
+    plane.start()
+    _startup.append(plane.startup_s)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+class RealCluster:
+    """One test's view of the control plane: its namespace, kubeconfig and the node side."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, kubeconfig: Path) -> None:
+        self.plane, self.ns, self.kubeconfig = plane, namespace, kubeconfig
+        self.api: Api = plane.api
+        self.root = plane.root
+
+    def path(self, plural: str, name: str = "", *, group: str = "") -> str:
+        base = f"/apis/{group}" if group else "/api/v1"
+        return f"{base}/namespaces/{self.ns}/{plural}" + (f"/{name}" if name else "")
+
+    def pods(self, job: str) -> list[dict]:
+        return self.api.items(self.path("pods"), labelSelector=f"{JOB_NAME_LABEL}={job}")
+
+    def wait_pods(self, job: str, count: int, phase: str = "Running", timeout: float = 60) -> list[dict]:
+        """The job's pods, once `count` of them are in `phase` (sorted by name)."""
+        def ready():
+            pods = [p for p in self.pods(job) if p.get("status", {}).get("phase") == phase and not p["metadata"].get("deletionTimestamp")]
+            return sorted(pods, key=lambda p: p["metadata"]["name"]) if len(pods) >= count else None
+        return wait_for(f"{count} {phase} pods of {job}", ready, timeout, interval=0.2)
+
+    def pod(self, job: str, role_prefix: str, timeout: float = 60) -> str:
+        """The name of the job's Running pod whose name starts with <job>-<role_prefix>."""
+        def find():
+            names = [p["metadata"]["name"] for p in self.pods(job) if p["metadata"]["name"].startswith(f"{job}-{role_prefix}")
+                     and p.get("status", {}).get("phase") == "Running"]
+            return names[0] if names else None
+        return wait_for(f"pod {job}-{role_prefix}*", find, timeout, interval=0.2)
+
+    def append_log(self, pod: str, lines: list[str], container: str | None = None) -> None:
+        obj = self.api.get(self.path("pods", pod))
+        append_log(self.root, self.ns, pod, container or obj["spec"]["containers"][0]["name"], lines)
+
+    def end_pod(self, pod: str, exit_code: int) -> None:
+        end_pod(self.api, self.ns, pod, exit_code)
+
+    def pod_dir(self, pod: str) -> Path:
+        return pod_dir(self.root, self.ns, pod)
+
+    def checkpoints(self) -> Path:
+        """What an exec'd command sees at /checkpoints (any checkpoint claim's mount path)."""
+        return self.root / "checkpoints"
+
+    def signals(self) -> list[str]:
+        """What the stand-in PID 1 of exec'd commands has received (pid1.py)."""
+        return self.plane.signals.read_text().splitlines() if self.plane.signals.exists() else []
+
+    def job(self, kind_plural: str, name: str, version: str) -> dict | None:
+        return self.api.get(self.path(kind_plural, name, group=f"kubeflow.org/{version}"))
+
+
+_counter = itertools.count(1)
+
+
+def _pv_name(namespace: str, claim: str) -> str:
+    return f"{namespace}-{claim}"[:63].rstrip("-")
+
+
+@pytest.fixture
+def real(control_plane, request, tmp_path, monkeypatch):
+    """A fresh namespace with a bound `kjob-checkpoints` claim; KUBECONFIG points at it
+    (admin credentials) and kjob's polls are made fast. The namespace is deleted after."""
+    api = control_plane.api
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    ns = f"t{next(_counter)}-{slug}"
+    api.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    for claim in CLAIMS:
+        pv = _pv_name(ns, claim)
+        # A PersistentVolume bound ahead to the claim: the scheduler places a pod only once
+        # its claim is bound. kwok mounts nothing; exec sees checkpoints() at /checkpoints.
+        api.create("/api/v1/persistentvolumes", {
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/nonexistent/{claim}"},
+                     "claimRef": {"namespace": ns, "name": claim}}})
+        api.create(f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv, "resources": {"requests": {"storage": "100Gi"}}}})
+    wait_for(f"default ServiceAccount in {ns}", lambda: api.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30)
+    wait_for(f"claims bound in {ns}", lambda: all(
+        (api.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{c}") or {}).get("status", {}).get("phase") == "Bound"
+        for c in CLAIMS), 30, interval=0.2)
+    kubeconfig = control_plane.kubeconfig_for(tmp_path / "kubeconfig", namespace=ns)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("KJOB_POLL_SECONDS", "0.2")
+    monkeypatch.setenv("KJOB_RETRY_BACKOFF", "0.05")
+    try:
+        yield RealCluster(control_plane, ns, kubeconfig)
+    finally:
+        api.delete(f"/api/v1/namespaces/{ns}")
+        for claim in CLAIMS:
+            api.delete(f"/api/v1/persistentvolumes/{_pv_name(ns, claim)}")
+
