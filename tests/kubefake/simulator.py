@@ -87,6 +87,15 @@ class KubeHandle:
         """Stop serving MPIJob or PyTorchJob (as if the operator were not installed)."""
         self._call(lambda s: [s.crds.pop(k) for k, v in list(s.crds.items()) if v == kind])
 
+    def serve_crd_at(self, kind: str, version: str) -> None:
+        """Serve `kind` at `version` only, as after another operator's CRD of the same name
+        replaced it (training-operator's MPIJob v1 over mpi-operator's v2beta1)."""
+        def swap(s: State) -> None:
+            plural = next(p for (_, _, p), k in CRDS.items() if k == kind)
+            [s.crds.pop(key) for key, k in list(s.crds.items()) if k == kind]
+            s.crds[("kubeflow.org", version, plural)] = kind
+        self._call(swap)
+
     def install_crd(self, kind: str) -> None:
         self._call(lambda s: s.crds.update({k: v for k, v in CRDS.items() if v == kind}))
 
