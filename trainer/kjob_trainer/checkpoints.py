@@ -1,4 +1,4 @@
-"""The checkpoint folder (Contract 3), framework-neutral: `<output>/checkpoints/`.
+"""The checkpoint folder, framework-neutral: `<output>/checkpoints/`.
 
 Writing one checkpoint (rank 0 only):
 1. the framework's writer fills `.tmp-<name>-<pid>` in the same folder; it is fsynced;

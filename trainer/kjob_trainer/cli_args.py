@@ -1,4 +1,4 @@
-"""The trainer's command line (Contract 2), with the reference trainers' spellings as aliases.
+"""The trainer's command line, with the reference trainers' spellings as aliases.
 
 Framework-neutral. Only flags given on the command line override the config file
 (argparse.SUPPRESS keeps absent ones out of the namespace).

@@ -97,7 +97,7 @@ def hostfile_first_host(path: str) -> str | None:
 
 
 def rendezvous_file(output_path: str, env: DistEnv) -> Path:
-    # At the top of the output path, never in checkpoints/ (Contract 3: only checkpoints there).
+    # At the top of the output path, never in checkpoints/ (only checkpoints go there).
     return Path(output_path) / f".rendezvous-{env.job_id}"
 
 

@@ -1,4 +1,4 @@
-"""The trainer's errors. Each carries the process exit code (Contract 2: 2 = bad input).
+"""The trainer's errors. Each carries the process exit code (2 = bad input).
 
 `train.main` turns any of these into one `Error: ...` line on stderr (rank 0 only, or the
 rank that found it) and exits with `exit_code`; a traceback is shown only with KJOB_DEBUG=1.

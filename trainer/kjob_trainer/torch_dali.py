@@ -1,6 +1,6 @@
 """The optional NVIDIA DALI input pipeline: JPEG decode on the GPU (nvJPEG) plus augmentation.
 
-For nodes where the CPUs cannot decode fast enough for the GPUs (issue 7). DALI is not a
+For nodes where the CPUs cannot decode fast enough for the GPUs. DALI is not a
 dependency: ``pip install nvidia-dali-cuda130`` (the PyTorch image has it); this module imports it only
 when a loader is built, and says so plainly when it is missing. The graph is the
 standard ImageNet one (NVIDIA's DeepLearningExamples): read -> decode with random crop ->
