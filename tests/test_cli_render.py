@@ -97,6 +97,22 @@ def test_validate_ok(capsys):
                                 f"{SMOKE}: ok (MPIJob smoke, pytorch, 2 workers x CPU only)"]
 
 
+@pytest.mark.parametrize("server", ["nfs.storage.svc.cluster.local", "nfs.storage.svc", "NFS.Storage.SVC.Cluster.Local."])
+def test_validate_warns_of_an_nfs_server_by_cluster_dns_name(capsys, tmp_path, server):
+    spec = tmp_path / "nfs.yaml"
+    spec.write_text((ROOT / "examples/resnest50.yaml").read_text().replace("server: 192.0.2.10", f"server: {server}"))
+    code, out, err = kjob(capsys, "validate", spec)
+    assert code == 0 and out == f"{spec}: ok (MPIJob resnest50, pytorch, 1 worker x 4 GPUs)\n"
+    assert err == (f"{spec}: warning: data.nfs.server: {server} is a cluster DNS name, but kubelet mounts NFS with the "
+                   "node's resolver, which usually cannot resolve it (mount.nfs: Failed to resolve server); give the "
+                   "server's IP address or a name the nodes resolve\n")
+
+
+def test_validate_is_quiet_about_an_nfs_server_the_nodes_resolve(capsys):
+    code, _, err = kjob(capsys, "validate", ROOT / "examples/resnest50.yaml")
+    assert (code, err) == (0, "")
+
+
 def test_render_to_stdout_is_multi_document_yaml(capsys):
     code, out, _ = kjob(capsys, "render", SPEC, SMOKE)
     assert code == 0

@@ -102,13 +102,18 @@ def validate(specs) -> None:
     """Check job specs without contacting a cluster.
 
     Reports every problem as FILE:LINE:COL: field.path: message (exit code 2);
-    prints one line per valid spec. A SPEC of - is read from standard input.
+    prints one line per valid spec, and on stderr a warning for what is valid but likely
+    to fail on a cluster (an NFS server given by a cluster DNS name). A SPEC of - is read
+    from standard input.
     """
     from kjob.render.manifests import render_objects
+    from kjob.spec.checks import warnings
     from kjob.spec.load import load_specs
 
     for path, spec in zip(specs, load_specs(specs)):
         render_objects(spec)  # a spec that validates must also render
+        for warning in warnings(spec):
+            click.echo(f"{path}: warning: {warning}", err=True)
         gpus = f"{spec.gpus_per_worker} GPU{'s' if spec.gpus_per_worker != 1 else ''}" if spec.gpus_per_worker else "CPU only"
         workers = f"{spec.workers} worker{'s' if spec.workers != 1 else ''}"
         click.echo(f"{path}: ok ({spec.kind} {spec.name}, {spec.framework}, {workers} x {gpus})")

@@ -188,3 +188,19 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
 
 def _overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+# Names only a cluster's DNS answers. kubelet mounts NFS with the node's own resolver, which
+# usually does not know them ("mount.nfs: Failed to resolve server").
+CLUSTER_DNS_SUFFIXES = (".svc", ".cluster.local")
+
+
+def warnings(spec) -> list[str]:
+    """What is valid but likely to fail on a cluster: `kjob validate` says it, nothing stops."""
+    nfs = spec.data.nfs if spec.data is not None else None
+    server = nfs.server.rstrip(".").lower() if nfs is not None else ""
+    if server.endswith(CLUSTER_DNS_SUFFIXES) or ".svc." in server:
+        return [f"data.nfs.server: {nfs.server} is a cluster DNS name, but kubelet mounts NFS with the node's resolver, "
+                "which usually cannot resolve it (mount.nfs: Failed to resolve server); give the server's IP address "
+                "or a name the nodes resolve"]
+    return []
