@@ -3,6 +3,7 @@ message + exit code of every kind of cluster error, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -177,3 +178,48 @@ def test_delete_several_names_goes_on_past_a_missing_one(kube, run_kjob):
     assert r.out == "deleted MPIJob default/smoke: it had no pods yet\n"
     assert r.err.startswith('Error: job "ghost" not found in namespace "default"')
     assert kube.get("MPIJob", "smoke") is None
+
+
+# --- exec credential plugins (GKE, EKS and AKS kubeconfigs use them) ---------------------------
+def exec_kubeconfig(kube, tmp_path, command: str, *args: str) -> Path:
+    cfg = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    cfg["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": command,
+                                        "args": list(args), "interactiveMode": "Never"}}
+    path = tmp_path / "exec-kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def plugin(tmp_path, body: str) -> str:
+    script = tmp_path / "plugin.sh"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_missing_exec_plugin_is_one_error_line_naming_it(kube, run_kjob, tmp_path):
+    r = run_kjob("list", "--kubeconfig", str(exec_kubeconfig(kube, tmp_path, "no-such-plugin")))
+    assert r.code == 3
+    assert r.err.splitlines()[0] == ("Error: the kubeconfig's exec credential plugin \"no-such-plugin\" (user \"kjob-test\") failed: "
+                                     "[Errno 2] No such file or directory: 'no-such-plugin'")
+    assert "install no-such-plugin (or put it on PATH)" in r.err
+    assert "ERROR:root" not in r.err and "Traceback" not in r.err
+
+
+def test_a_failing_exec_plugin_is_named_with_its_last_words(kube, run_kjob, tmp_path):
+    failing = plugin(tmp_path, "for i in 1 2 3 4 5; do echo \"noise $i\" >&2; done\n"
+                               "echo 'error: the SSO session has expired, run: cloud login' >&2\nexit 1\n")
+    r = run_kjob("list", "--kubeconfig", str(exec_kubeconfig(kube, tmp_path, failing, "token")))
+    assert r.code == 3
+    first = r.err.splitlines()[0]
+    assert first == (f"Error: the kubeconfig's exec credential plugin \"{failing}\" (user \"kjob-test\") failed: "
+                     "error: the SSO session has expired, run: cloud login")
+    assert f"run {failing} token yourself to see why" in r.err
+    assert "noise" not in r.err and "ERROR:root" not in r.err
+
+
+def test_an_exec_plugin_that_hands_out_a_token_is_used(kube, run_kjob, tmp_path):
+    credential = {"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential", "status": {"token": kube.token}}
+    working = plugin(tmp_path, f"echo '{json.dumps(credential)}'\n")
+    r = run_kjob("list", "--kubeconfig", str(exec_kubeconfig(kube, tmp_path, working)))
+    assert (r.code, r.err) == (0, "")

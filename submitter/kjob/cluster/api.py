@@ -12,6 +12,7 @@ built in kjob.cluster.requests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -201,12 +202,65 @@ def _translate_status(e: HttpError, kube: Kube, verb, resource, name, namespace,
 
 
 # -- configuration, as kubectl reads it ----------------------------------------------------------
+class LibraryLog(logging.Handler):
+    """Keeps the error records the `kubernetes` client logs instead of raising: a failed exec
+    credential plugin reaches the caller only as a root-logger line (`ERROR:root:...`).
+    Installed on the root logger for the process, so no such line reaches the terminal;
+    connect() turns what it keeps into kjob's own error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _library_log() -> LibraryLog:
+    root = logging.getLogger()
+    mine = next((h for h in root.handlers if isinstance(h, LibraryLog)), None)
+    if mine is None:
+        mine = LibraryLog()
+        root.addHandler(mine)
+    mine.messages.clear()
+    return mine
+
+
+def _exec_plugin(paths: list[str], user: str | None) -> dict | None:
+    """users[].user.exec of `user` in the kubeconfig files (the first file naming the user
+    wins, as kubectl merges them), or None."""
+    import yaml
+
+    for path in paths:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        for entry in doc.get("users") or []:
+            if isinstance(entry, dict) and entry.get("name") == user:
+                return (entry.get("user") or {}).get("exec")
+    return None
+
+
+def _plugin_failed(plugin: dict, user: str, said: list[str], path: str) -> ClusterUnavailable:
+    """One line naming the plugin, what it said (its last words: a plugin's stderr can be
+    long) and the fix."""
+    command = str(plugin.get("command", "?"))
+    words = [line.strip() for message in said for line in message.splitlines() if line.strip()]
+    last = words[-1] if words else "no credentials"
+    last = last if len(last) <= 300 else last[:297] + "..."
+    hint = (f"install {command} (or put it on PATH), or fix users[{user}].user.exec in {path}"
+            if "No such file" in last or "not found" in last else
+            f"run {command} {' '.join(map(str, plugin.get('args') or []))} yourself to see why (often: log in again)")
+    return ClusterUnavailable(f'the kubeconfig\'s exec credential plugin "{command}" (user "{user}") failed: {last}', hint=hint.rstrip())
+
+
 def connect(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> Kube:
     """Load kubeconfig ($KUBECONFIG, ~/.kube/config) or the in-cluster service account.
 
     Namespace: the flag, else the context's, else "default" (in a pod: the service
     account's). Raises InvalidInput (missing file, unknown context) or ClusterUnavailable
-    (no configuration at all, unreadable credentials)."""
+    (no configuration at all, unreadable credentials, a failing exec credential plugin)."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -234,7 +288,12 @@ def connect(kubeconfig: str | None = None, context: str | None = None, namespace
             if chosen is None:
                 names = ", ".join(c["name"] for c in contexts) or "none"
                 raise InvalidInput(f'context "{context}" not found in {path} (available: {names})')
+            log = _library_log()
             config.load_kube_config(config_file=path, context=chosen["name"], client_configuration=cfg, persist_config=False)
+            user = (chosen.get("context") or {}).get("user")
+            plugin = _exec_plugin(existing, user)
+            if plugin is not None and log.messages:
+                raise _plugin_failed(plugin, user, log.messages, path)
             ns = namespace or chosen.get("context", {}).get("namespace") or "default"
             ctx_name = chosen["name"]
     except ConfigException as e:
