@@ -178,7 +178,7 @@ def fake_mpirun(tmp_path: Path, hosts: list[str], port: int) -> tuple[list[str],
     host's port is `port` (as `ssh -G` does from the image's config)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "mpirun").write_text(f"#!/bin/sh\ntouch {tmp_path}/mpirun-ran\n")
+    (bin_dir / "mpirun").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/mpirun-ran\n")
     (bin_dir / "ssh").write_text(f"#!/bin/sh\necho 'hostname $2'\necho 'port {port}'\n")
     for tool in ("mpirun", "ssh"):
         (bin_dir / tool).chmod(0o755)
@@ -187,31 +187,38 @@ def fake_mpirun(tmp_path: Path, hosts: list[str], port: int) -> tuple[list[str],
     return [*LAUNCH, str(bin_dir / "mpirun"), "--hostfile", str(tmp_path / "hostfile"), "-np", "1", "true"], env
 
 
-def free_port() -> socket.socket:
+def free_port(address: str = "127.0.0.2", port: int = 0) -> socket.socket:
+    # Not 127.0.0.1: the wrapper does not wait for this host's own names (mpirun needs no
+    # ssh to reach them); the whole 127/8 range is this machine's loopback all the same.
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((address, port))
     return sock
 
 
 def test_the_launcher_waits_until_every_host_accepts_ssh(tmp_path):
-    sock = free_port()
-    port = sock.getsockname()[1]
-    command, env = fake_mpirun(tmp_path, ["127.0.0.1", "localhost"], port)
+    first = free_port("127.0.0.2")
+    port = first.getsockname()[1]
+    second = free_port("127.0.0.3", port)
+    command, env = fake_mpirun(tmp_path, ["127.0.0.2", "127.0.0.3", "localhost"], port)
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr.readline() == f"kjob launch: waiting for ssh on 127.0.0.1:{port}, localhost:{port} (2 of 2 host(s))\n"
+    assert proc.stderr.readline() == f"kjob launch: waiting for ssh on 127.0.0.2:{port}, 127.0.0.3:{port} (2 of 2 host(s))\n"
     assert not (tmp_path / "mpirun-ran").exists()
-    sock.listen()  # the workers' sshd is up
+    for sock in (first, second):
+        sock.listen()  # the workers' sshd is up
     _, err = proc.communicate(timeout=scaled(30))
-    sock.close()
+    first.close()
+    second.close()
     assert proc.returncode == 0 and (tmp_path / "mpirun-ran").exists()
     assert re.fullmatch(r"kjob launch: all 2 host\(s\) accept ssh after \d+ s\n", err), err
+    # Only the launcher has the hostfile: every rank learns rank 0's host (the first) from mpirun.
+    assert (tmp_path / "mpirun-ran").read_text() == f"-x KJOB_RENDEZVOUS_HOST=127.0.0.2 --hostfile {tmp_path}/hostfile -np 1 true\n"
 
 
 def test_a_stop_while_waiting_for_the_hosts_starts_nothing(tmp_path):
     sock = free_port()  # bound, never listening: refused
-    command, env = fake_mpirun(tmp_path, ["127.0.0.1"], sock.getsockname()[1])
+    command, env = fake_mpirun(tmp_path, ["127.0.0.2"], sock.getsockname()[1])
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr.readline().startswith("kjob launch: waiting for ssh on 127.0.0.1:")
+    assert proc.stderr.readline().startswith("kjob launch: waiting for ssh on 127.0.0.2:")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=scaled(30))
     sock.close()

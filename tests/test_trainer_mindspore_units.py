@@ -90,7 +90,10 @@ def test_scheduler_on_several_hosts_is_the_hostfiles_first_host(tmp_path):
     hostfile.write_text("# mpi-operator\nlocalhost slots=8\nworker-1.job slots=8\n")
     env = {"KJOB_HOSTFILE": str(hostfile), "KJOB_MS_SCHED_PORT": "9000"}
     assert cluster_address(_dist(rank=5, world=16, local=8), env) == ("127.0.0.1", 9000)
-    with pytest.raises(DistributedError, match="no hostfile"):
+    with pytest.raises(DistributedError, match="ranks span several hosts but nothing names rank 0's host"):
         cluster_address(_dist(rank=5, world=16, local=8), {"KJOB_HOSTFILE": str(tmp_path / "none")})
+    # A worker has no hostfile: the launcher's wrapper names rank 0's host instead.
+    given = {"KJOB_HOSTFILE": str(tmp_path / "none"), "KJOB_RENDEZVOUS_HOST": "localhost", "KJOB_MS_SCHED_PORT": "9000"}
+    assert cluster_address(_dist(rank=5, world=16, local=8), given) == ("127.0.0.1", 9000)
     with pytest.raises(BadInput, match="KJOB_MS_SCHED_PORT='x' is not a port number"):
         cluster_address(_dist(), {"KJOB_MS_SCHED_PORT": "x"})

@@ -12,7 +12,7 @@ from kjob_trainer.cli_args import parse_train_args
 from kjob_trainer.config import TrainConfig, make_config
 from kjob_trainer.dataset_index import find_splits
 from kjob_trainer.distributed import dist_env, hostfile_first_host, static_address
-from kjob_trainer.errors import BadInput
+from kjob_trainer.errors import BadInput, DistributedError
 
 from trainer_utils import write_tiny_folder
 
@@ -102,7 +102,20 @@ def test_hostfile_first_host_is_the_rendezvous(tmp_path):
     assert hostfile_first_host(str(hf)) == "job-worker-0.job.ns.svc"
     env = dist_env({"OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_SIZE": "16"})
     assert static_address(env, {"KJOB_HOSTFILE": str(hf)}) == ("job-worker-0.job.ns.svc", 29500)
-    assert static_address(env, {"KJOB_HOSTFILE": str(tmp_path / "none")}) is None
+
+
+def test_ranks_on_the_workers_meet_at_the_host_the_launcher_names(tmp_path):
+    # mpi-operator mounts the hostfile in the launcher only: on a worker there is none, and
+    # the launcher's wrapper passes rank 0's host with mpirun -x.
+    env = dist_env({"OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8"})
+    no_hostfile = {"KJOB_HOSTFILE": str(tmp_path / "none")}
+    assert static_address(env, {**no_hostfile, "KJOB_RENDEZVOUS_HOST": "job-worker-0.job.ns.svc"}) == ("job-worker-0.job.ns.svc", 29500)
+    # Ranks on several hosts never fall back to a file on a shared volume.
+    with pytest.raises(DistributedError, match="ranks span several hosts but nothing names rank 0's host"):
+        static_address(env, no_hostfile)
+    # On one host they do: rank 0 publishes a free port in the output folder.
+    one_host = dist_env({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
+    assert static_address(one_host, no_hostfile) is None
 
 
 def test_dataset_layouts_and_their_errors(tmp_path):

@@ -6,11 +6,16 @@ torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK`, else a single process.
 
 `rendezvous(env, ...)` finds the address where rank 0 listens, in this order:
 1. `MASTER_ADDR` + `MASTER_PORT` (torchrun, the training-operator's PyTorchJob);
-2. the mpi-operator hostfile (`/etc/mpi/hostfile`, or `$KJOB_HOSTFILE`): its first host
-   runs rank 0 (mpirun maps ranks by slot); port `$KJOB_MASTER_PORT` or 29500;
-3. otherwise rank 0 listens on a free port and writes `host port` to a file under the
-   output path (shared by every rank: one host, or the checkpoint volume); the others
-   read it. The file is named after the mpirun job (PMIX_NAMESPACE) so runs never mix.
+2. `$KJOB_RENDEZVOUS_HOST`: rank 0's host, which the MPIJob launcher's wrapper
+   (`kjob_trainer.launch`) reads from mpi-operator's hostfile and hands every rank with
+   `mpirun -x`. mpi-operator mounts the hostfile in the launcher pod only, so the ranks
+   on the workers never see it; port `$KJOB_MASTER_PORT` or 29500;
+3. the hostfile itself (`/etc/mpi/hostfile`, or `$KJOB_HOSTFILE`) when this rank can read
+   it: its first host runs rank 0 (mpirun maps ranks by slot);
+4. with every rank on this host, rank 0 listens on a free port and writes `host port` to a
+   file under the output path; the others read it. The file is named after the mpirun job
+   (PMIX_NAMESPACE) so runs never mix. Ranks on several hosts never meet through a file:
+   with none of 1-3 they stop with an error that says so.
 A rank that cannot reach rank 0 within `timeout` raises DistributedError naming itself.
 """
 
@@ -25,6 +30,9 @@ from pathlib import Path
 from kjob_trainer.errors import DistributedError
 
 DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
+# Rank 0's host, set for every rank by the MPIJob launcher's wrapper (mpirun -x) from the
+# hostfile, which mpi-operator mounts in the launcher pod only (newLauncherPodTemplate).
+RENDEZVOUS_VARIABLE = "KJOB_RENDEZVOUS_HOST"
 # torch's conventional rendezvous port; pods have their own network namespace, so a fixed
 # port does not collide with other jobs.
 DEFAULT_MASTER_PORT = 29500
@@ -101,14 +109,29 @@ def rendezvous_file(output_path: str, env: DistEnv) -> Path:
     return Path(output_path) / f".rendezvous-{env.job_id}"
 
 
+def rendezvous_host(environ: dict[str, str] | None = None) -> str | None:
+    """Rank 0's host as the launcher gave it ($RENDEZVOUS_VARIABLE), else as this rank's own
+    hostfile says, else None."""
+    e = os.environ if environ is None else environ
+    return e.get(RENDEZVOUS_VARIABLE) or hostfile_first_host(e.get("KJOB_HOSTFILE", DEFAULT_HOSTFILE))
+
+
 def static_address(env: DistEnv, environ: dict[str, str] | None = None) -> tuple[str, int] | None:
-    """(addr, port) known without talking to rank 0, or None if rank 0 must publish one."""
+    """(addr, port) known without talking to rank 0, or None if rank 0 must publish one.
+    Raises DistributedError when ranks span several hosts and nothing names rank 0's:
+    a file on a shared volume is no way to meet there (it needs a volume every rank can
+    write, and NFS caching delays it)."""
     e = os.environ if environ is None else environ
     if e.get("MASTER_ADDR") and e.get("MASTER_PORT"):
         return e["MASTER_ADDR"], int(e["MASTER_PORT"])
-    first = hostfile_first_host(e.get("KJOB_HOSTFILE", DEFAULT_HOSTFILE))
-    if first:
-        return first, int(e.get("KJOB_MASTER_PORT", DEFAULT_MASTER_PORT))
+    host = rendezvous_host(e)
+    if host:
+        return host, int(e.get("KJOB_MASTER_PORT", DEFAULT_MASTER_PORT))
+    if env.local_world_size != env.world_size:
+        raise DistributedError(
+            f"{env.where()}: ranks span several hosts but nothing names rank 0's host: run mpirun under "
+            f"`python -m kjob_trainer.launch` with --hostfile (it passes {RENDEZVOUS_VARIABLE}), or set "
+            f"{RENDEZVOUS_VARIABLE} or MASTER_ADDR/MASTER_PORT")
     return None
 
 

@@ -25,7 +25,9 @@ stderr when it starts holding and when it lets go. SIGUSR1 to the wrapper is not
 
 In front of `mpirun --hostfile FILE ...` (the launcher) it first waits, bounded and logged,
 until every host of FILE accepts ssh (ssh_hosts.py): a restarted launcher must not spend the
-job's retries on a replacement worker whose sshd is not up yet.
+job's retries on a replacement worker whose sshd is not up yet. It also hands every rank
+rank 0's host, FILE's first (`mpirun -x KJOB_RENDEZVOUS_HOST=...`): only the launcher pod
+has the hostfile.
 
 As PID 1 it also reaps every process that ends under it: a session process whose parent
 exited is re-parented to PID 1, and nothing else would collect it.
@@ -45,7 +47,8 @@ import time
 from typing import Sequence
 
 from kjob_trainer.errors import BadInput
-from kjob_trainer.ssh_hosts import hostfile_of, read_hosts, wait_for_hosts
+from kjob_trainer.distributed import RENDEZVOUS_VARIABLE
+from kjob_trainer.ssh_hosts import hostfile_of, read_hosts, wait_for_hosts, with_rendezvous_host
 
 USAGE = "usage: python -m kjob_trainer.launch [--hold [--hold-limit SECONDS]] -- COMMAND [ARG...]"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -284,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             relay._say(f"stopped before {name} started")
             return STOPPED_CODE
         try:
-            child = subprocess.Popen(command)
+            child = subprocess.Popen(with_rendezvous_host(command, RENDEZVOUS_VARIABLE))
         except OSError as e:  # not found, not executable
             raise BadInput(f"cannot run {command[0]}: {e.strerror or e}") from e
     except BadInput as e:

@@ -8,9 +8,10 @@ CPU (MindSpore's own collective library, mccl), GPU (NCCL) and Ascend (HCCL): `i
 picks the backend from the device target.
 
 Where the scheduler listens:
-- host: `$KJOB_MS_SCHED_HOST`; else 127.0.0.1 when every rank is on this host; else the
-  first host of the mpi-operator hostfile (`/etc/mpi/hostfile` or `$KJOB_HOSTFILE`): mpirun
-  maps ranks by slot, so rank 0 runs there;
+- host: `$KJOB_MS_SCHED_HOST`; else 127.0.0.1 when every rank is on this host; else rank
+  0's host as the MPIJob launcher's wrapper passes it (`$KJOB_RENDEZVOUS_HOST`, from the
+  hostfile that only the launcher pod has), or as this rank's own hostfile says: mpirun
+  maps ranks by slot, so rank 0 runs on the first host;
 - port: `$KJOB_MS_SCHED_PORT`; else 8118 plus an offset hashed from the mpirun job id, the
   same in every rank, so two local jobs on one machine do not collide.
 
@@ -31,7 +32,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from kjob_trainer.distributed import DEFAULT_HOSTFILE, DistEnv, hostfile_first_host
+from kjob_trainer.distributed import RENDEZVOUS_VARIABLE, DistEnv, rendezvous_host
 from kjob_trainer.errors import BadInput, DistributedError
 
 # MindSpore's documentation uses 8118 for MS_SCHED_PORT; the hashed offset keeps
@@ -87,11 +88,11 @@ def cluster_address(dist: DistEnv, environ: dict[str, str] | None = None) -> tup
         return _resolve(env["KJOB_MS_SCHED_HOST"]), port
     if dist.local_world_size == dist.world_size:
         return "127.0.0.1", port
-    first = hostfile_first_host(env.get("KJOB_HOSTFILE", DEFAULT_HOSTFILE))
+    first = rendezvous_host(env)
     if first is None:
         raise DistributedError(
-            f"{dist.where()}: ranks span several hosts but there is no hostfile "
-            f"({env.get('KJOB_HOSTFILE', DEFAULT_HOSTFILE)}) to find rank 0's host; set KJOB_MS_SCHED_HOST")
+            f"{dist.where()}: ranks span several hosts but nothing names rank 0's host: run mpirun under "
+            f"`python -m kjob_trainer.launch` with --hostfile (it passes {RENDEZVOUS_VARIABLE}), or set KJOB_MS_SCHED_HOST")
     return _resolve(first), port
 
 

@@ -1,4 +1,5 @@
-"""Waiting for an MPIJob's workers to accept ssh before the launcher starts mpirun.
+"""The hosts of mpirun's hostfile, as the MPIJob launcher's wrapper uses them: wait for
+their ssh, and tell every rank which one runs rank 0.
 
 mpi-operator gates only the launcher's first creation on the workers being ready
 (`launcherCreationPolicy: WaitForWorkersReady`). When the launcher restarts (restartPolicy
@@ -6,6 +7,11 @@ OnFailure) after a worker was evicted, the replacement worker's sshd may not lis
 ssh gives up, mpirun fails, and a few quick retries use up the job's backoffLimit. So the
 launcher wrapper first waits, bounded and logged, until every host of mpirun's
 `--hostfile` accepts a TCP connection on the port its ssh would use.
+
+mpi-operator mounts the hostfile (`/etc/mpi`) in the launcher pod only, while the ranks run
+on the workers: `with_rendezvous_host` adds `-x KJOB_RENDEZVOUS_HOST=<first host>` to
+mpirun's command, so every rank knows rank 0's host without a file on the workers or a
+shared volume (mpirun maps ranks by slot: rank 0 runs on the first host).
 
 Standard library only: it runs in both trainer images.
 """
@@ -38,6 +44,16 @@ def hostfile_of(command: Sequence[str]) -> Path | None:
         if arg in ("--hostfile", "-hostfile", "--machinefile", "-machinefile"):
             return Path(command[i + 1])
     return None
+
+
+def with_rendezvous_host(command: list[str], variable: str) -> list[str]:
+    """`command` with `-x VARIABLE=<the hostfile's first host>` after mpirun, when it is
+    `mpirun --hostfile FILE` and FILE names a host; otherwise unchanged."""
+    hostfile = hostfile_of(command)
+    hosts = read_hosts(hostfile) if hostfile is not None and hostfile.is_file() else []
+    if not hosts:
+        return command
+    return [command[0], "-x", f"{variable}={hosts[0]}", *command[1:]]
 
 
 def read_hosts(path: Path) -> list[str]:
@@ -82,6 +98,9 @@ def wait_for_hosts(hosts: Sequence[str], say: Callable[[str], None], stop: Calla
                    limit: float = WAIT_LIMIT_S) -> bool:
     """Wait until every host accepts ssh connections, at most `limit` seconds or until
     stop() is true; say() reports progress. True when all accept."""
+    # mpirun starts the ranks of this host itself, without ssh (the launcher is in its own
+    # hostfile when it runs as a worker too, and a local test names localhost).
+    hosts = [h for h in hosts if h not in _this_host()]
     ports = {host: ssh_port(host) for host in hosts}
     start = last_said = time.monotonic()
     waiting = list(hosts)
@@ -101,6 +120,11 @@ def wait_for_hosts(hosts: Sequence[str], say: Callable[[str], None], stop: Calla
             say(f"waiting for ssh on {_names(waiting, ports)} ({len(waiting)} of {len(hosts)} host(s))")
             last_said = time.monotonic()
         time.sleep(RETRY_S)
+
+
+def _this_host() -> set[str]:
+    name = socket.gethostname()
+    return {"localhost", "127.0.0.1", "::1", name, name.split(".")[0]}
 
 
 def _names(hosts: Sequence[str], ports: dict[str, int]) -> str:
