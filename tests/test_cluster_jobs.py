@@ -9,6 +9,7 @@ import pytest
 
 from kjob import names
 from kjob.cluster.backend import ClusterBackend
+from kjob.cluster.jobs import find_job, pod_security_warnings
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
@@ -232,3 +233,30 @@ def test_which_transport_errors_are_retried():
     broken = u.ProtocolError("Connection aborted")
     assert _no_connection(broken, "GET") and not _no_connection(broken, "POST")  # a create may have happened
     assert not _no_connection(u.MaxRetryError(None, "/x", u.SSLError("certificate verify failed")), "GET")
+
+
+# --- Pod Security admission: said at submit, since the operators create the pods -----------
+def rendered_job(example: str) -> dict:
+    return find_job(render_objects(load_spec(f"examples/{example}.yaml")))
+
+
+def test_pod_security_warnings_of_the_examples():
+    smoke, torchrun, resnest = rendered_job("smoke"), rendered_job("resnext50-torchrun"), rendered_job("resnest50")
+    assert pod_security_warnings("restricted", "team", smoke) == []
+    assert pod_security_warnings(None, "team", torchrun) == pod_security_warnings("privileged", "team", resnest) == []
+    [init] = pod_security_warnings("restricted", "team", torchrun)
+    assert init.startswith('namespace "team" enforces Pod Security "restricted", and training-operator v1.9 gives PyTorchJob '
+                           "workers an init container (init-pytorch)")
+    assert "--pytorch-init-container-template-file" in init and "`launcher: mpi`" in init
+    assert pod_security_warnings("restricted", "team", resnest) == [
+        'namespace "team" enforces Pod Security "restricted", which refuses nfs volumes (volume "data"): '
+        "the pods will not be created; use a PersistentVolumeClaim for the data"]
+    assert pod_security_warnings("baseline", "team", resnest) == []  # baseline refuses hostPath only
+
+
+def test_submit_into_a_restricted_namespace_says_what_admission_will_refuse(kube, run_kjob):
+    kube._call(lambda s: s.put("namespaces", {"apiVersion": "v1", "kind": "Namespace", "status": {"phase": "Active"},
+                                              "metadata": {"name": "team", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+    r = run_kjob("submit", "examples/resnext50-torchrun.yaml", "-n", "team")
+    assert r.code == 0 and r.out == "PyTorchJob team/resnext50-torchrun created\n"
+    assert r.err.startswith('warning: namespace "team" enforces Pod Security "restricted", and training-operator v1.9')

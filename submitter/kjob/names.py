@@ -80,3 +80,7 @@ WORKER_HOLD_S = TERMINATION_GRACE_S - 10
 LOCAL_RUNS_DIR = "kjob-runs"
 # How long `kjob delete --local` lets the ranks write their checkpoint after SIGUSR1.
 LOCAL_STOP_GRACE_S = 20.0
+
+# Pod Security admission's level for a namespace (kubernetes.io/docs, "Pod Security
+# Admission"): privileged, baseline or restricted.
+POD_SECURITY_ENFORCE = "pod-security.kubernetes.io/enforce"

@@ -40,6 +40,8 @@ class ClusterBackend:
         create_job raises."""
         done = self.create_job(plan.objects, replace=replace)
         write(done.message)
+        for warning in done.warnings:
+            self.notify(f"warning: {warning}")
         final = None
         if follow:
             final = self.logs(done.name, LogOptions(follow=True, color=sys.stdout.isatty()), write)

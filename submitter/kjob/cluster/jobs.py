@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from kjob import settings
 from kjob.cluster import requests
 from kjob.cluster.api import Kube
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
-from kjob.names import GROUP, JOB_KINDS, SPEC_HASH
+from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, SPEC_HASH
 
 OPERATORS = {
     "MPIJob": ("mpi-operator v0.8", "kubectl apply --server-side -f https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.8.2/deploy/v2beta1/mpi-operator.yaml"),
@@ -128,6 +128,7 @@ class Submitted:
     namespace: str
     created: bool  # False: the same spec was already there
     message: str
+    warnings: list[str] = field(default_factory=list)  # what may still stop the pods
 
 
 def find_job(objects: list[dict]) -> dict:
@@ -144,12 +145,14 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
     job = find_job(objects)
     kind, name = job["kind"], job["metadata"]["name"]
     preflight(kube, kind, namespace)
+    level = (kube.send(requests.get_namespace(namespace))["metadata"].get("labels") or {}).get(POD_SECURITY_ENFORCE)
+    warnings = pod_security_warnings(level, namespace, job)
     existing = get_job(kube, name, namespace, kinds=[kind], missing_ok=True)
     if existing is not None:
         ours = job["metadata"].get("annotations", {}).get(SPEC_HASH)
         theirs = existing["metadata"].get("annotations", {}).get(SPEC_HASH)
         if ours and ours == theirs:
-            return Submitted(kind, name, namespace, False, f"{kind} {namespace}/{name} is already submitted with this spec ({ours[:19]}…): nothing to do")
+            return Submitted(kind, name, namespace, False, f"{kind} {namespace}/{name} is already submitted with this spec ({ours[:19]}…): nothing to do", warnings)
         if not replace:
             raise Conflict(
                 f'{kind} "{name}" already exists in namespace "{namespace}" with a different spec (on the server: {(theirs or "no kjob spec hash")[:19]}…, this spec: {(ours or "none")[:19]}…)',
@@ -167,7 +170,37 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
             note = f" (rolled back: deleted {', '.join(undone)})" if undone else ""
             raise type(e)(e.message + note, hint=e.hint) from e
     verb = "replaced" if existing is not None else "created"
-    return Submitted(kind, name, namespace, True, f"{kind} {namespace}/{name} {verb}")
+    return Submitted(kind, name, namespace, True, f"{kind} {namespace}/{name} {verb}", warnings)
+
+
+# Volume types Pod Security "restricted" admits (the rest, nfs and hostPath among them, are
+# refused); "baseline" refuses hostPath only.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def pod_security_warnings(level: str | None, namespace: str, job: dict) -> list[str]:
+    """Why Pod Security admission at `level` would refuse the job's pods, with the way
+    around, or []. The operators create the pods, so a refusal shows only as a job that
+    never starts: kjob says it at submit."""
+    if level not in ("baseline", "restricted"):
+        return []
+    found = []
+    replicas = next(iter(v for k, v in job["spec"].items() if k.endswith("ReplicaSpecs")), {})
+    volumes = {(kind, vol["name"]) for spec in replicas.values() for vol in spec["template"]["spec"].get("volumes") or []
+               for kind in vol if kind != "name"}
+    for kind, volume in sorted(volumes):
+        if kind == "hostPath" or (level == "restricted" and kind not in RESTRICTED_VOLUMES):
+            found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses {kind} volumes '
+                         f'(volume "{volume}"): the pods will not be created; use a PersistentVolumeClaim for the data')
+    if level == "restricted" and job["kind"] == "PyTorchJob" and "Worker" in replicas:
+        # training-operator v1.9 gives every worker pod of a job with a master an init
+        # container that waits for the master's DNS name (pkg/controller.v1/pytorch/
+        # initcontainer.go: init-pytorch, alpine:3.10, no securityContext).
+        found.append(f'namespace "{namespace}" enforces Pod Security "restricted", and training-operator v1.9 gives '
+                     "PyTorchJob workers an init container (init-pytorch) without allowPrivilegeEscalation: false or "
+                     "capabilities drop ALL: the worker pods will be refused; run training-operator with "
+                     "--pytorch-init-container-template-file naming a template that sets them, or use `launcher: mpi` (an MPIJob)")
+    return found
 
 
 def _rollback(kube: Kube, created: list[dict]) -> list[str]:
