@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import os
 import re
 import shutil
@@ -54,6 +55,9 @@ MPI_OPERATOR_HEALTH_PORT = 8080
 OPERATOR_NAMESPACES = ("mpi-operator", "kubeflow")
 # training-operator reads its webhook certificates from here, a path fixed in its source.
 TRAINING_OPERATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
+# Because of those two, a control plane holds this lock while it runs: a second one (a
+# `make cluster-up` beside a test run, two test sessions) waits for it, saying so.
+MACHINE_LOCK = Path("/run/lock/kjob-controlplane.lock")
 
 
 def time_scale() -> float:
@@ -118,6 +122,25 @@ class ControlPlane:
         self.api: Api | None = None
         self.nodeside: NodeSide | None = None
         self.startup_s: float | None = None
+        self._lock_fd: int | None = None
+
+    def _take_machine_lock(self) -> None:
+        MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            print(f"controlplane: waiting for the control plane of {holder} to stop ({MACHINE_LOCK})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.root})".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_machine_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            self._lock_fd = None
 
     # -- processes --------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
@@ -151,6 +174,7 @@ class ControlPlane:
     # -- start ------------------------------------------------------------------------------------
     def start(self) -> "ControlPlane":
         t0 = time.monotonic()
+        self._take_machine_lock()
         # A start after stop() begins afresh: new ports, certificates, etcd data.
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -336,6 +360,7 @@ class ControlPlane:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(everyone, timeout=10)
+        self._release_machine_lock()
 
 
 # -- make cluster-up / cluster-down ---------------------------------------------------------------

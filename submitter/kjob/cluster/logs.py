@@ -32,6 +32,7 @@ from kjob.names import DEFAULT_REPLICA, MASTER
 
 COLORS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m", "\033[34m", "\033[91m")
 RESET = "\033[0m"
+ENDED_IDLE_SECONDS = 3.0  # a terminated container's log stream silent this long is read to its end
 
 
 @functools.lru_cache(maxsize=4096)
@@ -181,7 +182,7 @@ class Follower:
                 time.sleep(self.s.poll)
                 continue
             was_over = terminated(pod)
-            complete = self.stream(pod)
+            complete = self.stream(pod, was_over)
             if was_over and complete:
                 self.done.add(key)  # a finished container's log, read to its end
             elif self.s.final:
@@ -190,8 +191,12 @@ class Follower:
                     return  # still running after the job ended (workers after a launcher)
                 # it ended too: the next round reads the rest of its log
 
-    def stream(self, pod: dict) -> bool:
-        """One connection: read until the stream ends (True), breaks or idles (False)."""
+    def stream(self, pod: dict, ended: bool) -> bool:
+        """One connection: read until the stream ends (True), breaks or idles (False).
+
+        `ended`: the container had terminated before we connected, so its log cannot grow.
+        A real kubelet closes such a stream after the last line; a silence of a few seconds
+        on it (kwok never closes one, nor does a kubelet on a lost node) means the same."""
         opts, name = self.s.options, pod["metadata"]["name"]
         if self.s.options.save_dir is not None and self.saver is None:
             self.saver = open(Path(opts.save_dir) / f"{name}.log", "a", encoding="utf-8")
@@ -202,7 +207,8 @@ class Follower:
             query.update(tailLines=opts.tail, sinceSeconds=opts.since_seconds)
         self.cursor.reconnect()
         try:
-            resp = self.s.kube.send(requests.pod_log(self.s.namespace, name, query), stream=True, timeout=(self.s.kube.timeout[0], self.s.idle))
+            idle = min(self.s.idle, ENDED_IDLE_SECONDS) if ended else self.s.idle
+            resp = self.s.kube.send(requests.pod_log(self.s.namespace, name, query), stream=True, timeout=(self.s.kube.timeout[0], idle))
         except (InvalidInput, NotFound):
             time.sleep(self.s.poll)  # not started after all / gone: look at the pod again
             return False
@@ -219,7 +225,8 @@ class Follower:
         except Exception as e:  # noqa: BLE001 - a dropped/idle stream (urllib3 errors): resume from the cursor
             if not _idle(e):  # silence is not a failure: a trainer may print nothing for minutes
                 self.broke()
-            return False
+                return False
+            return ended
         finally:
             resp.release_conn()
         return True
