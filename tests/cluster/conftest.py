@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane import CLAIMS, ControlPlane, build_dir, wait_for  # noqa: E402
+from controlplane import CLAIMS, ControlPlane, build_dir, hold_machine_lock, wait_for  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
 
@@ -28,6 +28,14 @@ _startup: list[float] = []
 def pytest_terminal_summary(terminalreporter):
     if _startup:
         terminalreporter.write_line(f"real control plane: started in {_startup[0]:.1f} s")
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected what will not run
+def pytest_collection_modifyitems(session, config, items):
+    """A session that will run cluster tests waits here, before any test's timeout runs,
+    for another control plane on this machine to stop (controlplane.MACHINE_LOCK)."""
+    if os.geteuid() == 0 and any(item.get_closest_marker("cluster") for item in items):
+        hold_machine_lock(f"the test session {os.getpid()}")
 
 
 @pytest.fixture(scope="session")

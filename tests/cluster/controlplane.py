@@ -100,6 +100,38 @@ def kubernetes_version() -> str:
     return re.search(r"k8s\.io/kubernetes (v\S+)", text).group(1)
 
 
+_machine_lock = {"fd": None, "holds": 0}
+
+
+def hold_machine_lock(who: str) -> None:
+    """Take MACHINE_LOCK (waiting, and saying so, while another process has it), or count
+    one more hold if this process has it already. A test session takes it before its first
+    test (conftest.py), so the wait is not charged to that test's timeout."""
+    if _machine_lock["fd"] is None:
+        MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            print(f"controlplane: waiting for the control plane of {holder} to stop ({MACHINE_LOCK})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({who})".encode(), 0)
+        _machine_lock["fd"] = fd
+    _machine_lock["holds"] += 1
+
+
+def release_machine_lock() -> None:
+    """Undo one hold_machine_lock(); the last one releases the lock."""
+    if _machine_lock["holds"] == 0:
+        return
+    _machine_lock["holds"] -= 1
+    if _machine_lock["holds"] == 0:
+        os.close(_machine_lock["fd"])  # closing the only descriptor releases the flock
+        _machine_lock["fd"] = None
+
+
 class ProcessDied(RuntimeError):
     pass
 
@@ -122,25 +154,6 @@ class ControlPlane:
         self.api: Api | None = None
         self.nodeside: NodeSide | None = None
         self.startup_s: float | None = None
-        self._lock_fd: int | None = None
-
-    def _take_machine_lock(self) -> None:
-        MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            print(f"controlplane: waiting for the control plane of {holder} to stop ({MACHINE_LOCK})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({self.root})".encode(), 0)
-        self._lock_fd = fd
-
-    def _release_machine_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the only descriptor releases the flock
-            self._lock_fd = None
 
     # -- processes --------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
@@ -174,7 +187,7 @@ class ControlPlane:
     # -- start ------------------------------------------------------------------------------------
     def start(self) -> "ControlPlane":
         t0 = time.monotonic()
-        self._take_machine_lock()
+        hold_machine_lock(str(self.root))
         # A start after stop() begins afresh: new ports, certificates, etcd data.
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -360,7 +373,7 @@ class ControlPlane:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(everyone, timeout=10)
-        self._release_machine_lock()
+        release_machine_lock()
 
 
 # -- make cluster-up / cluster-down ---------------------------------------------------------------
