@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane import CLAIMS, ControlPlane, build_dir, hold_machine_lock, wait_for  # noqa: E402
+from controlplane import CLAIMS, ControlPlane, build_dir, wait_for  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
 
@@ -30,18 +31,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"real control plane: started in {_startup[0]:.1f} s")
 
 
-@pytest.hookimpl(trylast=True)  # after -m has deselected what will not run
-def pytest_collection_modifyitems(session, config, items):
-    """A session that will run cluster tests waits here, before any test's timeout runs,
-    for another control plane on this machine to stop (controlplane.MACHINE_LOCK)."""
-    if os.geteuid() == 0 and any(item.get_closest_marker("cluster") for item in items):
-        hold_machine_lock(f"the test session {os.getpid()}")
-
-
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the real control plane runs kwok in its own PID namespace (unshare): needs root")
+    missing = [why for why, lacking in (("root (kwok runs in its own PID namespace: unshare)", os.geteuid() != 0),
+                                         ("Go (the binaries are built from the Go module proxy)", shutil.which("go") is None)) if lacking]
+    if missing:
+        why = "the real control plane needs " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI must run this tier")
+        pytest.skip(why)
     plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), build_dir())
     plane.start()
     _startup.append(plane.startup_s)
@@ -71,7 +69,19 @@ class RealCluster:
         def ready():
             pods = [p for p in self.pods(job) if p.get("status", {}).get("phase") == phase and not p["metadata"].get("deletionTimestamp")]
             return sorted(pods, key=lambda p: p["metadata"]["name"]) if len(pods) >= count else None
-        return wait_for(f"{count} {phase} pods of {job}", ready, timeout, interval=0.2)
+        try:
+            return wait_for(f"{count} {phase} pods of {job}", ready, timeout, interval=0.2)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; {self.describe(job)}") from None
+
+    def describe(self, job: str) -> str:
+        """What the job's pods and the namespace's events say (for a timeout's message)."""
+        pods = [f"{p['metadata']['name']} {p.get('status', {}).get('phase')} on {p['spec'].get('nodeName')}"
+                + "".join(f" [{c['type']}={c['status']} {c.get('message', '')}]" for c in p.get("status", {}).get("conditions", [])
+                          if c["status"] != "True") for p in self.pods(job)]
+        events = [f"{e['involvedObject']['kind']}/{e['involvedObject']['name']}: {e['reason']} {e.get('message', '')}"
+                  for e in self.api.items(self.path("events"))][-12:]
+        return "pods: " + ("; ".join(pods) or "none") + " | events: " + " | ".join(events)
 
     def pod(self, job: str, role_prefix: str, timeout: float = 60) -> str:
         """The name of the job's Running pod whose name starts with <job>-<role_prefix>."""
@@ -134,7 +144,7 @@ def real(control_plane, request, tmp_path, monkeypatch):
     wait_for(f"claims bound in {ns}", lambda: all(
         (api.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{c}") or {}).get("status", {}).get("phase") == "Bound"
         for c in CLAIMS), 30, interval=0.2)
-    kubeconfig = control_plane.kubeconfig_for(tmp_path / "kubeconfig", namespace=ns)
+    kubeconfig = control_plane.kubeconfig_for(tmp_path / "real-kubeconfig", namespace=ns)  # not "kubeconfig": the fake's `kube` fixture writes that one
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("KJOB_POLL_SECONDS", "0.2")
     monkeypatch.setenv("KJOB_RETRY_BACKOFF", "0.05")

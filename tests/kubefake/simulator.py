@@ -37,6 +37,16 @@ def _replica_labels(plural: str, role: str, index: int) -> dict[str, str]:
     return labels
 
 
+# The value each operator gives training.kubeflow.org/operator-name: mpi-operator v2beta1
+# constants.go OperatorName; training-operator pytorchjob_controller.go controllerName.
+OPERATOR_NAME = {"mpijobs": "mpi-operator", "pytorchjobs": "pytorchjob-controller"}
+
+
+def _owner(obj: dict) -> dict:
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
 def _role_and_index(labels: dict[str, str]) -> tuple[str, int]:
     role = labels.get("training.kubeflow.org/replica-type") or labels.get("training.kubeflow.org/job-role", "")
     return role, int(labels.get("training.kubeflow.org/replica-index", 0))
@@ -175,9 +185,40 @@ class KubeHandle:
         self._call(lambda s: s.remove("pods", ns, pod))
         return self._call(self._make_pods, job, ns, only)[0]
 
+    def _make_companions(self, s: State, name: str, ns: str) -> None:
+        """What the operators make besides pods. mpi-operator (mpi_job_controller.go): the
+        headless Service <name> (newJobService), ConfigMap <name>-config with the hostfile
+        (newConfigMap), Secret <name>-ssh (newSSHAuthSecret), all labelled app=<name>, and
+        the launcher's batch Job <name>-launcher (newLauncherJob). training-operator: one
+        headless Service per replica pod, labelled like the pod (CreateNewService)."""
+        plural, job = self._job(s, name, ns)
+        owner, app = [_owner(job)], {"app": name}
+        if plural == "mpijobs":
+            workers = int(job["spec"]["mpiReplicaSpecs"]["Worker"].get("replicas", 1))
+            slots = int(job["spec"].get("slotsPerWorker", 1))
+            hostfile = "".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers))
+            meta = lambda n: {"name": n, "namespace": ns, "labels": dict(app), "ownerReferences": copy.deepcopy(owner)}  # noqa: E731
+            s.put("services", {"apiVersion": "v1", "kind": "Service", "metadata": meta(name),
+                               "spec": {"clusterIP": "None", "selector": {"training.kubeflow.org/operator-name": OPERATOR_NAME[plural], "training.kubeflow.org/job-name": name}}})
+            s.put("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{name}-config"), "data": {"hostfile": hostfile}})
+            s.put("secrets", {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth", "metadata": meta(f"{name}-ssh"),
+                              "data": {"ssh-privatekey": "", "ssh-publickey": ""}})
+            s.put("jobs", {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(f"{name}-launcher"),
+                           "spec": {"backoffLimit": job["spec"].get("runPolicy", {}).get("backoffLimit")}})
+            return
+        key, roles = REPLICAS[plural]
+        for role in roles:
+            for index in range(int((job["spec"][key].get(role) or {}).get("replicas", 0))):
+                labels = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/operator-name": OPERATOR_NAME[plural],
+                          "training.kubeflow.org/replica-index": str(index), "training.kubeflow.org/replica-type": role.lower()}
+                s.put("services", {"apiVersion": "v1", "kind": "Service", "spec": {"clusterIP": "None", "selector": dict(labels)},
+                                   "metadata": {"name": f"{name}-{role.lower()}-{index}", "namespace": ns, "labels": labels, "ownerReferences": copy.deepcopy(owner)}})
+
     def _make_pods(self, s: State, name: str, ns: str, only: tuple[str, int] | None = None) -> list[str]:
         plural, job = self._job(s, name, ns)
         key, roles = REPLICAS[plural]
+        if s.get("services", ns, name) is None and s.get("services", ns, f"{name}-{roles[0].lower()}-0") is None:
+            self._make_companions(s, name, ns)
         made = []
         for role in roles:
             spec = job["spec"][key].get(role)
@@ -194,9 +235,18 @@ class KubeHandle:
                 labels = {
                     **template.get("metadata", {}).get("labels", {}),
                     "training.kubeflow.org/job-name": name,
-                    "training.kubeflow.org/operator-name": "mpijob-controller" if plural == "mpijobs" else "pytorchjob-controller",
+                    "training.kubeflow.org/operator-name": OPERATOR_NAME[plural],
                     **_replica_labels(plural, role, index),
                 }
+                owner = _owner(job)
+                if role == "Launcher":
+                    # mpi-operator makes a batch Job <name>-launcher (newLauncherJob); the Job
+                    # controller makes the pod, owned by that Job and labelled with its uid.
+                    launcher_job = s.get("jobs", ns, f"{name}-launcher")
+                    owner = _owner(launcher_job)
+                    uid = launcher_job["metadata"]["uid"]
+                    labels |= {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": f"{name}-launcher",
+                               "controller-uid": uid, "job-name": f"{name}-launcher"}
                 pod_spec = copy.deepcopy(template.get("spec", {}))
                 pod = {
                     "apiVersion": "v1",
@@ -205,7 +255,7 @@ class KubeHandle:
                         "name": pod_name,
                         "namespace": ns,
                         "labels": labels,
-                        "ownerReferences": [{"apiVersion": job["apiVersion"], "kind": job["kind"], "name": name, "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}],
+                        "ownerReferences": [owner],
                     },
                     "spec": pod_spec,
                     "status": {"phase": "Pending", "conditions": [], "containerStatuses": [self._waiting(c, "ContainerCreating") for c in pod_spec.get("containers", [])]},
