@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import fcntl
 import os
 import re
 import shutil
@@ -49,15 +48,14 @@ CLAIMS = ("kjob-checkpoints", "kjob-checkpoints-rwx", "imagenet")
 # Where the examples mount their checkpoint claim: exec'd commands (fetch-ckpt's tar, its
 # index read) see <root>/checkpoints there, inside kwok's mount namespace only.
 CHECKPOINT_MOUNT = "/checkpoints"
-# mpi-operator serves /healthz on this port of every address, with no flag to move it
-# (cmd/mpi-operator/app/server.go healthCheckPort): one cluster per machine at a time.
-MPI_OPERATOR_HEALTH_PORT = 8080
+# mpi-operator's health port is a constant (cmd/mpi-operator/app/server.go healthCheckPort,
+# 8080 on every address): build.sh moves it to any free port, so clusters can run side by
+# side (two test sessions, a `make cluster-up` beside one).
 OPERATOR_NAMESPACES = ("mpi-operator", "kubeflow")
-# training-operator reads its webhook certificates from here, a path fixed in its source.
+# training-operator reads its webhook certificates from here, a path fixed in its source
+# (pkg/cert/cert.go certDir). It runs in a mount namespace of its own where this path is
+# the control plane's <root>/training-operator-certs, so clusters do not share it.
 TRAINING_OPERATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
-# Because of those two, a control plane holds this lock while it runs: a second one (a
-# `make cluster-up` beside a test run, two test sessions) waits for it, saying so.
-MACHINE_LOCK = Path("/run/lock/kjob-controlplane.lock")
 
 
 def time_scale() -> float:
@@ -98,38 +96,6 @@ def build_dir() -> Path:
 def kubernetes_version() -> str:
     text = (HERE / "tools" / "kubernetes" / "go.mod").read_text()
     return re.search(r"k8s\.io/kubernetes (v\S+)", text).group(1)
-
-
-_machine_lock = {"fd": None, "holds": 0}
-
-
-def hold_machine_lock(who: str) -> None:
-    """Take MACHINE_LOCK (waiting, and saying so, while another process has it), or count
-    one more hold if this process has it already. A test session takes it before its first
-    test (conftest.py), so the wait is not charged to that test's timeout."""
-    if _machine_lock["fd"] is None:
-        MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            print(f"controlplane: waiting for the control plane of {holder} to stop ({MACHINE_LOCK})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({who})".encode(), 0)
-        _machine_lock["fd"] = fd
-    _machine_lock["holds"] += 1
-
-
-def release_machine_lock() -> None:
-    """Undo one hold_machine_lock(); the last one releases the lock."""
-    if _machine_lock["holds"] == 0:
-        return
-    _machine_lock["holds"] -= 1
-    if _machine_lock["holds"] == 0:
-        os.close(_machine_lock["fd"])  # closing the only descriptor releases the flock
-        _machine_lock["fd"] = None
 
 
 class ProcessDied(RuntimeError):
@@ -187,7 +153,6 @@ class ControlPlane:
     # -- start ------------------------------------------------------------------------------------
     def start(self) -> "ControlPlane":
         t0 = time.monotonic()
-        hold_machine_lock(str(self.root))
         # A start after stop() begins afresh: new ports, certificates, etcd data.
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -266,7 +231,12 @@ class ControlPlane:
                      proc_check=self.check_alive)
             return
         self._spawn("mpi-operator", [str(b / "mpi-operator"), f"--kubeConfig={kc}", "--lock-namespace=mpi-operator"])
+        certs = self.root / "training-operator-certs"
+        certs.mkdir()
+        TRAINING_OPERATOR_CERT_DIR.mkdir(parents=True, exist_ok=True)
         self._spawn("training-operator", [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "training-operator", str(certs), str(TRAINING_OPERATOR_CERT_DIR),
             str(b / "training-operator"), "--enable-scheme=pytorchjob",
             f"--metrics-bind-address=127.0.0.1:{p['training-metrics']}", f"--health-probe-bind-address=127.0.0.1:{p['training-health']}",
             f"--webhook-server-port={p['training-webhook']}"], env={"KUBECONFIG": kc, "MY_POD_NAMESPACE": "kubeflow"})
@@ -290,9 +260,8 @@ class ControlPlane:
         secret = "/api/v1/namespaces/kubeflow/secrets/training-operator-webhook-cert"
         data = wait_for("training-operator's webhook certificates", lambda: (lambda d: d if "tls.crt" in d else None)(
             (self.api.get(secret) or {}).get("data") or {}), 60, proc_check=self.check_alive, interval=0.25)
-        TRAINING_OPERATOR_CERT_DIR.mkdir(parents=True, exist_ok=True)
         for name, value in data.items():
-            (TRAINING_OPERATOR_CERT_DIR / name).write_bytes(base64.b64decode(value))
+            (self.root / "training-operator-certs" / name).write_bytes(base64.b64decode(value))
 
     def _install_crds(self) -> None:
         names = []
@@ -373,7 +342,6 @@ class ControlPlane:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(everyone, timeout=10)
-        release_machine_lock()
 
 
 # -- make cluster-up / cluster-down ---------------------------------------------------------------
