@@ -41,8 +41,34 @@ def append_log(root: Path, namespace: str, pod: str, container: str, lines: list
 
 
 def end_pod(api: Api, namespace: str, pod: str, exit_code: int) -> None:
-    """Every container of a Running pod terminates with exit_code (kwok's pod-exit stage)."""
-    api.merge_patch(f"/api/v1/namespaces/{namespace}/pods/{pod}", {"metadata": {"annotations": {EXIT_CODE: str(exit_code)}}})
+    """Every container of a Running pod exits with exit_code, and then what a kubelet does:
+    under restartPolicy Never, or OnFailure with code 0, the pod terminates (kwok's
+    pod-exit stage: Succeeded for 0, else Failed); under OnFailure (what kjob renders) or
+    Always with another code, the containers restart in place (restart_containers)."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
+    policy = api.get(path)["spec"].get("restartPolicy", "Always")
+    if policy == "Always" or (policy == "OnFailure" and exit_code != 0):
+        restart_containers(api, namespace, pod, exit_code)
+        return
+    api.merge_patch(path, {"metadata": {"annotations": {EXIT_CODE: str(exit_code)}}})
+
+
+def restart_containers(api: Api, namespace: str, pod: str, exit_code: int) -> None:
+    """A kubelet restarting a pod's exited containers: restartCount + 1, lastState the
+    exit, running again; the phase stays Running. (Written as the kubelet writes it, to
+    the status; kwok's stages act only on Pending pods and on EXIT_CODE.)"""
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    statuses = []
+    for c in api.get(path)["status"]["containerStatuses"]:
+        started = c["state"].get("running", {}).get("startedAt", now)
+        statuses.append({**c, "restartCount": c.get("restartCount", 0) + 1, "ready": True, "started": True,
+                         "lastState": {"terminated": {"exitCode": exit_code, "reason": "Error", "startedAt": started, "finishedAt": now}},
+                         "state": {"running": {"startedAt": now}}})
+    api.merge_patch(path + "/status", {"status": {"containerStatuses": statuses}})
+
+
+WATCH_S = 5  # each watch of pods ends after this, so stop() is quick
 
 
 class NodeSide:
@@ -56,20 +82,34 @@ class NodeSide:
         return self
 
     def stop(self) -> None:
+        """Ends the watch thread: its watches last WATCH_S, so it notices within that; the
+        thread closes its own connection (a socket left to the garbage collector warns)."""
         self._stop.set()
+        self._thread.join(WATCH_S + 15)
 
     def _run(self) -> None:
+        version = None  # where the last watch ended; None: list everything again
         while not self._stop.is_set():
             try:
-                listing = self.api.request("GET", "/api/v1/pods")
-                for pod in listing["items"]:
-                    self._prepare(pod)
-                for event in self.api.watch("/api/v1/pods", listing["metadata"]["resourceVersion"], timeout_s=60):
-                    if self._stop.is_set():
-                        return
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._prepare(event["object"])
+                if version is None:
+                    listing = self.api.request("GET", "/api/v1/pods")
+                    for pod in listing["items"]:
+                        self._prepare(pod)
+                    version = listing["metadata"]["resourceVersion"]
+                events = self.api.watch("/api/v1/pods", version, timeout_s=WATCH_S)
+                try:
+                    for event in events:
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+                            raise RuntimeError(event["object"].get("message", "watch error"))
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self._prepare(event["object"])
+                        version = event["object"]["metadata"].get("resourceVersion", version)
+                        if self._stop.is_set():
+                            return
+                finally:
+                    events.close()  # closes the connection now, not whenever the generator is collected
             except Exception as e:  # the API server restarting, a watch that expired: start over
+                version = None
                 if not self._stop.is_set():
                     log.warning("pod watch restarts: %s", e)
                     self._stop.wait(0.5)

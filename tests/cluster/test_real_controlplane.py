@@ -39,9 +39,14 @@ def test_exec_runs_here_in_the_pods_directory_and_pid_1_is_the_stand_in(real):
     before = real.signals().count("SIGUSR1")
     api_client = config.new_client_from_config(config_file=str(real.kubeconfig))
     try:
-        out = stream(client.CoreV1Api(api_client).connect_get_namespaced_pod_exec, "p", real.ns,
-                     command=["sh", "-c", "pwd; tr '\\0' ' ' </proc/1/cmdline; echo; kill -USR1 1"],
-                     stderr=True, stdin=False, stdout=True, tty=False)
+        ws = stream(client.CoreV1Api(api_client).connect_get_namespaced_pod_exec, "p", real.ns,
+                    command=["sh", "-c", "pwd; tr '\\0' ' ' </proc/1/cmdline; echo; kill -USR1 1"],
+                    stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+        try:
+            ws.run_forever(timeout=30 * time_scale())
+            out = ws.read_all()
+        finally:
+            ws.close()  # the client leaves its websocket to the garbage collector otherwise
     finally:
         api_client.close()
     cwd, pid1 = out.splitlines()[:2]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,21 +73,23 @@ def test_no_crd_then_a_v1_only_crd_are_explained_by_preflight(real, run_kjob, mp
     _replace_crd(real, None)
     r = run_kjob("submit", "examples/smoke.yaml")
     assert r.code == 5, r
-    assert "mpi-operator is not installed" in r.err and "install it:" in r.err, r
+    err = " ".join(r.err.split())  # long lines are wrapped for the terminal
+    assert "mpi-operator is not installed" in err and "install it:" in err, r
 
     clobber = yaml.safe_load((real.plane.crds.parent / "clobber" / "kubeflow.org_mpijobs.v1.yaml").read_text())
     assert [v["name"] for v in clobber["spec"]["versions"]] == ["v1"]
     _replace_crd(real, clobber)
     r = run_kjob("submit", "examples/smoke.yaml")
     assert r.code == 5, r
-    assert "only as kubeflow.org/v1 mpijobs, not kubeflow.org/v2beta1" in r.err and "training-operator" in r.err, r
+    err = " ".join(r.err.split())
+    assert "only as kubeflow.org/v1 mpijobs, not kubeflow.org/v2beta1" in err and "training-operator" in err, r
 
 
 GPU_HOG = {"name": "hog", "workers": 1, "gpusPerWorker": 9}
 
 
 def test_more_gpus_than_any_node_has_shows_the_schedulers_reason(real, run_kjob, tmp_path):
-    spec = yaml.safe_load(open("examples/smoke.yaml"))
+    spec = yaml.safe_load(Path("examples/smoke.yaml").read_text())
     spec.update(GPU_HOG)
     spec.pop("local", None)
     path = tmp_path / "hog.yaml"
