@@ -46,11 +46,15 @@ demo: $(VENV)/.demo-installed
 	@rm -rf kjob-runs/smoke
 	$(BIN)/kjob submit examples/smoke.yaml --local --follow
 
+# Everything but the real-node tier: the suite, and the real control plane (tests/cluster,
+# marker `cluster`) whose binaries are built here from the Go module proxy the first time
+# (root and Go needed; without them that tier is skipped, saying why; under CI it fails).
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest
+	@if [ "$$(id -u)" = 0 ] && command -v go >/dev/null; then bash tests/cluster/build.sh >/dev/null; fi
+	$(BIN)/python -m pytest -m "not node"
 
 test-fast: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -m "not slow and not node"
+	$(BIN)/python -m pytest -m "not slow and not node and not cluster"
 
 # The real-node tier (tests/node, marker `node`; root): both trainer images built here from
 # images/*/Dockerfile and loaded into a local containerd, a real kubelet (built from the Go
@@ -101,8 +105,7 @@ cluster-up: $(VENV)/.test-installed cluster-bin
 cluster-down: $(VENV)/.test-installed
 	$(BIN)/python tests/cluster/controlplane.py down --dir .cluster
 
-# The real-control-plane tier alone (marker `cluster`; root, Go). Not yet part of `make
-# test`: its job tests do not all pass yet (tests/cluster/README.md says which).
+# The real-control-plane tier alone (marker `cluster`; root, Go); `make test` runs it too.
 .PHONY: test-cluster
 test-cluster: $(VENV)/.test-installed cluster-bin
 	$(BIN)/python -m pytest -m cluster tests/cluster
