@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from kjob import names, settings
 from kjob.backend import FetchOptions
@@ -142,7 +142,7 @@ def _affinity(placement: Placement, job_nodes: list[str]) -> dict:
 
 
 def helper_pod(job_obj: dict, target: Target, name: str, placement: Placement = Placement(),
-               job_nodes: list[str] = ()) -> dict:
+               job_nodes: Iterable[str] = ()) -> dict:
     """The helper pod manifest: the claim read-only, non-root, small limits, owned by the
     job, on `placement`'s node (else preferably one of `job_nodes`)."""
     meta = job_obj["metadata"]
