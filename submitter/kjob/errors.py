@@ -71,7 +71,8 @@ class NotFound(KjobError):
 
 
 class Conflict(KjobError):
-    """A job of that name exists with a different spec (use --replace)."""
+    """A job of that name exists with a different spec (use --replace); or fetch-ckpt's
+    claim is held where no new pod can mount it (ReadWriteOncePod in use)."""
 
     exit_code = 6
 
@@ -89,6 +90,6 @@ EXIT_CODES = {
     3: "cluster unreachable or failing (connection, TLS, 401, timeouts, 5xx); a local run that cannot start",
     4: "forbidden by RBAC (403)",
     5: "not found: job, namespace, pod, checkpoint or CRD",
-    6: "conflict: job exists with a different spec",
+    6: "conflict: job exists with a different spec; a checkpoint claim held where no new pod can mount it",
     7: "checkpoint transfer failed verification",
 }

@@ -27,7 +27,9 @@ EXIT_CODE = "kjob.test/exit-code"
 PREPARED = "kjob.test/prepared"
 # Every test node: big enough for the examples' jobs, with 8 GPUs so that a job asking 9
 # per worker can be placed nowhere (the scheduler's "Insufficient nvidia.com/gpu").
-NODE_CAPACITY = {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": "8", "pods": "110"}
+# ephemeral-storage as every kubelet reports it: a pod that limits it (fetch-ckpt's
+# helper) is otherwise "Insufficient ephemeral-storage" on every node.
+NODE_CAPACITY = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "100Gi", "nvidia.com/gpu": "8", "pods": "110"}
 NODE_COUNT = 2
 
 

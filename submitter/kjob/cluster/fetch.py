@@ -2,10 +2,13 @@
 
 Where: the job's annotations name the claim (`kjob.dev/checkpoint-claim`) and the
 trainer's output path (`kjob.dev/output-path`); checkpoints are in `<output>/checkpoints`.
-If a Running pod of the job mounts the claim there, kjob execs in it; otherwise it starts
-a short-lived helper pod that mounts the claim read-only (deleted when done, on failure
-and on Ctrl-C; owned by the job so deleting the job collects it; `activeDeadlineSeconds`
-ends it even if kjob is killed).
+If a Running pod of the job mounts the claim there, kjob execs in it (no new pod, no image
+pull); otherwise it starts a short-lived helper pod that mounts the claim read-only
+(deleted when done, on failure and on Ctrl-C; owned by the job so deleting the job
+collects it; `activeDeadlineSeconds` ends it even if kjob is killed). The helper goes
+where the claim can be mounted (claims.place: the node of a ReadWriteOnce claim's pods;
+a ReadWriteOncePod claim held by another pod is an error at once), preferably onto a
+node that ran the job, whose image is then already there.
 
 How: `cat index.json`, choose entries (transfer.index.select), skip files already in
 --dest and verified, then `tar cf - <files>` over the exec websocket, read frame by frame
@@ -22,11 +25,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from kjob import names, settings
 from kjob.backend import FetchOptions
 from kjob.cluster import requests
+from kjob.cluster.claims import Placement, place, read_holders
 from kjob.cluster.exec_stream import open_exec
 from kjob.cluster.pods import pod_reason
 from kjob.errors import ClusterUnavailable, InvalidInput, KjobError, NotFound, VerificationFailed
@@ -35,8 +39,12 @@ from kjob.transfer.index import INDEX_NAME, MAX_INDEX_BYTES, expected, parse_ind
 from kjob.transfer.progress import Progress, human_bytes
 from kjob.transfer.tarsafe import BlockReader, TruncatedStream, extract_verified, plan, remove_stale_temps
 
-# The helper only runs `cat` and `tar`; the job's own image has both and is already
-# allowed to pull (imagePullSecrets are copied). KJOB_FETCH_IMAGE overrides it.
+# The helper runs `sleep`, then `cat` and `tar` through exec (the sha256 check is done
+# here, not in the pod). Its default image is the job's own: it has all three, it is
+# pullable wherever the job ran (registry, mirror, imagePullSecrets, which are copied),
+# and the helper prefers the job's nodes, where it is already pulled. A small image
+# (busybox) would need Docker Hub, which many clusters cannot reach. KJOB_FETCH_IMAGE
+# overrides it; a pull in progress is said, never waited on silently.
 FALLBACK_IMAGE = "busybox:1.36"
 # A helper that outlives a SIGKILLed kjob ends itself after this long.
 HELPER_DEADLINE_S = 3600
@@ -105,11 +113,10 @@ def _template_mount(job_obj: dict, claim: str, output: str) -> str | None:
     return None
 
 
-def find_running_pod(kube, target: Target) -> tuple[str, str] | None:
+def find_running_pod(pods: list[dict], target: Target) -> tuple[str, str] | None:
     """A Running pod of the job whose running container mounts the claim at the output path."""
-    pods = kube.send(requests.list_job_pods(target.namespace, target.job))
     output = posixpath.dirname(target.ckpt_dir)
-    for pod in sorted(pods.get("items") or [], key=lambda p: p["metadata"]["name"]):
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         status = pod.get("status") or {}
         if status.get("phase") != "Running":
             continue
@@ -120,8 +127,24 @@ def find_running_pod(kube, target: Target) -> tuple[str, str] | None:
     return None
 
 
-def helper_pod(job_obj: dict, target: Target, name: str) -> dict:
-    """The helper pod manifest: the claim read-only, non-root, small limits, owned by the job."""
+def _affinity(placement: Placement, job_nodes: list[str]) -> dict:
+    """Required: the node the claim is usable on, if it is bound to one. Preferred: the
+    nodes the job's pods ran on (the image is there). matchFields on the node's name, as
+    DaemonSets pin their pods: it needs no hostname label."""
+    aff: dict = {}
+    if placement.node:
+        aff["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [placement.node]}]}]}
+    elif job_nodes:
+        aff["preferredDuringSchedulingIgnoredDuringExecution"] = [{"weight": 100, "preference": {
+            "matchFields": [{"key": "metadata.name", "operator": "In", "values": sorted(set(job_nodes))}]}}]
+    return {"nodeAffinity": aff} if aff else {}
+
+
+def helper_pod(job_obj: dict, target: Target, name: str, placement: Placement = Placement(),
+               job_nodes: Iterable[str] = ()) -> dict:
+    """The helper pod manifest: the claim read-only, non-root, small limits, owned by the
+    job, on `placement`'s node (else preferably one of `job_nodes`)."""
     meta = job_obj["metadata"]
     tmpl = next(iter(_pod_templates(job_obj)), {})
     hit = None
@@ -167,10 +190,14 @@ def helper_pod(job_obj: dict, target: Target, name: str) -> dict:
         "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": target.claim, "readOnly": True}}],
     }
     # Pull like the job and tolerate its nodes' taints; no nodeSelector: the helper needs
-    # no GPU, and the volume's own topology tells the scheduler where it can run.
+    # no GPU, and the volume's own topology (a PV's nodeAffinity) tells the scheduler
+    # where it can run; a ReadWriteOnce claim's node is made required here.
     for key in ("imagePullSecrets", "tolerations"):
         if tmpl.get(key):
             spec[key] = tmpl[key]
+    affinity = _affinity(placement, list(job_nodes))
+    if affinity:
+        spec["affinity"] = affinity
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": target.namespace, "labels": labels,
                          "ownerReferences": [owner] if owner["uid"] else []},
@@ -181,13 +208,19 @@ def helper_pod(job_obj: dict, target: Target, name: str) -> dict:
 def exec_pod(kube, job_obj: dict, target: Target, say: Callable[[str], None]):
     """Yield `target` with .pod/.container set: a Running pod of the job, or a helper pod
     that is deleted on the way out whatever happens (success, error, Ctrl-C)."""
-    found = find_running_pod(kube, target)
+    job_pods = kube.send(requests.list_job_pods(target.namespace, target.job)).get("items") or []
+    found = find_running_pod(job_pods, target)
     if found:
         target.pod, target.container = found
         yield target
         return
+    # Before any pod is made: a claim no new pod can mount now is an error at once.
+    placement = place(target.claim, *read_holders(kube, target.namespace, target.claim))
+    if placement.node:
+        say(f"helper pod goes to node {placement.node}: {placement.why}")
     name = f"{target.job[:40]}-fetch-{secrets.token_hex(3)}"
-    manifest = helper_pod(job_obj, target, name)
+    job_nodes = [p["spec"]["nodeName"] for p in job_pods if (p.get("spec") or {}).get("nodeName")]
+    manifest = helper_pod(job_obj, target, name, placement, job_nodes)
     try:
         kube.send(requests.create_pod(target.namespace, manifest))
     except KeyboardInterrupt:  # the server may have created it before the answer came back
@@ -210,17 +243,36 @@ def _wait_running(kube, namespace: str, name: str, say: Callable[[str], None]) -
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Running":
             return
-        events = kube.send(requests.events_of(namespace, name))
-        reason = pod_reason(pod, events.get("items") or [])
+        events = kube.send(requests.events_of(namespace, name)).get("items") or []
+        reason = pod_reason(pod, events) or pulling(pod, events)
         if phase in ("Failed", "Succeeded"):
             raise ClusterUnavailable(f"helper pod {name} ended ({phase}) before the transfer: {reason or 'no reason given'}")
         if reason and reason != shown:
             say(f"waiting for helper pod {name}: {reason}")
             shown = reason
         if time.monotonic() > deadline:
-            raise ClusterUnavailable(f"helper pod {name} did not start within {timeout:g} s: {reason or 'Pending'}",
-                                     hint="kjob status shows the job's pods; KJOB_FETCH_POD_TIMEOUT waits longer")
+            hint = "kjob status shows the job's pods; KJOB_FETCH_POD_TIMEOUT waits longer"
+            if reason and reason.startswith("pulling"):
+                hint = ("KJOB_FETCH_POD_TIMEOUT waits longer; KJOB_FETCH_IMAGE names a smaller image "
+                        "with sleep, cat and tar (e.g. busybox:1.36)")
+            raise ClusterUnavailable(f"helper pod {name} did not start within {timeout:g} s: {reason or 'Pending'}", hint=hint)
         time.sleep(HELPER_POLL_S)
+
+
+def pulling(pod: dict, events: list[dict]) -> str | None:
+    """`pulling image "X" on node N (since T)` while kubelet's newest pull Event of the
+    pod is Pulling (it says Pulled, or BackOff/Failed, when that ends)."""
+    name = pod["metadata"]["name"]
+    pulls = [e for e in events if (e.get("involvedObject") or {}).get("name") == name
+             and e.get("reason") in ("Pulling", "Pulled", "Failed", "BackOff")]
+    pulls.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    if not pulls or pulls[-1].get("reason") != "Pulling":
+        return None
+    ev = pulls[-1]
+    image = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []), "?")
+    node = (pod.get("spec") or {}).get("nodeName") or (ev.get("source") or {}).get("host")
+    since = ev.get("lastTimestamp") or ev.get("eventTime")
+    return f'pulling image "{image}"' + (f" on node {node}" if node else "") + (f" (since {since})" if since else "")
 
 
 def _delete_quietly(kube, namespace: str, name: str, say: Callable[[str], None]) -> None:

@@ -119,6 +119,16 @@ def list_job_pods(namespace: str, job_name: str) -> Request:
                    query={"labelSelector": f"{JOB_NAME_LABEL}={job_name}"})
 
 
+def list_pods(namespace: str) -> Request:
+    """Every pod of a namespace (which of them hold a claim: fetch-ckpt)."""
+    return Request("GET", api_path("v1", "pods", namespace), verb="list", resource="pods", namespace=namespace)
+
+
+def get_claim(namespace: str, name: str) -> Request:
+    return Request("GET", api_path("v1", "persistentvolumeclaims", namespace, name), verb="get",
+                   resource="persistentvolumeclaims", name=name, namespace=namespace)
+
+
 def get_pod(namespace: str, name: str) -> Request:
     return Request("GET", api_path("v1", "pods", namespace, name), verb="get", resource="pods", name=name, namespace=namespace)
 
