@@ -25,6 +25,7 @@ TOOLS=(
   "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver"
   "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager"
   "kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler"
+  "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl"
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok"
   "mpi-operator|mpi-operator|github.com/kubeflow/mpi-operator/cmd/mpi-operator"
   "training-operator|training-operator|github.com/kubeflow/training-operator/cmd/training-operator.v1"
