@@ -56,17 +56,6 @@ def test_in_cluster_config_without_a_service_account_is_exit_3(kube, monkeypatch
         ClusterBackend()
 
 
-def test_preflight_says_when_the_mpijob_crd_was_replaced_by_training_operators_v1(kube):
-    kube.serve_crd_at("MPIJob", "v1")
-    with pytest.raises(NotFound) as e:
-        ClusterBackend().create_job(objects())
-    assert e.value.message == (f'the MPIJob API is served by {kube.server} (context "kubefake") only as kubeflow.org/v1 mpijobs, '
-                               "not kubeflow.org/v2beta1: its CRD mpijobs.kubeflow.org was replaced by another one (training-operator's "
-                               "full install ships an MPIJob kubeflow.org/v1 CRD that replaces mpi-operator's v2beta1 one)")
-    assert e.value.hint.startswith("kubectl delete crd mpijobs.kubeflow.org, install mpi-operator again")
-    assert "--enable-scheme=pytorchjob" in e.value.hint
-
-
 def test_preflight_reports_every_problem_at_once(kube):
     kube.remove_crd("MPIJob")
     kube.deny("get", "pods/log")

@@ -36,12 +36,17 @@ def test_a_narrow_role_is_exit_4_naming_the_denied_verb_and_resource(real, run_k
     kubeconfig = real.plane.kubeconfig_for(tmp_path / "narrow", namespace=real.ns, token=token)
     r = run_kjob("submit", "examples/smoke.yaml", "--kubeconfig", str(kubeconfig))
     assert r.code == 4, r
-    assert f'RBAC does not allow "create mpijobs.kubeflow.org" in namespace "{real.ns}"' in r.err, r
+    lines = " ".join(r.err.split()).split("Error: ")[1:]  # long lines are wrapped for the terminal
+    assert lines[0].startswith(f'forbidden: RBAC does not allow "create mpijobs.kubeflow.org" in namespace "{real.ns}"'), r
+    assert lines[1].strip() == "hint: ask a cluster admin for a Role with create on mpijobs.kubeflow.org", r
 
 
-def test_a_missing_namespace_is_exit_5(real, run_kjob):
+def test_a_missing_namespace_or_job_is_exit_5(real, run_kjob):
+    server = real.api.server
     r = run_kjob("submit", "examples/smoke.yaml", "-n", "no-such-namespace")
-    assert r.code == 5 and "no-such-namespace" in r.err, r
+    assert r.code == 5 and " ".join(r.err.split()).startswith(f'Error: namespace "no-such-namespace" not found on {server}'), r
+    r = run_kjob("status", "nope")
+    assert r.code == 5 and " ".join(r.err.split()).startswith(f'Error: job "nope" not found in namespace "{real.ns}" on {server}'), r
 
 
 def _crd(real, name: str) -> dict | None:
@@ -82,7 +87,9 @@ def test_no_crd_then_a_v1_only_crd_are_explained_by_preflight(real, run_kjob, mp
     r = run_kjob("submit", "examples/smoke.yaml")
     assert r.code == 5, r
     err = " ".join(r.err.split())
-    assert "only as kubeflow.org/v1 mpijobs, not kubeflow.org/v2beta1" in err and "training-operator" in err, r
+    assert ("only as kubeflow.org/v1 mpijobs, not kubeflow.org/v2beta1: its CRD mpijobs.kubeflow.org was replaced by another one "
+            "(training-operator's full install ships an MPIJob kubeflow.org/v1 CRD that replaces mpi-operator's v2beta1 one)") in err, r
+    assert "hint: kubectl delete crd mpijobs.kubeflow.org, install mpi-operator again" in err and "--enable-scheme=pytorchjob" in err, r
 
 
 GPU_HOG = {"name": "hog", "workers": 1, "gpusPerWorker": 9}

@@ -26,6 +26,29 @@ def open_text(path: str) -> str:
         return f.read()
 
 
+def _contains(stored, rendered, where: str = "") -> list[str]:
+    """Where `stored` lacks or changed what `rendered` has (extra fields in `stored`, such as
+    the schema's defaults, are fine)."""
+    if isinstance(rendered, dict):
+        if not isinstance(stored, dict):
+            return [where]
+        return [m for k, v in rendered.items() for m in _contains(stored.get(k), v, f"{where}.{k}")]
+    if isinstance(rendered, list):
+        if not isinstance(stored, list) or len(stored) != len(rendered):
+            return [where]
+        return [m for i, (a, b) in enumerate(zip(stored, rendered)) for m in _contains(a, b, f"{where}[{i}]")]
+    return [] if stored == rendered else [where]
+
+
+def assert_kept_as_rendered(real, run_kjob, spec: str, plural: str, version: str) -> None:
+    """The real API server keeps every field kjob renders: the CRD's structural schema
+    prunes unknown fields silently, which no fake does."""
+    rendered = yaml.safe_load(run_kjob("render", spec).out)
+    stored = real.job(plural, rendered["metadata"]["name"], version)
+    assert _contains(stored["spec"], rendered["spec"]) == [], "pruned or changed by the API server"
+    assert _contains(stored["metadata"], {k: v for k, v in rendered["metadata"].items() if k != "namespace"}) == []
+
+
 def _later(fn, *args):
     t = threading.Thread(target=fn, args=args, daemon=True)
     t.start()
@@ -35,6 +58,7 @@ def _later(fn, *args):
 def test_mpijob_submit_status_logs_replicas_and_success(real, run_kjob):
     r = run_kjob("submit", "examples/smoke.yaml")
     assert (r.code, r.out) == (0, f"MPIJob {real.ns}/smoke created\n"), r
+    assert_kept_as_rendered(real, run_kjob, "examples/smoke.yaml", "mpijobs", "v2beta1")
     workers = real.wait_pods("smoke", 2)  # the launcher waits for them (WaitForWorkersReady)
     assert [p["metadata"]["name"] for p in workers] == ["smoke-worker-0", "smoke-worker-1"]
     launcher = real.pod("smoke", "launcher")
@@ -78,6 +102,7 @@ def test_pytorchjob_submit_status_and_follow_to_failure(real, run_kjob):
     r = run_kjob("submit", "examples/resnext50-torchrun.yaml")
     name = "resnext50-torchrun"
     assert (r.code, r.out) == (0, f"PyTorchJob {real.ns}/{name} created\n"), r
+    assert_kept_as_rendered(real, run_kjob, "examples/resnext50-torchrun.yaml", "pytorchjobs", "v1")
     pods = real.wait_pods(name, 2)
     assert [p["metadata"]["name"] for p in pods] == [f"{name}-master-0", f"{name}-worker-0"]
     st = run_kjob("status", name)
@@ -152,9 +177,12 @@ def test_replace_a_different_spec(real, run_kjob, tmp_path):
     changed.write_text(yaml.safe_dump(spec))
     r = run_kjob("submit", str(changed))
     assert r.code == 6, r
+    err = " ".join(r.err.split())
+    assert err.startswith(f'Error: MPIJob "smoke" already exists in namespace "{real.ns}" with a different spec (on the server: sha256:'), r
+    assert "Error: hint: kjob submit --replace deletes it and submits this spec; or give the job another name" in err, r
     old_uid = real.job("mpijobs", "smoke", "v2beta1")["metadata"]["uid"]
     r = run_kjob("submit", str(changed), "--replace")
-    assert r.code == 0, r
+    assert (r.code, r.out) == (0, f"MPIJob {real.ns}/smoke replaced\n"), r
     new = real.job("mpijobs", "smoke", "v2beta1")
     assert new["metadata"]["uid"] != old_uid
     args = new["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
