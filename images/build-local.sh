@@ -102,7 +102,7 @@ inputs_hash() {
   local name="$1"
   {
     cd "$repo"
-    sha256sum "images/$name/Dockerfile" requirements.lock pyproject.toml README.md .dockerignore
+    sha256sum "images/$name/Dockerfile" images/requirements.py requirements.lock pyproject.toml README.md .dockerignore
     find submitter manifests trainer images/ssh -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
       | sort -z | xargs -0 sha256sum
     podman image inspect -f '{{.Id}}' "$BASE_IMAGE"
