@@ -32,3 +32,26 @@ def images() -> dict[str, str]:
         pytest.fail("the node tier runs containerd, podman and a kubelet: it needs root (make e2e as root)")
     build_images(*IMAGES)
     return dict(IMAGES)
+
+
+@pytest.fixture(scope="session")
+def pytorch_image() -> str:
+    """The PyTorch trainer image alone (the cluster and most runs need only it), built and
+    loaded: it does not wait for the MindSpore image's build."""
+    if os.geteuid() != 0:
+        pytest.fail("the node tier runs containerd, podman and a kubelet: it needs root (make e2e as root)")
+    build_images("pytorch")
+    return IMAGES["pytorch"]
+
+
+@pytest.fixture(scope="session")
+def node_cluster(node_bins, pytorch_image, tmp_path_factory):
+    """The control plane of tests/cluster with the real kubelet joined (cluster.py), once
+    per session: it holds the machine's control-plane lock while it runs."""
+    from cluster import NodeCluster
+
+    cluster = NodeCluster(tmp_path_factory.mktemp("node-cluster"), node_bins, pytorch_image).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
