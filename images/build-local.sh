@@ -123,11 +123,25 @@ in_containerd() {  # image tag -> true when the node's containerd has it
   grep -qxF "$1" <<<"$listed"
 }
 
+image_digest() {  # socket, ref -> the manifest digest the ref names in containerd (empty: none)
+  local listed
+  listed="$(ctr --address "$1" -n k8s.io images ls)"
+  awk -v ref="$2" '$1 == ref {print $3}' <<<"$listed"
+}
+
 load() {  # image tag -> into containerd's k8s.io namespace (what the kubelet uses)
-  local sock; sock="$(containerd_sock)"
+  local sock old listed; sock="$(containerd_sock)"
+  old="$(image_digest "$sock" "$1")"
   log "loading $1 into containerd (k8s.io)"
   podman save --format docker-archive "$1" | ctr --address "$sock" -n k8s.io images import --no-unpack=false - >/dev/null
   in_containerd "$1"
+  if [[ -n "$old" && "$old" != "$(image_digest "$sock" "$1")" ]]; then
+    # The kubelet's CRI names every image it has seen by its id too (sha256:...): that name
+    # would keep the replaced image, gigabytes of layers, on disk for good.
+    listed="$(ctr --address "$sock" -n k8s.io images ls)"
+    awk -v d="$old" '$1 ~ /^sha256:/ && $3 == d {print $1}' <<<"$listed" \
+      | xargs -r ctr --address "$sock" -n k8s.io images rm >/dev/null
+  fi
 }
 
 # Has the image of these inputs been built (and, unless KJOB_NO_LOAD, loaded)?

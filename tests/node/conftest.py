@@ -16,6 +16,13 @@ sys.path.insert(0, str(HERE))
 from runtime import IMAGES, build_images  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """The standalone kubelet's test first: the joined kubelet (`node_cluster`) lives until
+    the session ends, and two kubelets on one containerd would each take the other's pods
+    and cgroups for their own."""
+    items.sort(key=lambda item: item.path.name != "test_kubelet_standalone.py")
+
+
 @pytest.fixture(scope="session")
 def node_bins() -> Path:
     """bin/ holding kubelet, coredns and crictl."""
