@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,9 @@ def node_cluster(node_bins, pytorch_image, tmp_path_factory):
     per session: it holds the machine's control-plane lock while it runs."""
     from cluster import NodeCluster
 
+    t0 = time.monotonic()
     cluster = NodeCluster(tmp_path_factory.mktemp("node-cluster"), node_bins, pytorch_image).start()
+    print(f"\n[node tier] control plane and joined kubelet up in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     try:
         yield cluster
     finally:
