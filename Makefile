@@ -61,7 +61,7 @@ test-fast: $(VENV)/.test-installed
 # module proxy at the control plane's Kubernetes release) running them. Caches live in
 # $${KJOB_CACHE:-~/.cache/kjob}: the first run builds for tens of minutes, later runs reuse.
 e2e: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -m node tests/node
+	$(BIN)/python -m pytest -m node --durations=0 tests/node
 
 # Only the images (and the node's containerd, which they are loaded into).
 images-local:

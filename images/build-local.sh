@@ -14,10 +14,11 @@
 # Everything it keeps lives outside the clone, in ${KJOB_CACHE:-$HOME/.cache/kjob}/images:
 # the base tarball, podman's storage (the base image, and layers: see below), one stamp per
 # image: a hash of its Dockerfile, the lock, the sources the Dockerfile copies and the base.
-# When the stamp matches and containerd has the image, nothing is done. After loading an
-# image into containerd, podman's copy of it is removed (a disk shared with others cannot
-# hold both): KJOB_KEEP_LAYERS=1 keeps it, so that a change to the sources rebuilds only
-# from the layer it touches.
+# When the stamp matches and containerd has the image, nothing is done (without waiting
+# for another build). After loading an image into containerd, podman's copy of it is
+# removed (a disk shared with others cannot hold both), but not its build stage (tagged
+# localhost/kjob/NAME-build:cache), whose dependency layer a change to the sources reuses;
+# KJOB_KEEP_LAYERS=1 keeps every layer.
 #
 # Needs root (podman, debootstrap, containerd) and apt-get for the tools it installs.
 set -euo pipefail
@@ -97,12 +98,15 @@ make_pause() {
   echo "$PAUSE_IMAGE"
 }
 
+# podman's tag of an image's build stage (its layer cache; see build()).
+build_cache_tag() { echo "localhost/kjob/$1-build:cache"; }
+
 # The hash of everything the image is made from (what the Dockerfile copies, per .dockerignore).
 inputs_hash() {
   local name="$1"
   {
     cd "$repo"
-    sha256sum "images/$name/Dockerfile" requirements.lock pyproject.toml README.md .dockerignore
+    sha256sum "images/$name/Dockerfile" images/requirements.py requirements.lock pyproject.toml README.md .dockerignore
     find submitter manifests trainer images/ssh -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
       | sort -z | xargs -0 sha256sum
     podman image inspect -f '{{.Id}}' "$BASE_IMAGE"
@@ -119,11 +123,25 @@ in_containerd() {  # image tag -> true when the node's containerd has it
   grep -qxF "$1" <<<"$listed"
 }
 
+image_digest() {  # socket, ref -> the manifest digest the ref names in containerd (empty: none)
+  local listed
+  listed="$(ctr --address "$1" -n k8s.io images ls)"
+  awk -v ref="$2" '$1 == ref {print $3}' <<<"$listed"
+}
+
 load() {  # image tag -> into containerd's k8s.io namespace (what the kubelet uses)
-  local sock; sock="$(containerd_sock)"
+  local sock old listed; sock="$(containerd_sock)"
+  old="$(image_digest "$sock" "$1")"
   log "loading $1 into containerd (k8s.io)"
   podman save --format docker-archive "$1" | ctr --address "$sock" -n k8s.io images import --no-unpack=false - >/dev/null
   in_containerd "$1"
+  if [[ -n "$old" && "$old" != "$(image_digest "$sock" "$1")" ]]; then
+    # The kubelet's CRI names every image it has seen by its id too (sha256:...): that name
+    # would keep the replaced image, gigabytes of layers, on disk for good.
+    listed="$(ctr --address "$sock" -n k8s.io images ls)"
+    awk -v d="$old" '$1 ~ /^sha256:/ && $3 == d {print $1}' <<<"$listed" \
+      | xargs -r ctr --address "$sock" -n k8s.io images rm >/dev/null
+  fi
 }
 
 # Has the image of these inputs been built (and, unless KJOB_NO_LOAD, loaded)?
@@ -131,6 +149,14 @@ up_to_date() {
   local name="$1" tag="$2" hash="$3"
   [[ -f "$cache/$name.stamp" && "$(cat "$cache/$name.stamp")" == "$hash" ]] || return 1
   if [[ -n "${KJOB_NO_LOAD:-}" ]]; then podman image exists "$tag"; else in_containerd "$tag"; fi
+}
+
+all_up_to_date() {
+  [[ -f "$cache/debian-bookworm-minbase.tar" ]] && podman image exists "$BASE_IMAGE" || return 1
+  [[ "$(cat "$cache/pause/source.sha256" 2>/dev/null)" == "$(sha256sum <"$repo/images/local/pause.go")" ]] || return 1
+  if [[ -z "${KJOB_NO_LOAD:-}" ]]; then in_containerd "$PAUSE_IMAGE" || return 1; fi
+  local n
+  for n in "$@"; do up_to_date "$n" "${TAGS[$n]}" "$(inputs_hash "$n")" || return 1; done
 }
 
 build() {
@@ -143,20 +169,23 @@ build() {
     log "$tag: building from images/$name/Dockerfile on $BASE_IMAGE"
     rm -f "$stamp"
     printf '[global]\ncert = %s\n' "$CA_IN_BUILD" >"$cache/pip.conf"
-    (cd "$repo" && podman build --layers --network host --pull=never "${ULIMITS[@]}" \
-      --volume "$CA_BUNDLE:$CA_IN_BUILD:ro" --volume "$cache/pip.conf:/etc/pip.conf:ro" \
-      --build-arg "CUDA_IMAGE=$BASE_IMAGE" \
-      --label "kjob.inputs=$hash" \
-      -f "images/$name/Dockerfile" -t "$tag" .) >"$cache/$name.build.log" 2>&1 \
+    # The build stage first, tagged: its layers (the multi-GB dependency layer above all)
+    # are what a rebuild after a change to the sources reuses, so they outlive the image.
+    # Then the image itself, from those cached layers.
+    local args=(--layers --network host --pull=never "${ULIMITS[@]}"
+                --volume "$CA_BUNDLE:$CA_IN_BUILD:ro" --volume "$cache/pip.conf:/etc/pip.conf:ro"
+                --build-arg "CUDA_IMAGE=$BASE_IMAGE" -f "images/$name/Dockerfile")
+    (cd "$repo" && podman build "${args[@]}" --target build -t "$(build_cache_tag "$name")" . \
+      && podman build "${args[@]}" --label "kjob.inputs=$hash" -t "$tag" .) >"$cache/$name.build.log" 2>&1 \
       || { tail -40 "$cache/$name.build.log" >&2; log "$tag: build failed; the whole log is $cache/$name.build.log"; return 1; }
     echo "$hash" >"$stamp"
     log "$tag: built in $((SECONDS - t0)) s ($(podman image inspect -f '{{.Size}}' "$tag" | numfmt --to=iec))"
   fi
   if [[ -z "${KJOB_NO_LOAD:-}" ]]; then
     load "$tag"
-    # The multi-GB image now lives in containerd; on a shared disk, podman's copy and the
-    # build stage's layers go, unless KJOB_KEEP_LAYERS=1 keeps them for a faster rebuild
-    # after a change to the sources (unchanged inputs are skipped either way, by the stamp).
+    # The multi-GB image now lives in containerd; on a shared disk, podman's copy of it
+    # goes (the tagged build stage stays, for the next rebuild), unless KJOB_KEEP_LAYERS=1
+    # keeps every layer (unchanged inputs are skipped either way, by the stamp).
     if [[ -z "${KJOB_KEEP_LAYERS:-}" ]]; then
       podman rmi "$tag" >/dev/null
       podman image prune --force >/dev/null || log "warning: podman image prune failed; the image is built and loaded"
@@ -170,6 +199,13 @@ main() {
   for n in "${names[@]}"; do [[ -n "${TAGS[$n]:-}" ]] || { echo "unknown image $n (pytorch, mindspore)" >&2; exit 2; }; done
   [[ "$(id -u)" == 0 ]] || { echo "build-local.sh needs root (podman, debootstrap, containerd)" >&2; exit 1; }
   mkdir -p "$cache" "$run"
+  # Nothing to do (every stamp matches and the images are loaded): say so without waiting
+  # for the lock, which a build of another image may hold for many minutes. A build
+  # removes its stamp before it starts, so a half-built image never looks done.
+  if all_up_to_date "${names[@]}"; then
+    log "unchanged: ${names[*]}"
+    return 0
+  fi
   # One build at a time per cache (a test session and a person may both start one).
   exec 9>"$cache/.lock"
   flock 9

@@ -99,11 +99,16 @@ def apt_packages(stage: Stage) -> set[str]:
 
 
 def pip_extras(stage: Stage) -> set[str]:
-    """The extras of this repository ('.[a,b]') that a stage pip-installs."""
+    """The extras of this repository whose dependencies a stage pip-installs: '.[a,b]', or
+    the dependency layer's `python requirements.py pyproject.toml a b` (images/requirements.py)
+    piped into `pip install -c requirements.lock -r`."""
     extras: set[str] = set()
     for run in stage.runs:
         for m in re.finditer(r"pip install [^&]*?\"?\.\[([a-z,]+)\]\"?", run):
             extras |= set(m.group(1).split(","))
+        m = re.search(r"python requirements\.py pyproject\.toml ([a-z ]+?) *>", run)
+        if m and re.search(r"pip install [^&]*-c requirements\.lock -r ", run):
+            extras |= set(m.group(1).split())
     return extras
 
 
@@ -323,3 +328,20 @@ def test_images_readme_names_the_example_tags():
         image = load_spec(example).image
         assert f"docker build -f {IMAGE_DOCKERFILE[image.rsplit(':', 1)[0]].relative_to(ROOT)}" in readme
         assert f"-t {image} ." in readme and f"docker push {image}" in readme
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dependency_layer_installs_what_the_project_install_would(dockerfile):
+    """The dependency layer (images/requirements.py, before any source is copied) asks for
+    exactly what pyproject.toml declares for kjob and the extras the stage names, and the
+    project itself follows with --no-deps: together, `pip install ".[extras]"`."""
+    build = stages(dockerfile)[0]
+    extras = sorted(pip_extras(build))
+    out = subprocess.run([sys.executable, str(ROOT / "images/requirements.py"), str(ROOT / "pyproject.toml"), *extras],
+                         capture_output=True, text=True, check=True).stdout.split()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(out) == sorted(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]])
+    runs = " ".join(build.runs)
+    assert runs.index("requirements.py") < runs.index("pip install --no-cache-dir --no-deps .")
+    copies = [src for src, _, _ in build.copies]
+    assert copies.index(["pyproject.toml", "requirements.lock", "images/requirements.py"]) < copies.index(["trainer/"])

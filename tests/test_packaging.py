@@ -44,3 +44,33 @@ def test_the_wheel_renders_from_its_own_files(tmp_path):
     editable = subprocess.run([sys.executable, "-m", "kjob", "render", str(ROOT / "examples" / "resnext50.yaml")],
                               capture_output=True, text=True, timeout=scaled(60))
     assert out.stdout == editable.stdout
+
+
+def test_each_framework_extra_has_what_the_shared_trainer_modules_import():
+    """The trainer's framework-neutral modules (every one but torch_* and mindspore_*) run
+    in both images: what they import from outside the standard library must come with the
+    base dependencies or with each framework's extra. (The MindSpore image had no
+    tensorboard, which rank 0 imports for its scalars: tests/node/test_e2e.py found it.)"""
+    import ast
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name_of = lambda req: re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0].lower().replace("_", "-")  # noqa: E731
+    dists = packages_distributions()
+    imported = set()
+    for path in (ROOT / "trainer" / "kjob_trainer").glob("*.py"):
+        if path.name.startswith(("torch_", "mindspore_")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("kjob_trainer", "__future__")}
+    needed = {dists[m][0].lower().replace("_", "-") for m in third_party}
+    assert "tensorboard" in needed
+    for extra in ("pytorch", "mindspore"):
+        provided = {name_of(r) for r in project["dependencies"] + project["optional-dependencies"][extra]}
+        assert needed <= provided, f"extra {extra} lacks {sorted(needed - provided)}"

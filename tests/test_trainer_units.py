@@ -203,3 +203,35 @@ def test_framework_neutral_modules_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'mindspore') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_checkpoint_its_writer_left_read_only_is_saved_by_a_non_root_trainer(request):
+    """MindSpore's save_checkpoint leaves its file mode 0400; the pods' trainer is uid 1000,
+    which cannot reopen such a file for writing (root, as the tests run, can): write_atomic
+    must not need to. When the tests are root, the write runs with nobody's effective ids."""
+    import os
+    import shutil
+    import tempfile
+
+    from kjob_trainer.checkpoints import write_atomic
+
+    def write(path):
+        path.write_bytes(b"weights")
+        os.chmod(path, 0o400)
+
+    # Not under tmp_path: pytest's folders are root's, mode 0700, closed to nobody.
+    folder = Path(tempfile.mkdtemp(prefix="kjob-ro-ckpt-"))
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
+    root = os.geteuid() == 0
+    if root:
+        os.chown(folder, 65534, 65534)
+        os.setegid(65534)
+        os.seteuid(65534)
+    try:
+        write_atomic(folder / "epoch-0001.ckpt", write)
+    finally:
+        if root:
+            os.seteuid(0)
+            os.setegid(0)
+    assert (folder / "epoch-0001.ckpt").read_bytes() == b"weights"
+    assert [p.name for p in folder.iterdir()] == ["epoch-0001.ckpt"]

@@ -106,8 +106,15 @@ class ControlPlane:
     """start() brings everything up (and on failure stops what it started); stop() ends
     every process it started and all of their descendants."""
 
-    def __init__(self, root: Path, built: Path, *, with_operators: bool = True) -> None:
+    def __init__(self, root: Path, built: Path, *, with_operators: bool = True, kwok_nodes: int = NODE_COUNT,
+                 kwok_selector: str | None = None, extra_args: dict[str, list[str]] | None = None) -> None:
+        """kwok_nodes: how many kwok nodes to make. kwok_selector: a label selector of the
+        nodes kwok manages (by default every node), for a real kubelet joined beside them
+        (tests/node); kwok's nodes carry the label `type=kwok`. extra_args: more flags for
+        a component, by its name (e.g. "training-operator")."""
         self.with_operators = with_operators
+        self.kwok_nodes, self.kwok_selector = kwok_nodes, kwok_selector
+        self.extra_args = extra_args or {}
         self.root = root.resolve()
         self.bin = built / "bin"
         self.crds = built / "crds"
@@ -124,6 +131,7 @@ class ControlPlane:
     # -- processes --------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
         self.argv[name] = (argv, env)
+        argv = argv + self.extra_args.get(name, [])
         path = self.root / "logs" / f"{name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         out = open(path, "ab")
@@ -218,15 +226,16 @@ class ControlPlane:
         self._spawn("kwok", [
             "unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--",
             sys.executable, str(HERE / "pid1.py"), f"--signals={self.signals}", *binds, "--",
-            str(b / "kwok"), f"--kubeconfig={kc}", f"--config={self.root / 'kwok.yaml'}", "--manage-all-nodes=true",
+            str(b / "kwok"), f"--kubeconfig={kc}", f"--config={self.root / 'kwok.yaml'}",
+            f"--manage-nodes-with-label-selector={self.kwok_selector}" if self.kwok_selector else "--manage-all-nodes=true",
             f"--server-address=127.0.0.1:{p['kwok']}", "--node-ip=127.0.0.1", f"--node-port={p['kwok']}",
             f"--tls-cert-file={pki.kwok_crt}", f"--tls-private-key-file={pki.kwok_key}",
             "--enable-crds=Logs,Exec", "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16"])
         self.nodeside = NodeSide(self.api, self.root).start()
-        for i in range(NODE_COUNT):
+        for i in range(self.kwok_nodes):
             self.api.create("/api/v1/nodes", {"metadata": {"name": f"kwok-node-{i}", "labels": {"kubernetes.io/hostname": f"kwok-node-{i}", "type": "kwok"}}}, exist_ok=True)
         if not self.with_operators:
-            wait_for(f"{NODE_COUNT} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
+            wait_for(f"{self.kwok_nodes} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
             wait_for("the default ServiceAccount", lambda: self.api.get("/api/v1/namespaces/default/serviceaccounts/default"), 60,
                      proc_check=self.check_alive)
             return
@@ -244,7 +253,7 @@ class ControlPlane:
             url = f"https://127.0.0.1:{p[name]}/healthz"
             wait_for(f"kube-{name} /healthz", lambda url=url: requests.get(url, verify=str(pki.ca_crt), timeout=2).status_code == 200,
                      60, proc_check=self.check_alive)
-        wait_for(f"{NODE_COUNT} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
+        wait_for(f"{self.kwok_nodes} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
         wait_for("mpi-operator leads", lambda: (self.api.get("/apis/coordination.k8s.io/v1/namespaces/mpi-operator/leases/mpi-operator") or {})
                  .get("spec", {}).get("holderIdentity"), 60, proc_check=self.check_alive, interval=0.25)
         self._mount_webhook_cert()
@@ -282,7 +291,7 @@ class ControlPlane:
         for node in self.api.items("/api/v1/nodes"):
             if any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", [])):
                 ready += 1
-        return ready >= NODE_COUNT
+        return ready >= self.kwok_nodes
 
     def _write_kubeconfig(self, path: Path, *, namespace: str = "default", token: str | None = None, name: str = "kjob-test") -> Path:
         user = {"token": token} if token else {"client-certificate": str(self.pki.admin_crt), "client-key": str(self.pki.admin_key)}

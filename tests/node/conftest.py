@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from runtime import IMAGES, build_images  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """The standalone kubelet's test first: the joined kubelet (`node_cluster`) lives until
+    the session ends, and two kubelets on one containerd would each take the other's pods
+    and cgroups for their own."""
+    items.sort(key=lambda item: item.path.name != "test_kubelet_standalone.py")
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +40,28 @@ def images() -> dict[str, str]:
         pytest.fail("the node tier runs containerd, podman and a kubelet: it needs root (make e2e as root)")
     build_images(*IMAGES)
     return dict(IMAGES)
+
+
+@pytest.fixture(scope="session")
+def pytorch_image() -> str:
+    """The PyTorch trainer image alone (the cluster and most runs need only it), built and
+    loaded: it does not wait for the MindSpore image's build."""
+    if os.geteuid() != 0:
+        pytest.fail("the node tier runs containerd, podman and a kubelet: it needs root (make e2e as root)")
+    build_images("pytorch")
+    return IMAGES["pytorch"]
+
+
+@pytest.fixture(scope="session")
+def node_cluster(node_bins, pytorch_image, tmp_path_factory):
+    """The control plane of tests/cluster with the real kubelet joined (cluster.py), once
+    per session: it holds the machine's control-plane lock while it runs."""
+    from cluster import NodeCluster
+
+    t0 = time.monotonic()
+    cluster = NodeCluster(tmp_path_factory.mktemp("node-cluster"), node_bins, pytorch_image).start()
+    print(f"\n[node tier] control plane and joined kubelet up in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -8,15 +8,13 @@ logs and an exec through the kubelet (what `kjob logs` and `kjob fetch-ckpt` use
 from __future__ import annotations
 
 import gc
-import os
 
 import pytest
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from joined import CoreDNS, node_credentials
-from kubelet import NODE_IP, Kubelet, wait_for
-from minicluster import MiniCluster, cluster_bins
+from cluster import NODE
+from kubelet import wait_for
 
 pytestmark = [
     pytest.mark.node, pytest.mark.timeout(1800),
@@ -38,54 +36,25 @@ def pod(name: str, image: str, script: str, mounts: list[dict] | None = None, **
 
 
 @pytest.fixture
-def joined(node_bins, images, tmp_path):
-    plane = MiniCluster(tmp_path / "plane", cluster_bins()).start()
-    dns = kubelet = api = None
+def joined(node_cluster, tmp_path):
+    ckpt = node_cluster.namespace(NS, tmp_path / "kubeconfig")
+    api = config.new_client_from_config(str(node_cluster.plane.kubeconfig))
     try:
-        kubeconfig, serving = node_credentials(tmp_path / "node-pki", name="kjob-node", server=plane.server,
-                                               ca_crt=plane.ca_crt, ca_key=plane.ca_key)
-        dns = CoreDNS(tmp_path / "coredns", node_bins / "coredns", plane.kubeconfig).start()
-        kubelet = Kubelet(tmp_path / "kubelet", node_bins, kubeconfig=kubeconfig, client_ca=plane.ca_crt, serving_cert=serving,
-                          cluster_dns=NODE_IP).start()
-        api = config.new_client_from_config(str(plane.kubeconfig))
-        yield plane, kubelet, client.CoreV1Api(api)
+        yield node_cluster, ckpt, client.CoreV1Api(api)
     finally:
-        if api:
-            api.close()
-            gc.collect()
-        if kubelet:
-            kubelet.stop()
-        if dns:
-            dns.stop()
-        plane.stop()
+        api.close()
+        gc.collect()
+        node_cluster.plane.api.delete(f"/api/v1/namespaces/{NS}")
 
 
-def test_joined_node_runs_restricted_pods_with_dns_logs_and_exec(joined, images, tmp_path):
-    _plane, kubelet, core = joined
-
-    def ready():
-        node = core.read_node("kjob-node")
-        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-    wait_for("Node kjob-node Ready", ready, 180, alive=kubelet.alive)
-
-    core.create_namespace({"metadata": {"name": NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-    # Pods are admitted once the controller-manager has made the namespace's ServiceAccount.
-    wait_for("the default ServiceAccount", lambda: core.read_namespaced_service_account("default", NS), 60)
-    # The checkpoint volume: a hostPath PV (allowed under restricted: the pod mounts a
-    # claim), its directory owned by uid 1000 since the kubelet applies no fsGroup to it.
-    ckpt = tmp_path / "checkpoints"
-    ckpt.mkdir()
-    os.chown(ckpt, 1000, 1000)
-    core.create_persistent_volume({"metadata": {"name": "kjob-e2e-ckpt"}, "spec": {
-        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-        "hostPath": {"path": str(ckpt), "type": "Directory"}, "claimRef": {"namespace": NS, "name": "kjob-checkpoints"}}})
-    core.create_namespaced_persistent_volume_claim(NS, {"metadata": {"name": "kjob-checkpoints"}, "spec": {
-        "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": "kjob-e2e-ckpt",
-        "resources": {"requests": {"storage": "1Gi"}}}})
+def test_joined_node_runs_restricted_pods_with_dns_logs_and_exec(joined, pytorch_image):
+    cluster, ckpt, core = joined
+    kubelet = cluster.kubelet
+    assert any(c.type == "Ready" and c.status == "True" for c in core.read_node(NODE).status.conditions)
     # A headless Service and a pod named under it, as mpi-operator makes for its workers.
     core.create_namespaced_service(NS, {"metadata": {"name": "peer"}, "spec": {
         "clusterIP": "None", "selector": {"app": "peer"}, "publishNotReadyAddresses": True, "ports": [{"port": 2222}]}})
-    image = images["pytorch"]
+    image = pytorch_image
     core.create_namespaced_pod(NS, pod("peer-0", image, "exec sleep 600", hostname="peer-0", subdomain="peer"))
     core.create_namespaced_pod(NS, pod("trainer", image, (
         "until getent hosts peer-0.peer; do sleep 0.5; done; echo resolved $(getent hosts peer-0.peer); "
@@ -98,7 +67,7 @@ def test_joined_node_runs_restricted_pods_with_dns_logs_and_exec(joined, images,
         return p if p.status.phase == "Running" else None
     peer = wait_for("peer-0 Running", lambda: running("peer-0"), 300, alive=kubelet.alive)
     trainer = wait_for("trainer Running", lambda: running("trainer"), 300, alive=kubelet.alive)
-    assert trainer.spec.node_name == "kjob-node"
+    assert trainer.spec.node_name == NODE
 
     def logged():
         text = core.read_namespaced_pod_log("trainer", NS)

@@ -48,7 +48,9 @@ def write_atomic(final: Path, write: Callable[[Path], None]) -> None:
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}-{os.getpid()}")
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
+        # Read-only: MindSpore's save_checkpoint leaves its file mode 0400, which a
+        # non-root trainer (uid 1000 in the pods) cannot open for writing; fsync needs no more.
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except BaseException:

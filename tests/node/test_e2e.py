@@ -1,0 +1,175 @@
+"""End to end on the real node (marker `node`): kjob's CLI submits the specs in specs/ to
+the control plane of tests/cluster, the real mpi-operator and training-operator make the
+pods, and the real kubelet runs them from the images built from images/ as rendered (uid
+1000, every capability dropped, seccomp RuntimeDefault), in a namespace where Pod Security
+admission enforces `restricted`. Nothing is played: the trainer trains, mpirun crosses
+ssh on port 2222 with the operator's hostfile and Secret, the kubelet sends the SIGTERMs,
+logs and exec go through the API server to the kubelet."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster import NodeCluster
+from kubelet import wait_for
+
+pytestmark = [pytest.mark.node, pytest.mark.timeout(3600)]
+
+SPECS = Path(__file__).resolve().parent / "specs"
+KJOB = str(Path(sys.executable).parent / "kjob")
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+# Seconds a tiny job may take on this machine (2 cores shared with others), start to end.
+RUN_LIMIT = 1200
+TIMES: dict[str, float] = {}
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Namespace:
+    cluster: NodeCluster
+    ns: str
+    volume: Path  # the checkpoint claim's directory on this machine
+    env: dict
+
+    def kjob(self, *args: str, timeout: float = 300) -> Run:
+        p = subprocess.run([KJOB, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        return Run(p.returncode, p.stdout, p.stderr)
+
+    def kjob_background(self, *args: str, log: Path) -> subprocess.Popen:
+        out = open(log, "w")
+        try:
+            return subprocess.Popen([KJOB, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        finally:
+            out.close()
+
+    def pods(self, job: str) -> list[dict]:
+        return self.cluster.plane.api.items(f"/api/v1/namespaces/{self.ns}/pods", labelSelector=f"{JOB_NAME_LABEL}={job}")
+
+    def diagnosis(self) -> str:
+        """Pod phases, container states and the namespace's events: for a failed assertion."""
+        api = self.cluster.plane.api
+        lines = []
+        for p in api.items(f"/api/v1/namespaces/{self.ns}/pods"):
+            states = [(c["name"], c.get("state"), c.get("restartCount")) for c in
+                      p.get("status", {}).get("initContainerStatuses", []) + p.get("status", {}).get("containerStatuses", [])]
+            lines.append(f"pod {p['metadata']['name']} {p.get('status', {}).get('phase')} node={p['spec'].get('nodeName')} {states}")
+        for e in api.items(f"/api/v1/namespaces/{self.ns}/events"):
+            lines.append(f"event {e['involvedObject']['kind']}/{e['involvedObject']['name']} {e.get('reason')}: {e.get('message')}")
+        return "\n".join(lines)
+
+
+@pytest.fixture
+def namespace(node_cluster, request, tmp_path):
+    ns = "e2e-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))[:40].strip("-")
+    kubeconfig = tmp_path / "kubeconfig"
+    volume = node_cluster.namespace(ns, kubeconfig)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KJOB_POLL_SECONDS": "0.5"}
+    space = Namespace(node_cluster, ns, volume, env)
+    try:
+        yield space
+    finally:
+        api = node_cluster.plane.api
+        api.delete(f"/api/v1/namespaces/{ns}")
+        # The next run needs the node's CPU and memory: wait until these pods are gone.
+        wait_for(f"namespace {ns} gone", lambda: api.get(f"/api/v1/namespaces/{ns}") is None, 300)
+
+
+@pytest.fixture(autouse=True)
+def _timed(request):
+    t0 = time.monotonic()
+    yield
+    TIMES[request.node.name] = time.monotonic() - t0
+    print(f"\n[e2e] {request.node.name}: {TIMES[request.node.name]:.0f} s", file=sys.stderr)
+
+
+def submit_and_follow(space: Namespace, spec: str, name: str) -> str:
+    """Submit, follow the logs to the end (`kjob logs -f`), check `kjob status` says
+    Succeeded; returns the followed log."""
+    r = space.kjob("submit", str(SPECS / spec))
+    assert r.code == 0, r
+    logs = space.kjob("logs", name, "-f", timeout=RUN_LIMIT)
+    assert logs.code == 0, f"{logs}\n{space.diagnosis()}"
+    st = space.kjob("status", name)
+    assert st.code == 0 and "State:     Succeeded" in st.out, f"{st}\n{space.diagnosis()}"
+    return logs.out
+
+
+def both_ranks_trained(volume: Path, job: str, world: int = 2) -> None:
+    """Each rank left its record (run_protocol.RankRecord, ranks/rank-N.json) on the claim:
+    all `world` ranks, on different pods, in the same all-reduce, at the same last step."""
+    records = [json.loads((volume / job / "ranks" / f"rank-{rank}.json").read_text()) for rank in range(world)]
+    assert [r["ranks_in_allreduce"] for r in records] == [world] * world, records
+    assert len({r["host"] for r in records}) == world, records
+    assert len({r["step"] for r in records}) == 1 and all(r["samples"] > 0 for r in records), records
+
+
+def test_mpijob_two_workers_trains_follows_and_fetches(namespace, tmp_path):
+    out = submit_and_follow(namespace, "mpi.yaml", "e2e-mpi")
+    assert "on 2 x cpu" in out, out
+    assert re.search(r"^done: step 30\b", out, re.M), out
+    both_ranks_trained(namespace.volume, "e2e-mpi")
+    dest = tmp_path / "fetched"
+    r = namespace.kjob("fetch-ckpt", "e2e-mpi", "--all", "--dest", str(dest))
+    assert r.code == 0, f"{r}\n{namespace.diagnosis()}"
+    # What the trainer wrote (its index names the checkpoints) arrived byte for byte.
+    index_path = next((namespace.volume / "e2e-mpi").rglob("index.json"))
+    names = [e["file"] for e in json.loads(index_path.read_text())["checkpoints"]]
+    assert len(names) == 3, names
+    fetched = {p.name: p for p in dest.rglob("*") if p.is_file()}
+    for name in names:
+        assert fetched[name].read_bytes() == (index_path.parent / name).read_bytes(), name
+
+
+def test_mpijob_deleted_mid_run_resumes_from_its_step(namespace, tmp_path):
+    r = namespace.kjob("submit", str(SPECS / "resume.yaml"))
+    assert r.code == 0, r
+    follow = namespace.kjob_background("logs", "e2e-resume", "-f", log=tmp_path / "first.log")
+    try:
+        # Mid-run: some steps done, far from the 80 of the whole job.
+        wait_for("the launcher logs step 14", lambda: re.search(r"\bstep (1[4-9]|[2-9]\d)\b", (tmp_path / "first.log").read_text()),
+                 RUN_LIMIT, interval=1)
+        r = namespace.kjob("delete", "e2e-resume", "--wait", timeout=600)
+        assert r.code == 0, f"{r}\n{namespace.diagnosis()}"
+        follow.wait(120)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    first = (tmp_path / "first.log").read_text()
+    saved = re.search(r"stopping on \S+ at step (\d+): checkpoint (\S+) saved", first)
+    assert saved, first + "\n" + r.out + r.err
+    step = int(saved.group(1))
+    assert 0 < step < 80
+    assert not namespace.pods("e2e-resume")
+    out = submit_and_follow(namespace, "resume.yaml", "e2e-resume")
+    resumed = re.search(r"resumed from (\S+): epoch (\d+) step (\d+)", out)
+    assert resumed and int(resumed.group(3)) == step, out
+    assert re.search(r"^done: step 80\b", out, re.M), out
+
+
+def test_pytorchjob_master_and_worker_under_torchrun(namespace):
+    out = submit_and_follow(namespace, "torchrun.yaml", "e2e-torchrun")
+    assert "on 2 x cpu" in out, out
+    assert re.search(r"^done: step 30\b", out, re.M), out
+    both_ranks_trained(namespace.volume, "e2e-torchrun")
+
+
+def test_mindspore_mpijob_two_workers(namespace, images):
+    out = submit_and_follow(namespace, "mindspore.yaml", "e2e-mindspore")
+    assert re.search(r"^done: step 30\b", out, re.M), out
+    both_ranks_trained(namespace.volume, "e2e-mindspore")
