@@ -90,6 +90,14 @@ def test_cluster_modules_do_not_import_the_kubernetes_client_until_used():
     assert (p.returncode, p.stdout) == (0, "[]\n"), p.stderr
 
 
+def test_status_list_and_logs_load_no_spec_render_plan_or_transfer_module():
+    # kjob.spec builds pydantic models at import (~0.2 s): only submit/render/validate need it.
+    code = ("import sys, kjob.cli, kjob.cluster.backend, kjob.report; "
+            "print(sorted(m for m in sys.modules if m.startswith(('kjob.spec', 'kjob.render', 'kjob.plan', 'kjob.transfer', 'kjob.cluster.fetch'))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60))
+    assert (p.returncode, p.stdout) == (0, "[]\n"), p.stderr
+
+
 def test_every_cluster_command_has_help_text():
     from kjob.cli import cli
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kjob.backend import FINAL_STATES, FetchOptions, JobStatus, LogOptions
 from kjob.cluster.api import connect
-from kjob.cluster.fetch import fetch
 from kjob.cluster.jobs import Submitted, delete_job, find_job, get_job, job_events, job_pods, list_jobs, poll_seconds, submit
 from kjob.cluster.logs import show_logs
 from kjob.cluster.status import job_state, job_status
 from kjob.cluster.stopping import checkpoint_before_delete
 from kjob.errors import Forbidden, InvalidInput, NotFound
 from kjob.names import TERMINATION_GRACE_S
-from kjob.plan import ClusterPlan
+
+if TYPE_CHECKING:  # for the annotation only: kjob.plan loads the spec models (pydantic), which status/list/logs never need
+    from kjob.plan import ClusterPlan
 
 
 class ClusterBackend:
@@ -127,4 +128,6 @@ class ClusterBackend:
             self.notify(f"warning: {warning}")
 
     def fetch_checkpoints(self, name: str, options: FetchOptions) -> list[dict]:
+        from kjob.cluster.fetch import fetch  # with kjob.transfer: only fetch-ckpt needs them
+
         return fetch(self.kube, self.job(name), options, say=self.notify)
