@@ -21,6 +21,7 @@ BENCH = REPO / "bench"
 CASES = [
     (["bench_cli.py", "--runs", "1"], "`kjob render examples/resnext50.yaml`"),
     (["bench_status.py", "--repeat", "1", "--workers", "2"], "median"),
+    (["cli_startup.py", "--runs", "1"], "| `kjob status bench` | this tree |"),
     (["bench_logs.py", "--lines", "2000", "--cuts", "1", "--repeat", "1"], "every line exactly once"),
     (["bench_fetch.py", "--mb", "2", "--files", "2", "--runs", "1"], "median transfer"),
     (["bench_trainer.py", "--image-size", "16", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--rounds", "1"],
