@@ -52,4 +52,4 @@ def test_no_module_assembles_a_request_by_hand():
     hand_made = {p.name: re.findall(r"\.request\(", p.read_text()) for p in CLUSTER.glob("*.py") if p.name != "api.py"}
     assert {name: calls for name, calls in hand_made.items() if calls} == {}
     sent = sum(len(re.findall(r"\.send\(requests\.\w+\(", p.read_text())) for p in CLUSTER.glob("*.py"))
-    assert sent == 21
+    assert sent >= 20, f"only {sent} requests found: the pattern no longer matches kjob's calls, so the check above proves nothing"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from kubernetes import client, config
-from kubernetes.stream import stream
 
 from controlplane import time_scale, wait_for
 
@@ -37,18 +35,17 @@ def test_a_pod_is_scheduled_runs_serves_its_log_file_and_ends_with_the_chosen_co
 def test_exec_runs_here_in_the_pods_directory_and_pid_1_is_the_stand_in(real):
     _plain_pod(real, "p")
     before = real.signals().count("SIGUSR1")
-    api_client = config.new_client_from_config(config_file=str(real.kubeconfig))
-    try:
-        ws = stream(client.CoreV1Api(api_client).connect_get_namespaced_pod_exec, "p", real.ns,
-                    command=["sh", "-c", "pwd; tr '\\0' ' ' </proc/1/cmdline; echo; kill -USR1 1"],
-                    stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
-        try:
-            ws.run_forever(timeout=30 * time_scale())
-            out = ws.read_all()
-        finally:
-            ws.close()  # the client leaves its websocket to the garbage collector otherwise
-    finally:
-        api_client.close()
+    from kjob.cluster.api import connect
+    from kjob.cluster.exec_stream import open_exec
+
+    # kjob's own exec client, as fetch-ckpt and delete use it (the kubernetes client's
+    # stream() leaves its socket to the garbage collector, even closed).
+    out = bytearray()
+    with open_exec(connect(str(real.kubeconfig)), real.ns, "p", "main",
+                   ["sh", "-c", "pwd; tr '\\0' ' ' </proc/1/cmdline; echo; kill -USR1 1"], 30.0) as stream:
+        for chunk in stream:
+            out += chunk
+    out = out.decode()
     cwd, pid1 = out.splitlines()[:2]
     assert cwd == str(real.pod_dir("p"))
     assert "pid1.py" in pid1 and "--signals" in pid1
