@@ -59,8 +59,8 @@ def test_mpijob_submit_status_logs_replicas_and_success(real, run_kjob):
     r = run_kjob("submit", "examples/smoke.yaml")
     assert (r.code, r.out) == (0, f"MPIJob {real.ns}/smoke created\n"), r
     assert_kept_as_rendered(real, run_kjob, "examples/smoke.yaml", "mpijobs", "v2beta1")
-    workers = real.wait_pods("smoke", 2)  # the launcher waits for them (WaitForWorkersReady)
-    assert [p["metadata"]["name"] for p in workers] == ["smoke-worker-0", "smoke-worker-1"]
+    running = [p["metadata"]["name"] for p in real.wait_pods("smoke", 3)]  # the launcher and 2 workers
+    assert running[1:] == ["smoke-worker-0", "smoke-worker-1"] and running[0].startswith("smoke-launcher-"), running
     launcher = real.pod("smoke", "launcher")
     # What mpi-operator made besides the pods: the launcher Job, Service, ConfigMap, Secret.
     assert real.api.get(real.path("jobs", "smoke-launcher", group="batch/v1"))
