@@ -97,3 +97,27 @@ def test_scheduler_on_several_hosts_is_the_hostfiles_first_host(tmp_path):
     assert cluster_address(_dist(rank=5, world=16, local=8), given) == ("127.0.0.1", 9000)
     with pytest.raises(BadInput, match="KJOB_MS_SCHED_PORT='x' is not a port number"):
         cluster_address(_dist(), {"KJOB_MS_SCHED_PORT": "x"})
+
+
+def test_init_failing_as_the_join_timeout_fires_is_one_error_not_two(monkeypatch):
+    """MindSpore's init() can give up by itself just as join()'s watchdog fires; both used to
+    print an Error line (seen in CI under load). The one that speaks first wins: here init()
+    fails first, so the watchdog firing afterwards neither prints nor exits."""
+    import os
+    import sys
+    import types
+
+    from kjob_trainer.mindspore_dist import ClusterMember
+
+    def init():
+        raise RuntimeError("Failed to initialize distributed job cluster because some processes ...")
+
+    communication = types.ModuleType("mindspore.communication")
+    communication.init = init
+    monkeypatch.setitem(sys.modules, "mindspore", types.ModuleType("mindspore"))
+    monkeypatch.setitem(sys.modules, "mindspore.communication", communication)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # join() sets the MS_* variables
+    member = ClusterMember(_dist(rank=1), timeout=60)
+    with pytest.raises(DistributedError, match="could not join the MindSpore cluster at 127.0.0.1:"):
+        member.join()
+    member._give_up()  # the watchdog, late: returns quietly (an os._exit would end this test run)

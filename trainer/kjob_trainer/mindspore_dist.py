@@ -105,6 +105,9 @@ class ClusterMember:
         self.timeout = timeout
         self.log_path = log_path
         self.scheduler: subprocess.Popen | None = None
+        # init() can fail on its own just as join()'s watchdog fires: whoever takes this lock
+        # first says why the join failed, the other stays quiet (one error line, never two).
+        self._verdict = threading.Lock()
 
     def _ms_env(self, role: str) -> dict[str, str]:
         c = self.cluster
@@ -156,6 +159,8 @@ class ClusterMember:
         try:
             init()
         except RuntimeError as e:
+            watchdog.cancel()
+            self._verdict.acquire()  # taken by the watchdog: wait here for its os._exit
             raise DistributedError(f"{self.where()} could not join the MindSpore cluster at "
                                    f"{self.cluster.address()}: {str(e).strip().splitlines()[0]}") from e
         finally:
@@ -163,6 +168,8 @@ class ClusterMember:
 
     def _give_up(self) -> None:
         # Runs on the watchdog thread while init() blocks in C++; only a hard exit ends it.
+        if not self._verdict.acquire(blocking=False):
+            return  # init() has failed by itself and is saying so
         sys.stderr.write(
             f"Error: {self.where()} could not join the MindSpore cluster (scheduler at "
             f"{self.cluster.address()}, {self.cluster.world_size} ranks) within {self.timeout:.0f} s\n")
