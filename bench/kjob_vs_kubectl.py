@@ -95,22 +95,6 @@ def follow_until(argv: list[str], env: dict, lines: int, last: str) -> dict:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": rss}
 
 
-def make_claims(api, plane_claims) -> None:
-    """The claims the examples mount, bound to PersistentVolumes (as tests/cluster/conftest.py)."""
-    for claim in plane_claims:
-        pv = f"{NAMESPACE}-{claim}"
-        api.delete(f"/api/v1/persistentvolumes/{pv}")  # left by an interrupted run
-        api.create("/api/v1/persistentvolumes", {
-            "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/nonexistent/{claim}"},
-                     "claimRef": {"namespace": NAMESPACE, "name": claim}}})
-        api.create(f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
-            "metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                     "resources": {"requests": {"storage": "100Gi"}}}})
-
-
 def summarize(name: str, rs: list[dict]) -> dict:
     return {"command": name, "runs": len(rs), **{k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "peak_rss_mb")},
             "min_wall_s": min(r["wall_s"] for r in rs)}
@@ -131,7 +115,7 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from ckpt_helpers import write_checkpoints
     from cluster_kit import control_plane, fresh_namespace
-    from controlplane import CLAIMS, build_dir, wait_for
+    from controlplane import CLAIMS, build_dir, create_bound_claims, pv_name, wait_for
     from nodeside import append_log
 
     built = build_dir()
@@ -148,7 +132,9 @@ def main(argv: list[str]) -> int:
         api = plane.api
         fresh_namespace(api, NAMESPACE)
         try:
-            make_claims(api, CLAIMS)
+            for claim in CLAIMS:
+                api.delete(f"/api/v1/persistentvolumes/{pv_name(NAMESPACE, claim)}")  # left by an interrupted run
+            create_bound_claims(api, NAMESPACE)
             kubeconfig = plane.kubeconfig_for(tmp / "kubeconfig", NAMESPACE)
             env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
             run_timed([*KJOB, "submit", "examples/smoke.yaml"], env)
@@ -213,7 +199,7 @@ def main(argv: list[str]) -> int:
         finally:
             api.delete(f"/api/v1/namespaces/{NAMESPACE}")
             for claim in CLAIMS:
-                api.delete(f"/api/v1/persistentvolumes/{NAMESPACE}-{claim}")
+                api.delete(f"/api/v1/persistentvolumes/{pv_name(NAMESPACE, claim)}")
 
     table = [summarize(k, v) for k, v in results.items()]
     print("\ncommand                             median wall s   min wall s   median CPU s   median peak RSS MB")

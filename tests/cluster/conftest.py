@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane import CLAIMS, ControlPlane, build_dir, wait_for  # noqa: E402
+from controlplane import CLAIMS, ControlPlane, build_dir, create_bound_claims, pv_name, wait_for  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
 
@@ -116,10 +116,6 @@ class RealCluster:
 _counter = itertools.count(1)
 
 
-def _pv_name(namespace: str, claim: str) -> str:
-    return f"{namespace}-{claim}"[:63].rstrip("-")
-
-
 @pytest.fixture
 def real(control_plane, request, tmp_path, monkeypatch):
     """A fresh namespace with a bound `kjob-checkpoints` claim; KUBECONFIG points at it
@@ -128,18 +124,7 @@ def real(control_plane, request, tmp_path, monkeypatch):
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     ns = f"t{next(_counter)}-{slug}"
     api.create("/api/v1/namespaces", {"metadata": {"name": ns}})
-    for claim in CLAIMS:
-        pv = _pv_name(ns, claim)
-        # A PersistentVolume bound ahead to the claim: the scheduler places a pod only once
-        # its claim is bound. kwok mounts nothing; exec sees checkpoints() at /checkpoints.
-        api.create("/api/v1/persistentvolumes", {
-            "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/nonexistent/{claim}"},
-                     "claimRef": {"namespace": ns, "name": claim}}})
-        api.create(f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
-            "metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv, "resources": {"requests": {"storage": "100Gi"}}}})
+    create_bound_claims(api, ns)
     wait_for(f"default ServiceAccount in {ns}", lambda: api.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30)
     wait_for(f"claims bound in {ns}", lambda: all(
         (api.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{c}") or {}).get("status", {}).get("phase") == "Bound"
@@ -153,5 +138,5 @@ def real(control_plane, request, tmp_path, monkeypatch):
     finally:
         api.delete(f"/api/v1/namespaces/{ns}")
         for claim in CLAIMS:
-            api.delete(f"/api/v1/persistentvolumes/{_pv_name(ns, claim)}")
+            api.delete(f"/api/v1/persistentvolumes/{pv_name(ns, claim)}")
 

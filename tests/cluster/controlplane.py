@@ -45,6 +45,26 @@ from stages import NODE_COUNT, kwok_config  # noqa: E402
 BUILD = HERE / "build.sh"
 # The claims kjob's examples mount; each test namespace gets them, bound (conftest.py).
 CLAIMS = ("kjob-checkpoints", "kjob-checkpoints-rwx", "imagenet")
+
+
+def pv_name(namespace: str, claim: str) -> str:
+    return f"{namespace}-{claim}"[:63].rstrip("-")
+
+
+def create_bound_claims(api, namespace: str, claims=CLAIMS) -> None:
+    """Each claim with a PersistentVolume bound ahead to it: the scheduler places a pod only
+    once its claim is bound. kwok mounts nothing; exec sees <root>/checkpoints at
+    /checkpoints (the tests' namespaces and bench/ use these)."""
+    for claim in claims:
+        pv = pv_name(namespace, claim)
+        api.create("/api/v1/persistentvolumes", {
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/nonexistent/{claim}"},
+                     "claimRef": {"namespace": namespace, "name": claim}}})
+        api.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv, "resources": {"requests": {"storage": "100Gi"}}}})
 # Where the examples mount their checkpoint claim: exec'd commands (fetch-ckpt's tar, its
 # index read) see <root>/checkpoints there, inside kwok's mount namespace only.
 CHECKPOINT_MOUNT = "/checkpoints"
