@@ -13,6 +13,7 @@ On a machine without a GPU everything runs on the CPU and is labelled so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -36,6 +37,12 @@ from kjob_trainer.torch_models import build_model  # noqa: E402
 def batches(args, root: Path, split, device: torch.device, channels_last: bool):
     """An endless iterator of normalised (images, labels) device batches, epoch after epoch,
     from the trainer's RankInput (one rank's view of the folder)."""
+    # A real ImageNet epoch is ~5,000 batches; the generated folder holds a few hundred
+    # images, so an epoch of it is one batch and the loader (which prefetches within an
+    # epoch only) would feed one batch at a time from one worker. List the folder's files
+    # as often as it takes for one epoch to cover every step, as in a real epoch.
+    repeat = -(-(args.warmup + args.steps + 1) * args.batch // len(split))
+    split = dataclasses.replace(split, paths=split.paths * repeat, labels=split.labels * repeat)
     cfg = make_config(None, {"decoder": args.decoder, "image_size": args.image_size, "batch_size": args.batch,
                              "workers": args.workers, "data_path": str(root)})
     dataset = data_mod.ImageDataset(split, data_mod.build_transforms(cfg, True), cfg.seed)
@@ -74,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     args.batch = args.batch or (256 if gpu else 8)
     args.workers = args.workers if args.workers is not None else (12 if gpu else 1)
-    warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
-    steps = args.steps or (60 if gpu else 6)
+    warmup = args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    steps = args.steps = args.steps or (60 if gpu else 6)
     cl = CHANNELS_LAST_AUTO.get(args.model, True) if args.channels_last == "auto" else args.channels_last == "on"
     try:
         root = ensure_jpegs(args.data)

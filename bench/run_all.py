@@ -3,6 +3,8 @@
 `make bench` calls this. Each script prints its own machine/version banner and results;
 copy the figures into BENCHMARKS.md. Pass `--gpu` on a GPU node for the issue-7 settings
 (batch 256, bf16, more steps). A script that fails is reported and the rest still run.
+On a lent GPU machine with only minutes to spend, `bench/gpu_session.sh` runs just the GPU
+parts, each under its own time limit.
 """
 
 from __future__ import annotations
