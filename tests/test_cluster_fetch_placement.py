@@ -74,6 +74,27 @@ def test_a_read_write_once_pod_claim_in_use_is_refused_with_the_pod_that_holds_i
     assert "fetch when that pod has ended" in err.value.hint
 
 
+def attachment(name: str, node: str, volume: str = "pv-1", attached: bool = True) -> dict:
+    return {"metadata": {"name": name}, "spec": {"attacher": "csi.example", "nodeName": node,
+                                                 "source": {"persistentVolumeName": volume}},
+            "status": {"attached": attached}}
+
+
+def test_a_volume_still_attached_after_its_pods_ended_takes_the_helper_to_that_node():
+    bound = claim("ReadWriteOnce") | {"spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv-1"}}
+    ended = [pod("train", "n1", "Succeeded")]
+    vas = [attachment("va-other", "n3", volume="pv-2"), attachment("va-detached", "n4", attached=False),
+           attachment("va-1", "n2")]
+    assert place(CLAIM, bound, ended, vas) == Placement(
+        "n2", f'claim "{CLAIM}" is ReadWriteOnce and its volume is still attached to node n2 (VolumeAttachment va-1)')
+    # Nothing attached (or the attachments unreadable: empty), and no holder: anywhere.
+    assert place(CLAIM, bound, ended, vas[:2]) == Placement()
+    assert place(CLAIM, bound, ended) == Placement()
+    # A pod that holds it decides; shared claims go anywhere whatever is attached.
+    assert place(CLAIM, bound, [pod("eval", "n5")], vas).node == "n5"
+    assert place(CLAIM, claim("ReadWriteMany") | {"spec": {"volumeName": "pv-1"}}, [], vas) == Placement()
+
+
 # -- the helper's manifest ---------------------------------------------------------------------
 def test_the_helper_is_required_on_the_claims_node_else_prefers_the_jobs_nodes():
     job = mpijob(JOB)

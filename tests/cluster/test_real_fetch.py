@@ -156,3 +156,29 @@ def test_a_volume_bound_to_one_node_places_the_helper_there(real, run_kjob, volu
     r = run_kjob("fetch-ckpt", JOB, "--dest", str(tmp_path / "got"))
     assert r.code == 0, r
     assert helper_nodes(real) == [NODE_1]
+
+
+def test_a_volume_still_attached_after_its_pods_ended_takes_the_helper_to_that_node(real, run_kjob, volumes, tmp_path):
+    """No pod holds the ReadWriteOnce claim, but its volume has not detached from
+    kwok-node-1 yet (a VolumeAttachment says so, as the attach-detach controller leaves it
+    until the detach completes): the helper goes there rather than wait on Multi-Attach."""
+    volumes("ckpt-attached", "ReadWriteOnce")
+    pv = real.api.get(real.path("persistentvolumeclaims", "ckpt-attached"))["spec"]["volumeName"]
+    suspended_job(real, "ckpt-attached", tmp_path)
+    # A pod that does not mount the claim takes most of kwok-node-1's CPU, so the scheduler
+    # alone would put the helper on kwok-node-0.
+    real.api.create(real.path("pods"), {"metadata": {"name": "busy"}, "spec": {
+        "nodeName": NODE_1, "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "busy", "image": "busy:1", "resources": {"requests": {"cpu": "32"}}}]}})
+    va = f"{real.ns}-attached"
+    real.api.create("/apis/storage.k8s.io/v1/volumeattachments", {"metadata": {"name": va}, "spec": {
+        "attacher": "csi.kjob.test", "nodeName": NODE_1, "source": {"persistentVolumeName": pv}}})
+    try:
+        real.api.merge_patch(f"/apis/storage.k8s.io/v1/volumeattachments/{va}/status", {"status": {"attached": True}})
+        r = run_kjob("fetch-ckpt", JOB, "--dest", str(tmp_path / "got"))
+        assert r.code == 0, r
+        assert (f'helper pod goes to node {NODE_1}: claim "ckpt-attached" is ReadWriteOnce and its volume is still '
+                f'attached to node {NODE_1} (VolumeAttachment {va})') in r.err, r
+        assert helper_nodes(real) == [NODE_1]
+    finally:
+        real.api.delete(f"/apis/storage.k8s.io/v1/volumeattachments/{va}")

@@ -4,10 +4,14 @@ A ReadWriteMany/ReadOnlyMany claim mounts anywhere. A ReadWriteOnce claim attach
 one node at a time: a pod elsewhere waits in Multi-Attach / FailedAttachVolume for as
 long as a pod on that node holds it, so the new pod must go to that node. A
 ReadWriteOncePod claim admits one pod in the whole cluster: while another holds it, no
-new pod can start anywhere, and waiting for one is pointless. The PV's own nodeAffinity
-(local volumes) needs nothing here: the scheduler's VolumeBinding plugin honours it.
+new pod can start anywhere, and waiting for one is pointless. After its pods end, a
+ReadWriteOnce volume can stay attached to their node for a while (its VolumeAttachment
+says so until the detach finishes): a pod elsewhere waits on that too. The PV's own
+nodeAffinity (local volumes) needs nothing here: the scheduler's VolumeBinding plugin
+honours it.
 
-`place` is pure (claim and pods as read from the API); `read_holders` does the reads.
+`place` is pure (claim, pods and attachments as read from the API); `read_holders` does
+the reads.
 """
 
 from __future__ import annotations
@@ -55,15 +59,33 @@ def _who(pods: list[dict]) -> str:
     return ", ".join(f'{p["metadata"]["name"]} on {p["spec"]["nodeName"]}' for p in pods)
 
 
-def place(claim: str, claim_obj: dict | None, pods: list[dict]) -> Placement:
-    """Where a new pod can mount `claim`, given its object (None: unknown) and the pods of
-    its namespace. Raises Conflict (exit 6) when no pod can mount it now: a
-    ReadWriteOncePod claim held by another pod, or a ReadWriteOnce claim wanted on
-    several nodes and mounted on none (every one of them waits on Multi-Attach)."""
+def attached_to(claim_obj: dict | None, attachments: list[dict]) -> tuple[str, str] | None:
+    """(node, VolumeAttachment name) where the claim's bound volume is attached, if any."""
+    volume = ((claim_obj or {}).get("spec") or {}).get("volumeName")
+    found = sorted((a["spec"]["nodeName"], a["metadata"]["name"]) for a in attachments
+                   if volume and ((a.get("spec") or {}).get("source") or {}).get("persistentVolumeName") == volume
+                   and (a.get("status") or {}).get("attached") and a["spec"].get("nodeName"))
+    return found[0] if found else None
+
+
+def place(claim: str, claim_obj: dict | None, pods: list[dict], attachments: list[dict] = ()) -> Placement:
+    """Where a new pod can mount `claim`, given its object (None: unknown), the pods of
+    its namespace and the cluster's VolumeAttachments (empty when they cannot be read).
+    Raises Conflict (exit 6) when no pod can mount it now: a ReadWriteOncePod claim held
+    by another pod, or a ReadWriteOnce claim wanted on several nodes and mounted on none
+    (every one of them waits on Multi-Attach)."""
     modes = access_modes(claim_obj)
     held = holders(pods, claim)
-    if not held or not modes or any(m in SHARED for m in modes):
+    if not modes or any(m in SHARED for m in modes):
         return Placement()
+    if not held:
+        # No pod holds it, but its volume may not be detached yet.
+        where = attached_to(claim_obj, list(attachments))
+        if where is None:
+            return Placement()
+        node, attachment = where
+        return Placement(node, f'claim "{claim}" is {"ReadWriteOncePod" if RWOP in modes else "ReadWriteOnce"} and its volume '
+                               f'is still attached to node {node} (VolumeAttachment {attachment})')
     if RWOP in modes:
         raise Conflict(f'claim "{claim}" is ReadWriteOncePod and pod {_who(held[:1])} is using it: '
                        "no other pod can mount it while that pod exists",
@@ -80,13 +102,22 @@ def place(claim: str, claim_obj: dict | None, pods: list[dict]) -> Placement:
     return Placement(nodes[0], f'claim "{claim}" is ReadWriteOnce and pod {pod["metadata"]["name"]} uses it on node {nodes[0]}')
 
 
-def read_holders(kube, namespace: str, claim: str) -> tuple[dict | None, list[dict]]:
+def read_holders(kube, namespace: str, claim: str) -> tuple[dict | None, list[dict], list[dict]]:
     """The claim object (None when it cannot be read: the scheduler then says why the pod
-    waits) and every pod of the namespace. Raises what Kube.send raises for the pod list."""
+    waits), every pod of the namespace and, when none of them holds the claim, the
+    cluster's VolumeAttachments (empty when this user may not list them, as many may not:
+    the helper then may wait for the detach). Raises what Kube.send raises for the pod list."""
     try:
         claim_obj = kube.send(requests.get_claim(namespace, claim))
     except (NotFound, Forbidden):
         claim_obj = None
     if not access_modes(claim_obj) or any(m in SHARED for m in access_modes(claim_obj)):
-        return claim_obj, []  # mountable anywhere (or unknown): no need to list pods
-    return claim_obj, kube.send(requests.list_pods(namespace)).get("items") or []
+        return claim_obj, [], []  # mountable anywhere (or unknown): no need to list pods
+    pods = kube.send(requests.list_pods(namespace)).get("items") or []
+    if holders(pods, claim) or not (claim_obj.get("spec") or {}).get("volumeName"):
+        return claim_obj, pods, []
+    try:
+        attachments = kube.send(requests.list_volume_attachments()).get("items") or []
+    except (NotFound, Forbidden):
+        attachments = []
+    return claim_obj, pods, attachments

@@ -124,6 +124,13 @@ def list_pods(namespace: str) -> Request:
     return Request("GET", api_path("v1", "pods", namespace), verb="list", resource="pods", namespace=namespace)
 
 
+def list_volume_attachments() -> Request:
+    """Every VolumeAttachment (cluster-scoped): which node a volume is still attached to
+    after its pods ended (fetch-ckpt). Many users may not read them: callers expect 403."""
+    return Request("GET", api_path("storage.k8s.io/v1", "volumeattachments"), verb="list",
+                   resource="volumeattachments.storage.k8s.io")
+
+
 def get_claim(namespace: str, name: str) -> Request:
     return Request("GET", api_path("v1", "persistentvolumeclaims", namespace, name), verb="get",
                    resource="persistentvolumeclaims", name=name, namespace=namespace)
