@@ -144,6 +144,20 @@ load() {  # image tag -> into containerd's k8s.io namespace (what the kubelet us
   fi
 }
 
+unload() {  # image tag -> out of containerd (with the kubelet's sha256: name of it), before a rebuild
+  # The stale copy (a PyTorch image is ~13 GB in containerd, content and snapshot) and a new
+  # one being built and loaded do not fit together on a disk a CI clone shares: a build
+  # beside a test run failed here with "no space left on device". So the stale one goes
+  # first; a failed build then leaves no image rather than a stale one.
+  local sock digest listed; sock="$(containerd_sock)"
+  digest="$(image_digest "$sock" "$1")"
+  [[ -n "$digest" ]] || return 0
+  log "$1: removing the stale copy from containerd first (disk)"
+  listed="$(ctr --address "$sock" -n k8s.io images ls)"
+  { echo "$1"; awk -v d="$digest" '$1 ~ /^sha256:/ && $3 == d {print $1}' <<<"$listed"; } \
+    | xargs -r ctr --address "$sock" -n k8s.io images rm --sync >/dev/null
+}
+
 # Has the image of these inputs been built (and, unless KJOB_NO_LOAD, loaded)?
 up_to_date() {
   local name="$1" tag="$2" hash="$3"
@@ -166,8 +180,9 @@ build() {
     log "$tag: unchanged ($hash)"
     return 0
   else
-    log "$tag: building from images/$name/Dockerfile on $BASE_IMAGE"
     rm -f "$stamp"
+    if [[ -z "${KJOB_NO_LOAD:-}" ]]; then unload "$tag"; fi
+    log "$tag: building from images/$name/Dockerfile on $BASE_IMAGE"
     printf '[global]\ncert = %s\n' "$CA_IN_BUILD" >"$cache/pip.conf"
     # The build stage first, tagged: its layers (the multi-GB dependency layer above all)
     # are what a rebuild after a change to the sources reuses, so they outlive the image.

@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ckpt_helpers import write_checkpoints
 from cluster import NodeCluster
+from kjob.render.manifests import render_objects
+from kjob.spec.load import load_spec
 from kubelet import wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(3600)]
@@ -173,3 +179,55 @@ def test_mindspore_mpijob_two_workers(namespace, images):
     out = submit_and_follow(namespace, "mindspore.yaml", "e2e-mindspore")
     assert re.search(r"^done: step 30\b", out, re.M), out
     both_ranks_trained(namespace.volume, "e2e-mindspore")
+
+
+@pytest.fixture
+def silent_registry():
+    """A registry on this machine that accepts connections and never answers: a pull from
+    it stays in progress (the real kubelet says Pulling) for as long as the test needs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_fetch_helper_waiting_on_an_image_pull_says_so_and_its_timeout_names_it(namespace, silent_registry, tmp_path):
+    """The real kubelet pulling the helper's image: kjob says `pulling image ...` while it
+    waits and its timeout names the pull, rather than a bare Pending (issue 16 item 2)."""
+    spec = yaml.safe_load((SPECS / "mpi.yaml").read_text())
+    spec["name"] = "e2e-pull"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = next(o for o in render_objects(load_spec(tmp_path / "job.yaml")) if o["kind"] == "MPIJob")
+    job["metadata"]["namespace"] = namespace.ns
+    job["spec"]["runPolicy"]["suspend"] = True  # mpi-operator makes no pods: kjob needs a helper
+    namespace.cluster.plane.api.create(f"/apis/kubeflow.org/v2beta1/namespaces/{namespace.ns}/mpijobs", job)
+    write_checkpoints(namespace.volume / "e2e-pull" / "checkpoints", [1000])
+    image = f"{silent_registry}/kjob/helper:1"
+    env = {**namespace.env, "KJOB_FETCH_IMAGE": image, "KJOB_FETCH_POD_TIMEOUT": "20"}
+    p = subprocess.run([KJOB, "fetch-ckpt", "e2e-pull", "--dest", str(tmp_path / "got")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 3, p
+    assert re.search(rf'waiting for helper pod e2e-pull-fetch-\w+: pulling image "{re.escape(image)}" on node ', p.stderr), p.stderr
+    assert re.search(rf'Error: helper pod e2e-pull-fetch-\w+ did not start within 20 s: pulling image "{re.escape(image)}"',
+                     p.stderr), p.stderr
+    assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())
