@@ -130,25 +130,20 @@ image_digest() {  # socket, ref -> the manifest digest the ref names in containe
 }
 
 load() {  # image tag -> into containerd's k8s.io namespace (what the kubelet uses)
-  local sock old listed; sock="$(containerd_sock)"
-  old="$(image_digest "$sock" "$1")"
+  # A stale copy of the tag is already gone (build() unloads it first).
+  local sock; sock="$(containerd_sock)"
   log "loading $1 into containerd (k8s.io)"
   podman save --format docker-archive "$1" | ctr --address "$sock" -n k8s.io images import --no-unpack=false - >/dev/null
   in_containerd "$1"
-  if [[ -n "$old" && "$old" != "$(image_digest "$sock" "$1")" ]]; then
-    # The kubelet's CRI names every image it has seen by its id too (sha256:...): that name
-    # would keep the replaced image, gigabytes of layers, on disk for good.
-    listed="$(ctr --address "$sock" -n k8s.io images ls)"
-    awk -v d="$old" '$1 ~ /^sha256:/ && $3 == d {print $1}' <<<"$listed" \
-      | xargs -r ctr --address "$sock" -n k8s.io images rm >/dev/null
-  fi
 }
 
 unload() {  # image tag -> out of containerd (with the kubelet's sha256: name of it), before a rebuild
   # The stale copy (a PyTorch image is ~13 GB in containerd, content and snapshot) and a new
   # one being built and loaded do not fit together on a disk a CI clone shares: a build
   # beside a test run failed here with "no space left on device". So the stale one goes
-  # first; a failed build then leaves no image rather than a stale one.
+  # first; a failed build then leaves no image rather than a stale one. The kubelet's CRI
+  # names every image it has seen by its id too (sha256:...): that name would keep the
+  # replaced image's layers on disk for good, so it goes with the tag.
   local sock digest listed; sock="$(containerd_sock)"
   digest="$(image_digest "$sock" "$1")"
   [[ -n "$digest" ]] || return 0
