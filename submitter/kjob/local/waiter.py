@@ -9,6 +9,7 @@ after kjob has exited.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +17,15 @@ from pathlib import Path
 
 from kjob.local.runrecord import LOG_FILE, now_rfc3339, update_run
 
-# OpenMPI 5's mpirun now and then fails before starting any rank with this message (once
-# in this project's test runs so far, on the 2-core CI machine; reported elsewhere as random).
-# Nothing has run then, so the waiter starts the command once more.
+# mpirun (OpenMPI 5) keeps its session files in <base>/ompi.<its pid>; one killed by a signal
+# leaves that folder behind, and a later mpirun that gets the same pid fails before starting
+# any rank with the message below (exit 213). With the machine's default base, /tmp, every
+# mpirun ever killed there is such a trap. Each attempt of a run gets its own base, emptied
+# first, so no other mpirun's leftovers can reach it.
+SESSION_DIR = "mpi-session"
+SESSION_BASE_VAR = "PRTE_MCA_prte_tmpdir_base"
+# The same message has been reported elsewhere with other causes (an interface whose address
+# cannot be read, macOS). Nothing has run then, so the waiter starts the command once more.
 TRANSIENT_START_FAILURE = "The PMIx server's listener thread failed to start"
 START_ATTEMPTS = 2
 
@@ -38,9 +45,13 @@ def _detach(run_dir: Path) -> None:
 
 
 def _run(run_dir: Path, command: list[str]) -> int:
-    """Run `command` to its end; its exit status (127 when it cannot be started)."""
+    """Run `command` to its end, with RUN_DIR/mpi-session (emptied) as mpirun's session
+    base; its exit status (127 when it cannot be started)."""
+    session = run_dir / SESSION_DIR
+    shutil.rmtree(session, ignore_errors=True)
+    session.mkdir()
     try:
-        proc = subprocess.Popen(command)
+        proc = subprocess.Popen(command, env={**os.environ, SESSION_BASE_VAR: str(session)})
     except OSError as e:
         print(f"kjob: cannot start {command[0]}: {e}", flush=True)
         return 127
