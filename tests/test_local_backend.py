@@ -484,3 +484,10 @@ def test_waiter_gives_mpirun_a_session_folder_no_killed_mpirun_can_have_left(tmp
     assert planted(pids, record["launcher_pid"]), "the machine started 3000 processes meanwhile: nothing was proven"
     assert (done.returncode, record["exit_code"]) == (0, 0), (run_dir / "train.log").read_text()
     assert not stale.exists() and (run_dir / "mpi-session").is_dir()
+
+
+def test_waiter_of_a_run_folder_deleted_before_it_starts_says_so_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "kjob.local.waiter", str(tmp_path / "gone"), "--", "true"],
+                          capture_output=True, text=True, timeout=scaled(60))
+    assert done.returncode == 127 and "kjob: cannot start true:" in done.stdout, done
+    assert "Traceback" not in done.stdout + done.stderr and not (tmp_path / "gone").exists()

@@ -49,8 +49,8 @@ def _run(run_dir: Path, command: list[str]) -> int:
     base; its exit status (127 when it cannot be started)."""
     session = run_dir / SESSION_DIR
     shutil.rmtree(session, ignore_errors=True)
-    session.mkdir()
     try:
+        session.mkdir()  # not parents=True: a run folder deleted meanwhile stays deleted
         proc = subprocess.Popen(command, env={**os.environ, SESSION_BASE_VAR: str(session)})
     except OSError as e:
         print(f"kjob: cannot start {command[0]}: {e}", flush=True)
