@@ -19,7 +19,11 @@ from timing import TIME_SCALE
 
 def pytest_collection_modifyitems(items):
     """Each test's pytest-timeout is a bound against hangs, never the check itself: scale it
-    with KJOB_TEST_TIME_SCALE like every other bound (timing.py)."""
+    with KJOB_TEST_TIME_SCALE like every other bound (timing.py). Slow tests are named so in
+    the JUnit report, for make test's time summary (tests/time_summary.py)."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.user_properties.append(("slow", "1"))
     if TIME_SCALE == 1:
         return
     for item in items:

@@ -6,7 +6,8 @@
 #      and both trainer images (images/build-local.sh), while
 #   3. the suite and the control-plane tier run (pytest -m "not node");
 #   4. once step 2 is done, the real-node tier (pytest -m node tests/node), whose fixtures
-#      find the builds cached, or run a failed one again and report its error.
+#      find the builds cached, or run a failed one again and report its error;
+#   5. a one-screen summary: each tier's tests and time, each build's, the slowest tests.
 #
 # The cluster tiers need root and Go. Without them step 1, 2 and 4 are skipped, saying
 # why; under CI that is a failure, so CI never passes without them. Both pytest runs always
@@ -15,6 +16,28 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 cache="${KJOB_CACHE:-$HOME/.cache/kjob}"
+# What the closing summary reads (tests/time_summary.py): each build's time and state,
+# and each pytest run's JUnit report. Emptied at every start: it describes this run only.
+times=.make-test
+rm -rf "$times" && mkdir -p "$times" && date +%s >"$times/started"
+
+# timed NAME COMMAND...: runs COMMAND, appends "NAME seconds state" to builds.tsv, and
+# returns its status. A build script that found its cache says "cached" or "unchanged" on
+# stderr (tests/cluster/build.sh, tests/node/build.sh, images/build-local.sh).
+timed() {
+  local name="$1" t0=$SECONDS err state rc
+  shift
+  err="$(mktemp)"
+  # stderr through tee (shown and kept), stdout untouched (fd 3).
+  { "$@" 2>&1 1>&3 3>&- | tee "$err" >&2; rc=${PIPESTATUS[0]}; } 3>&1
+  if ((rc)); then state=failed
+  elif grep -qE 'cached in|unchanged' "$err"; then state=cached
+  else state=built; fi
+  printf '%s\t%s\t%s\n' "$name" "$((SECONDS - t0))" "$state" >>"$times/builds.tsv"
+  rm -f "$err"
+  return $rc
+}
+summary() { $py tests/time_summary.py "$times"; }
 
 real_tiers=1
 if [[ "$(id -u)" != 0 ]]; then why="not root"; real_tiers=0; fi
@@ -25,28 +48,34 @@ stop_background() { [[ -n "$background" ]] && kill -- "-$background" 2>/dev/null
 trap stop_background EXIT
 
 if ((real_tiers)); then
-  bash tests/cluster/build.sh >/dev/null || exit 1
+  timed "control plane binaries" bash tests/cluster/build.sh >/dev/null || { summary; exit 1; }
   mkdir -p "$cache"
   log="$cache/make-test-builds.log"
   echo "make test: building the node's binaries and the trainer images in the background (log: $log)"
-  # Its own process group, so an interrupted `make test` stops the builds too.
-  setsid bash -c 'nice -n 10 bash tests/node/build.sh >/dev/null && images/build-local.sh' >"$log" 2>&1 &
+  # Its own process group, so an interrupted `make test` stops the builds too. It runs
+  # this script's timed() through an exported function.
+  export -f timed && export times
+  setsid bash -c 'timed "node binaries" nice -n 10 bash tests/node/build.sh >/dev/null \
+                  && timed "trainer images" images/build-local.sh' >"$log" 2>&1 &
   background=$!
+else
+  printf '%s\t0\tskipped\t%s\n' "real tiers' builds" "$why" >>"$times/builds.tsv"
 fi
 
 status=0
-$py -m pytest -m "not node" || status=1
+$py -m pytest -m "not node" --junitxml="$times/suite.xml" || status=1
 
 if ((real_tiers)); then
   # The builds first (usually long done): the tier's fixtures then find them cached, and
   # if one failed they run it again and show its error.
   wait "$background" || echo "make test: a background build failed (log: $log); the node tier retries it"
   background=
-  $py -m pytest -m node --durations=0 tests/node || status=1
+  $py -m pytest -m node --durations=0 --junitxml="$times/node.xml" tests/node || status=1
 elif [[ -n "${CI:-}" ]]; then
   echo "make test: the real-node tier cannot run ($why); CI must run it" >&2
   status=1
 else
   echo "make test: the real-node tier skipped: $why (it needs root and Go)" >&2
 fi
+summary
 exit $status
