@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu_step import CHANNELS_LAST_AUTO, device_label, make_step, measure, sync  # noqa: E402
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
-from kjob_trainer import torch_data as data_mod  # noqa: E402
-from kjob_trainer.config import make_config  # noqa: E402
-from kjob_trainer.dataset_index import scan_folder  # noqa: E402
-from kjob_trainer.errors import BadInput  # noqa: E402
-from kjob_trainer.progress import DataWaitMeter  # noqa: E402
-from kjob_trainer.torch_models import build_model  # noqa: E402
+from kjob_trainer.torch import data as data_mod  # noqa: E402
+from kjob_trainer.common.config import make_config  # noqa: E402
+from kjob_trainer.common.dataset_index import scan_folder  # noqa: E402
+from kjob_trainer.common.errors import BadInput  # noqa: E402
+from kjob_trainer.common.progress import DataWaitMeter  # noqa: E402
+from kjob_trainer.torch.models import build_model  # noqa: E402
 
 
 def batches(args, root: Path, split, device: torch.device, channels_last: bool):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         root = ensure_jpegs(args.data)
         split = scan_folder(root / "train", "train")
         if args.decoder == "dali":
-            from kjob_trainer.torch_dali import import_dali
+            from kjob_trainer.torch.dali import import_dali
 
             import_dali()
     except BadInput as e:
