@@ -3,7 +3,7 @@
     python bench/bench_end_to_end.py --model resnext50_32x4d --batch 256 --workers 12 [--decoder dali]
 
 Reads the JPEG folder (bench/make_jpegs.py; generated on first use) through the trainer's
-own input path, `kjob_trainer.data.RankInput` (torchvision.io decode + uint8 crop in loader
+own input path, `kjob_trainer.torch.data.RankInput` (torchvision.io decode + uint8 crop in loader
 workers, or PIL, or DALI; uint8 batches normalised on the device, one batch ahead), and
 trains with the same step as bench_gpu_step.py. Prints img/s, the time the step loop waited for data (DataWaitMeter) and,
 with --compare, the synthetic-data rate of the same step so the input cost is visible.
