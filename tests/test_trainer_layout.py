@@ -1,15 +1,18 @@
 """The trainer's rooms (README `trainer`): `common/` (framework-free), `torch/`,
 `mindspore/`, `launch/`, and at the top only the entry points. Which room may import
 which is import-linter's check (pyproject.toml, tests/test_layers.py); here, from the
-source with `ast` (nothing needs torch or MindSpore): no module lives outside a room, no
-import circle (counting imports inside functions), and the two loops have one shape."""
+source with `ast` (nothing needs torch or MindSpore): no module lives outside a room, every
+name of a trainer module in the repository's code exists, no import circle (counting
+imports inside functions), and the two loops have one shape."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "trainer" / "kjob_trainer"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "trainer" / "kjob_trainer"
 ROOMS = {"common", "torch", "mindspore", "launch"}
 ENTRY_POINTS = {"train", "evaluate"}  # and `launch`, a room run as `python -m kjob_trainer.launch`
 
@@ -52,6 +55,49 @@ def test_every_module_lives_in_a_room_or_is_an_entry_point():
         assert (PACKAGE / room / "__init__.py").exists(), room
     # The launcher's room is what `python -m kjob_trainer.launch` runs.
     assert (PACKAGE / "launch" / "__main__.py").exists()
+
+
+def module_exists(dotted: str) -> bool:
+    """`kjob_trainer...` is a module or a package of the checkout."""
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def trainer_names_in(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every trainer module that `path` names: in its imports (`from
+    kjob_trainer.x import y` names x, and x.y when x is a package: no package of the trainer
+    re-exports anything), and in string constants that are a dotted module name (the
+    `python -m kjob_trainer...` of tests, subprocesses and the submitter)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            if (PACKAGE.parent.joinpath(*node.module.split(".")) / "__init__.py").is_file():
+                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"kjob_trainer(\.\w+)+", node.value):
+            found.append((node.lineno, node.value))
+    return [(line, name) for line, name in found if name.split(".")[0] == "kjob_trainer"]
+
+
+def test_every_trainer_module_the_code_names_exists():
+    """What a branch written against the old flat names (kjob_trainer.config,
+    kjob_trainer.torch_train, ...) would bring in, including imports inside functions and
+    benchmark scripts that no fast test runs."""
+    files = [p for folder in ("trainer", "tests", "bench", "submitter", "tools") for p in (ROOT / folder).rglob("*.py")]
+    missing = [f"{p.relative_to(ROOT)}:{line}: {name}" for p in files for line, name in trainer_names_in(p)
+               if not module_exists(name)]
+    assert not missing, "\n".join(missing)
+
+
+def test_the_name_check_sees_old_flat_names(tmp_path):
+    old = tmp_path / "old.py"
+    old.write_text("from kjob_trainer import torch_train\nfrom kjob_trainer.config import make_config\n"
+                   "def f():\n    import kjob_trainer.ssh_hosts\nMODULE = 'kjob_trainer.mindspore_dist'\n"
+                   "from kjob_trainer.torch import data\nfrom kjob_trainer.common.config import TrainConfig\n")
+    missing = [name.split(".", 1)[1] for _, name in trainer_names_in(old) if not module_exists(name)]
+    assert missing == ["torch_train", "config", "ssh_hosts", "mindspore_dist"]
 
 
 def test_there_is_no_import_circle():
