@@ -3,7 +3,7 @@
     python bench/bench_end_to_end.py --model resnext50_32x4d --batch 256 --workers 12 [--decoder dali]
 
 Reads the JPEG folder (bench/make_jpegs.py; generated on first use) through the trainer's
-own input path, `kjob_trainer.data.RankInput` (torchvision.io decode + uint8 crop in loader
+own input path, `kjob_trainer.torch.data.RankInput` (torchvision.io decode + uint8 crop in loader
 workers, or PIL, or DALI; uint8 batches normalised on the device, one batch ahead), and
 trains with the same step as bench_gpu_step.py. Prints img/s, the time the step loop waited for data (DataWaitMeter) and,
 with --compare, the synthetic-data rate of the same step so the input cost is visible.
@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu_step import CHANNELS_LAST_AUTO, device_label, make_step, measure, sync  # noqa: E402
 from speed_common import banner, ensure_jpegs  # noqa: E402
 
-from kjob_trainer import torch_data as data_mod  # noqa: E402
-from kjob_trainer.config import make_config  # noqa: E402
-from kjob_trainer.dataset_index import scan_folder  # noqa: E402
-from kjob_trainer.errors import BadInput  # noqa: E402
-from kjob_trainer.progress import DataWaitMeter  # noqa: E402
-from kjob_trainer.torch_models import build_model  # noqa: E402
+from kjob_trainer.torch import data as data_mod  # noqa: E402
+from kjob_trainer.common.config import make_config  # noqa: E402
+from kjob_trainer.common.dataset_index import scan_folder  # noqa: E402
+from kjob_trainer.common.errors import BadInput  # noqa: E402
+from kjob_trainer.common.progress import DataWaitMeter  # noqa: E402
+from kjob_trainer.torch.models import build_model  # noqa: E402
 
 
 def batches(args, root: Path, split, device: torch.device, channels_last: bool):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         root = ensure_jpegs(args.data)
         split = scan_folder(root / "train", "train")
         if args.decoder == "dali":
-            from kjob_trainer.torch_dali import import_dali
+            from kjob_trainer.torch.dali import import_dali
 
             import_dali()
     except BadInput as e:

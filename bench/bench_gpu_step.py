@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_common import banner  # noqa: E402
 
-from kjob_trainer.torch_models import build_model  # noqa: E402
+from kjob_trainer.torch.models import build_model  # noqa: E402
 
 TARGETS_H100 = {"resnext50_32x4d": 3000, "resnest50": 2000}
 # "auto" picks per model, `--channels-last both` measures both. On an H200, bf16, batch 256

@@ -24,7 +24,7 @@ from speed_common import banner, ensure_jpegs  # noqa: E402
 
 import input_kit as kit  # noqa: E402
 
-from kjob_trainer import torch_input as fi  # noqa: E402
+from kjob_trainer.torch import input as fi  # noqa: E402
 
 TARGET_PER_CORE = 250  # img/s, issue 7
 
@@ -97,15 +97,15 @@ def per_core(paths: list[str], size: int, decoder: str, repeats: int) -> dict:
 
 
 def mindspore_pipeline(paths: list[str], size: int, repeats: int, batch: int) -> dict:
-    """img/s per core of the MindSpore trainer's own pipeline (kjob_trainer.mindspore_data:
+    """img/s per core of the MindSpore trainer's own pipeline (kjob_trainer.mindspore.data:
     PIL decode in a GeneratorDataset thread, then MindSpore's C++ random-resized-crop, flip,
     normalise, HWC->CHW, batch), one worker thread. Its threads live in this process, so the
     rate divides images by the process CPU time (which also counts MindSpore's own threads)."""
     import dataclasses
 
-    from kjob_trainer import mindspore_data as md
-    from kjob_trainer.config import TrainConfig
-    from kjob_trainer.dataset_index import Split
+    from kjob_trainer.mindspore import data as md
+    from kjob_trainer.common.config import TrainConfig
+    from kjob_trainer.common.dataset_index import Split
 
     cfg = dataclasses.replace(TrainConfig(), image_size=size, workers=1, data_path="bench")
     source = md.ImageSource(Split("train", tuple(paths), tuple(0 for _ in paths), ("bench",)))

@@ -1,6 +1,6 @@
 """Trainer overhead: img/s of kjob's full PyTorch training step vs a bare loop.
 
-Full step = `kjob_trainer.torch_train.Trainer` on synthetic data in one process: loader and
+Full step = `kjob_trainer.torch.train.Trainer` on synthetic data in one process: loader and
 collate, per-sample id/bad-image tallies, device-side loss/accuracy sums, lr schedule,
 optimizer step, and a metrics reduction + progress line every --log-interval steps.
 Bare loop = the same model, optimizer, loss, AMP and memory format on one fixed batch:
@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from kjob_trainer.config import make_config
-from kjob_trainer.distributed import DistEnv
-from kjob_trainer.torch_models import build_model
-from kjob_trainer.torch_setup import autocast_dtype, make_optimizer
-from kjob_trainer.torch_train import Trainer
+from kjob_trainer.common.config import make_config
+from kjob_trainer.common.distributed import DistEnv
+from kjob_trainer.torch.models import build_model
+from kjob_trainer.torch.setup import autocast_dtype, make_optimizer
+from kjob_trainer.torch.train import Trainer
 
 
 def sync(device: torch.device) -> None:

@@ -1,6 +1,6 @@
 """Trainer overhead, MindSpore: img/s of kjob's full training step vs a bare train-step loop.
 
-Full step = `kjob_trainer.mindspore_train.Trainer` on synthetic data in this process: the
+Full step = `kjob_trainer.mindspore.train.Trainer` on synthetic data in this process: the
 `mindspore.dataset` pipeline (sampler, batching, index column), lr bookkeeping, the stop-
 flag agreement and a progress line + metrics row every --steps steps. Its img/s is the
 trainer's own figure for the second log interval (the first one holds the graph compile).
@@ -29,11 +29,11 @@ os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np  # noqa: E402
 
-from kjob_trainer.config import make_config  # noqa: E402
-from kjob_trainer.distributed import DistEnv  # noqa: E402
-from kjob_trainer.mindspore_setup import build_network, build_train_step, lr_table, setup_context  # noqa: E402
-from kjob_trainer.mindspore_train import Trainer  # noqa: E402
-from kjob_trainer.schedule import LrSchedule  # noqa: E402
+from kjob_trainer.common.config import make_config  # noqa: E402
+from kjob_trainer.common.distributed import DistEnv  # noqa: E402
+from kjob_trainer.mindspore.setup import build_network, build_train_step, lr_table, setup_context  # noqa: E402
+from kjob_trainer.mindspore.train import Trainer  # noqa: E402
+from kjob_trainer.common.schedule import LrSchedule  # noqa: E402
 
 
 def bare_loop(cfg, steps: int) -> float:

@@ -1,6 +1,6 @@
 """Loader helpers for the benchmarks (and their tests): a dataset over (path, label) pairs,
 DataLoader options, and a folder scanner. Not part of the trainer, which has its own
-dataset, sampler and error policy (kjob_trainer.torch_data).
+dataset, sampler and error policy (kjob_trainer.torch.data).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any, Sequence
 
 import torch
 
-from kjob_trainer.torch_input import FastInputError, image_transform
+from kjob_trainer.torch.input import FastInputError, image_transform
 
 
 class FastImageDataset(torch.utils.data.Dataset):
     """(path, label) samples -> (uint8 (3, size, size) tensor, label), decoded by `decoder`.
 
-    `decoder` is "torchvision" or "pil" (DALI has its own loader: torch_dali.make_dali_loader).
+    `decoder` is "torchvision" or "pil" (DALI has its own loader: kjob_trainer.torch.dali.make_dali_loader).
     Raises FastInputError for an unknown decoder; __getitem__ raises CorruptImage.
     """
 

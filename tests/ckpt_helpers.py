@@ -1,5 +1,5 @@
 """Shared pieces of the fetch-ckpt tests and bench: a checkpoint folder as the trainer
-writes it (kjob_trainer.checkpoints), a job object with the annotations kjob renders, and a kubelet
+writes it (kjob_trainer.common.checkpoints), a job object with the annotations kjob renders, and a kubelet
 thread that starts kjob's helper pods."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The PyTorch fast path (torch_input, torch_dali, torch_data's RankInput): torchvision.io
+"""The PyTorch fast path (torch/input.py, torch/dali.py, torch/data.py's RankInput): torchvision.io
 decoding, uint8 transforms, the benchmarks' loader helpers (bench/input_kit.py), the
 data-wait meter (progress.py), DALI's absence, and that channels-last / torch.compile do
 not change the loss curve."""
@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from kjob_trainer import torch_dali as dali_input
-from kjob_trainer import torch_input as fi
-from kjob_trainer.errors import BadInput
-from kjob_trainer.progress import DataWaitMeter
+from kjob_trainer.torch import dali as dali_input
+from kjob_trainer.torch import input as fi
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.common.progress import DataWaitMeter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import input_kit as kit  # noqa: E402  (bench-only helpers: not part of the trainer)
@@ -107,9 +107,9 @@ def _rank_input(root, decoder: str, *, train: bool, batch: int = 4, rank: int = 
     """The trainer's input for `root` (one split) as RankInput builds it, on the CPU."""
     import dataclasses
 
-    from kjob_trainer import torch_data as data_mod
-    from kjob_trainer.config import TrainConfig
-    from kjob_trainer.dataset_index import scan_folder
+    from kjob_trainer.torch import data as data_mod
+    from kjob_trainer.common.config import TrainConfig
+    from kjob_trainer.common.dataset_index import scan_folder
 
     cfg = dataclasses.replace(TrainConfig(), decoder=decoder, image_size=48, batch_size=batch, workers=0)
     split = scan_folder(root, "train" if train else "val")
@@ -280,7 +280,7 @@ def test_dali_requested_without_dali_gives_clear_error(monkeypatch):
         dali_input.make_dali_loader([("x.JPEG", 0)], 2)
     assert isinstance(e.value, BadInput) and e.value.exit_code == 2
     assert "\n" not in str(e.value)
-    with pytest.raises(fi.FastInputError, match=r"torch_dali\.make_dali_loader"):
+    with pytest.raises(fi.FastInputError, match=r"kjob_trainer\.torch\.dali\.make_dali_loader"):
         kit.FastImageDataset([("x.JPEG", 0)], decoder="dali")
 
 
@@ -372,9 +372,9 @@ def test_torch_compile_gives_the_same_loss_curve(uint8_batches):
 def _recipe_dataset(root, **recipe):
     import dataclasses
 
-    from kjob_trainer import torch_data
-    from kjob_trainer.config import TrainConfig
-    from kjob_trainer.dataset_index import scan_folder
+    from kjob_trainer.torch import data as torch_data
+    from kjob_trainer.common.config import TrainConfig
+    from kjob_trainer.common.dataset_index import scan_folder
 
     cfg = dataclasses.replace(TrainConfig(), image_size=32, **recipe)
     split = scan_folder(root, "train")

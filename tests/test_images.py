@@ -211,11 +211,11 @@ def test_commands_exist_in_the_image(case):
     extras = pip_extras(build)
     assert spec.framework in extras
     if command[:3] == ["python", "-m", "kjob_trainer.launch"] and command[-1] == "--":
-        # The MPIJob launcher (mpirun) and workers (sshd, --hold) under a module of the
-        # kjob_trainer package, which the build stage copies and pip-installs (`python` is
+        # The MPIJob launcher (mpirun) and workers (sshd, --hold) under the kjob_trainer.launch
+        # package's __main__, which the build stage copies and pip-installs (`python` is
         # the venv's, first on PATH).
-        assert (["trainer/"], "trainer/", None) in build.copies and (ROOT / "trainer/kjob_trainer/launch.py").exists()
-        assert "kjob_trainer" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+        assert (["trainer/"], "trainer/", None) in build.copies and (ROOT / "trainer/kjob_trainer/launch/__main__.py").exists()
+        assert "kjob_trainer.launch" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
         command, args = args[:1], args[1:]
     if command == ["mpirun"]:
         assert "mpi" in extras

@@ -227,7 +227,7 @@ def test_a_stop_while_waiting_for_the_hosts_starts_nothing(tmp_path):
 
 
 def test_hostfiles_are_read_as_openmpi_reads_them(tmp_path):
-    from kjob_trainer.ssh_hosts import hostfile_of, read_hosts
+    from kjob_trainer.launch.ssh_hosts import hostfile_of, read_hosts
 
     (tmp_path / "hostfile").write_text("# the operator's\nw-0.w slots=8\n\nw-1.w slots=8  # two\nw-0.w slots=8\n")
     assert read_hosts(tmp_path / "hostfile") == ["w-0.w", "w-1.w"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kjob_trainer.launch import processes_under
+from kjob_trainer.launch.pid1 import processes_under
 from timing import scaled, wait_until
 from trainer_utils import assert_loadable_step_checkpoint, index_of, signal_stop_run
 

@@ -28,6 +28,10 @@ def test_the_wheel_renders_from_its_own_files(tmp_path):
     for package in ("spec", "render", "cluster", "local", "transfer"):
         assert f"kjob/{package}/__init__.py" in names, package
     assert not [n for n in names if "render_examples" in n or "spec_docs" in n]
+    # ...and so does every room of the trainer, with the launcher's `python -m` entry.
+    for package in ("common", "torch", "mindspore", "launch"):
+        assert f"kjob_trainer/{package}/__init__.py" in names, package
+    assert {"kjob_trainer/launch/__main__.py", "kjob_trainer/torch/train.py", "kjob_trainer/train.py"} <= set(names)
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
@@ -47,7 +51,7 @@ def test_the_wheel_renders_from_its_own_files(tmp_path):
 
 
 def test_each_framework_extra_has_what_the_shared_trainer_modules_import():
-    """The trainer's framework-neutral modules (every one but torch_* and mindspore_*) run
+    """The trainer's framework-neutral modules (every one outside torch/ and mindspore/) run
     in both images: what they import from outside the standard library must come with the
     base dependencies or with each framework's extra. (The MindSpore image had no
     tensorboard, which rank 0 imports for its scalars: tests/node/test_e2e.py found it.)"""
@@ -60,8 +64,9 @@ def test_each_framework_extra_has_what_the_shared_trainer_modules_import():
     name_of = lambda req: re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0].lower().replace("_", "-")  # noqa: E731
     dists = packages_distributions()
     imported = set()
-    for path in (ROOT / "trainer" / "kjob_trainer").glob("*.py"):
-        if path.name.startswith(("torch_", "mindspore_")):
+    package = ROOT / "trainer" / "kjob_trainer"
+    for path in package.rglob("*.py"):
+        if path.relative_to(package).parts[0] in ("torch", "mindspore"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

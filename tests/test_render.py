@@ -157,8 +157,8 @@ def test_labels_and_annotations():
 
 def test_trainer_command_is_what_the_trainer_parses():
     """The trainer command line: the rendered flags parse in kjob_trainer and carry the spec's values."""
-    from kjob_trainer.cli_args import parse_train_args
-    from kjob_trainer.config import make_config, validate
+    from kjob_trainer.common.cli_args import parse_train_args
+    from kjob_trainer.common.config import make_config, validate
 
     for path in EXAMPLES:
         spec = load_spec(path)
@@ -195,7 +195,7 @@ def trainer_args(job: dict) -> list[list[str]]:
 
 @pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
 def test_decoder_flag_only_when_set(launcher):
-    from kjob_trainer.cli_args import parse_train_args
+    from kjob_trainer.common.cli_args import parse_train_args
 
     (dali,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\nworkers: 2\ntrain: {{decoder: dali}}\n"))
     (unset,) = render_objects(parse_spec(MINIMAL + f"launcher: {launcher}\nworkers: 2\n"))

@@ -37,8 +37,8 @@ def error_lines(stderr: str) -> list[str]:
 
 LOAD = """
 import json, sys
-from kjob_trainer.mindspore_eval import _load_into, read_checkpoint
-from kjob_trainer.mindspore_setup import build_network
+from kjob_trainer.mindspore.eval import _load_into, read_checkpoint
+from kjob_trainer.mindspore.setup import build_network
 params, info = read_checkpoint(sys.argv[1])
 net = build_network(info["model"], 10)
 _load_into(net, params, sys.argv[1])
@@ -120,7 +120,7 @@ def schedulers_writing(log: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "kjob_trainer.mindspore_dist" in (p.info["cmdline"] or []) and \
+            if "kjob_trainer.mindspore.dist" in (p.info["cmdline"] or []) and \
                     any(f.path == str(log) for f in p.open_files()):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -226,7 +226,7 @@ def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_mindcv_models_have_the_published_parameter_counts():
-    code = ("from kjob_trainer.mindspore_setup import build_network\n"
+    code = ("from kjob_trainer.mindspore.setup import build_network\n"
             "for m in ('resnext50_32x4d', 'resnest50'):\n"
             "    n = build_network(m, 1000)\n"
             "    print(m, sum(p.size for p in n.get_parameters()), sum(p.size for p in n.trainable_params()))\n")
@@ -243,10 +243,10 @@ def test_mindcv_models_have_the_published_parameter_counts():
 PIPELINE = """
 import json, sys
 import numpy as np
-from kjob_trainer.config import make_config
-from kjob_trainer.dataset_index import find_splits
-from kjob_trainer.mindspore_data import ImageSource, make_pipeline
-from kjob_trainer.sharding import shard_indices
+from kjob_trainer.common.config import make_config
+from kjob_trainer.common.dataset_index import find_splits
+from kjob_trainer.mindspore.data import ImageSource, make_pipeline
+from kjob_trainer.common.sharding import shard_indices
 
 cfg = make_config(sys.argv[2], {"data_path": sys.argv[1], "image_size": 32, "workers": 1})
 train, val = find_splits(sys.argv[1], need_val=True)

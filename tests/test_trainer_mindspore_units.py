@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from kjob_trainer.config import make_config
-from kjob_trainer.distributed import DistEnv
-from kjob_trainer.errors import BadInput, DistributedError
-from kjob_trainer.mindspore_dist import BASE_SCHED_PORT, PORT_SPREAD, cluster_address
-from kjob_trainer.mindspore_setup import lr_table
-from kjob_trainer.schedule import LrSchedule
-from kjob_trainer.sharding import batches_per_epoch, shard_indices
+from kjob_trainer.common.config import make_config
+from kjob_trainer.common.distributed import DistEnv
+from kjob_trainer.common.errors import BadInput, DistributedError
+from kjob_trainer.mindspore.dist import BASE_SCHED_PORT, PORT_SPREAD, cluster_address
+from kjob_trainer.mindspore.setup import lr_table
+from kjob_trainer.common.schedule import LrSchedule
+from kjob_trainer.common.sharding import batches_per_epoch, shard_indices
 
 
 def lr_per_batch(cfg, batches: int, world: int) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_init_failing_as_the_join_timeout_fires_is_one_error_not_two(monkeypatch
     import sys
     import types
 
-    from kjob_trainer.mindspore_dist import ClusterMember
+    from kjob_trainer.mindspore.dist import ClusterMember
 
     def init():
         raise RuntimeError("Failed to initialize distributed job cluster because some processes ...")

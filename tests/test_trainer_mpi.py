@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kjob_trainer.checkpoints import CheckpointDir, sha256_file
-from kjob_trainer.torch_data import ShardBatches
-from kjob_trainer.metrics import read_metrics
-from kjob_trainer.torch_state import load_state
+from kjob_trainer.common.checkpoints import CheckpointDir, sha256_file
+from kjob_trainer.torch.data import ShardBatches
+from kjob_trainer.common.metrics import read_metrics
+from kjob_trainer.torch.state import load_state
 
 from timing import scaled
 from trainer_utils import (REPO, assert_loadable_step_checkpoint, index_of, rank_process, run_trainer, signal_stop_run,
@@ -145,7 +145,7 @@ def test_sigusr1_to_mpirun_reaches_every_rank_and_saves_a_checkpoint(tmp_path):
 SLOW_WRITER = """
 import sys, time
 from pathlib import Path
-from kjob_trainer.checkpoints import CheckpointDir
+from kjob_trainer.common.checkpoints import CheckpointDir
 ck = CheckpointDir(Path(sys.argv[1]), "pytorch", "resnext50_32x4d")
 ck.save("epoch-0001.pt", lambda p: p.write_bytes(b"good" * 1000), epoch=1, step=10)
 def slow(p):

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kjob_trainer import run_protocol as protocol
-from kjob_trainer.augment import mixup_draw
-from kjob_trainer.config import make_config
-from kjob_trainer.errors import BadInput
-from kjob_trainer.metrics import read_metrics
-from kjob_trainer.schedule import LrSchedule
-from kjob_trainer.sharding import shard_indices
+from kjob_trainer.common import run_protocol as protocol
+from kjob_trainer.common.augment import mixup_draw
+from kjob_trainer.common.config import make_config
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.common.metrics import read_metrics
+from kjob_trainer.common.schedule import LrSchedule
+from kjob_trainer.common.sharding import shard_indices
 
 from timing import scaled
 from trainer_utils import REPO, trainer_env, write_tiny_folder
@@ -34,8 +34,8 @@ STEPS_PER_EPOCH = 3
 
 RUN = """
 import json, signal, sys
-from kjob_trainer.config import make_config
-from kjob_trainer.distributed import DistEnv
+from kjob_trainer.common.config import make_config
+from kjob_trainer.common.distributed import DistEnv
 
 framework, data, out, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 def caller(signum, frame):
@@ -44,9 +44,9 @@ for sig in (signal.SIGTERM, signal.SIGUSR1):
     signal.signal(sig, caller)
 cfg = make_config(None, dict(framework=framework, data_path=data, output_path=out, **settings))
 if framework == "pytorch":
-    from kjob_trainer.torch_train import run
+    from kjob_trainer.torch.train import run
 else:
-    from kjob_trainer.mindspore_train import run
+    from kjob_trainer.mindspore.train import run
 code = run(cfg, DistEnv())
 restored = all(signal.getsignal(sig) is caller for sig in (signal.SIGTERM, signal.SIGUSR1))
 print("PROTOCOL " + json.dumps({"code": code, "restored": restored}))

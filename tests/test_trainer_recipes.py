@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from kjob_trainer.config import CONFIG_DIR, make_config
+from kjob_trainer.common.config import CONFIG_DIR, make_config
 
 REFERENCE = re.compile(r"^# reference: (?P<repo>[\w.-]+/[\w.-]+) (?P<path>\S+) @ (?P<commit>[0-9a-f]{40})$", re.M)
 
@@ -167,7 +167,7 @@ def test_mindcv_recipe_config_has_mindcvs_values():
 
 
 def test_pytorch8p_step_schedule_decays_tenfold_every_30_epochs():
-    from kjob_trainer.schedule import LrSchedule
+    from kjob_trainer.common.schedule import LrSchedule
 
     s = LrSchedule.from_config(make_config("resnext50_pytorch8p", {"synthetic": True}), 8, steps_per_epoch=100)
     assert [round(s.lr_at(e * 100) / 0.1, 6) for e in (0, 29, 30, 59, 60, 89)] == [1, 1, 0.1, 0.1, 0.01, 0.01]

@@ -203,8 +203,8 @@ def test_progress_draws_only_when_enabled():
 
 
 def test_the_trainers_own_checkpoint_folder_is_read_and_verified(tmp_path):
-    """The checkpoint index from the writer's side: kjob_trainer.checkpoints.CheckpointDir."""
-    from kjob_trainer.checkpoints import CheckpointDir, epoch_name, step_name
+    """The checkpoint index from the writer's side: kjob_trainer.common.checkpoints.CheckpointDir."""
+    from kjob_trainer.common.checkpoints import CheckpointDir, epoch_name, step_name
 
     ckdir = CheckpointDir.under(str(tmp_path / "run"), "pytorch", "resnext50_32x4d", keep=2)
     for epoch, top1 in ((1, 30.0), (2, 50.0), (3, 40.0)):

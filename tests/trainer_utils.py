@@ -124,8 +124,8 @@ def signal_stop_run(tmp_path: Path, send, *, launch: Sequence[str] = ()) -> tupl
 
 def assert_loadable_step_checkpoint(out: Path) -> None:
     """The latest checkpoint of a signal_stop_run is a step checkpoint the model loads."""
-    from kjob_trainer.torch_models import build_model
-    from kjob_trainer.torch_state import load_state, restore_model
+    from kjob_trainer.torch.models import build_model
+    from kjob_trainer.torch.state import load_state, restore_model
 
     index = index_of(out)
     assert index["latest"].startswith("step-")

@@ -60,7 +60,7 @@ LEADERS = (LAUNCHER, f"{MASTER}-0")
 # --- the trainer's programs ---------------------------------------------------------------
 TRAINER_MODULE = "kjob_trainer.train"
 # An MPIJob launcher's PID 1 runs mpirun under this wrapper, which turns SIGTERM into
-# SIGUSR1 (trainer/kjob_trainer/launch.py).
+# SIGUSR1 (trainer/kjob_trainer/launch/pid1.py).
 LAUNCH_MODULE = "kjob_trainer.launch"
 # OpenMPI's launcher under its various names. It forwards SIGUSR1 to every rank (the
 # trainer's "save a checkpoint and stop"), while its own SIGTERM kills the ranks within

@@ -3,8 +3,8 @@
 Top-1/top-5 of a checkpoint on a validation set: DIR/val/<class>/*, DIR/val_list.txt, or
 DIR itself holding class folders (as the references pass `.../imagenet/val`). Under mpirun
 every rank scores its own shard and the counts are all-reduced. `.pt` files go to
-`torch_eval.evaluate_checkpoint`, `.ckpt` files (or --framework mindspore) to
-`mindspore_eval.evaluate_checkpoint`. Exit codes as train. An entry point only: nothing
+`torch/eval.py`'s `evaluate_checkpoint`, `.ckpt` files (or --framework mindspore) to
+`mindspore/eval.py`'s. Exit codes as train. An entry point only: nothing
 imports this module.
 """
 
@@ -16,10 +16,10 @@ import sys
 import traceback
 from typing import Sequence
 
-from kjob_trainer.cli_args import OneLineParser
-from kjob_trainer.config import DEVICES
-from kjob_trainer.distributed import dist_env
-from kjob_trainer.errors import TrainerError, print_error
+from kjob_trainer.common.cli_args import OneLineParser
+from kjob_trainer.common.config import DEVICES
+from kjob_trainer.common.distributed import dist_env
+from kjob_trainer.common.errors import TrainerError, print_error
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -37,9 +37,9 @@ def parse_args(argv: Sequence[str] | None):
 def run(args, dist) -> dict:
     """The framework's evaluate_checkpoint. Raises TrainerError subclasses."""
     if args.framework == "mindspore" or (args.framework is None and args.checkpoint.endswith(".ckpt")):
-        from kjob_trainer.mindspore_eval import evaluate_checkpoint
+        from kjob_trainer.mindspore.eval import evaluate_checkpoint
     else:
-        from kjob_trainer.torch_eval import evaluate_checkpoint
+        from kjob_trainer.torch.eval import evaluate_checkpoint
     return evaluate_checkpoint(args.checkpoint, args.data_path, batch_size=args.batch_size, device=args.device,
                                workers=args.workers, dist=dist)
 

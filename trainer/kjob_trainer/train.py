@@ -17,22 +17,22 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from kjob_trainer.cli_args import parse_train_args
-from kjob_trainer.config import TrainConfig, make_config
-from kjob_trainer.distributed import DistEnv, dist_env
-from kjob_trainer.errors import BadInput, TrainerError, print_error
+from kjob_trainer.common.cli_args import parse_train_args
+from kjob_trainer.common.config import TrainConfig, make_config
+from kjob_trainer.common.distributed import DistEnv, dist_env
+from kjob_trainer.common.errors import BadInput, TrainerError, print_error
 
 
 def framework_runner(cfg: TrainConfig) -> Callable[[TrainConfig, DistEnv], int]:
     """The `run(cfg, dist)` of cfg.framework. Raises BadInput if that framework is missing."""
     if cfg.framework == "pytorch":
         try:
-            from kjob_trainer import torch_train
+            from kjob_trainer.torch import train as torch_train
         except ImportError as e:
             raise BadInput(f"--framework pytorch: PyTorch is not installed here ({e.name or e})") from e
         return torch_train.run
     try:
-        from kjob_trainer import mindspore_train
+        from kjob_trainer.mindspore import train as mindspore_train
     except ImportError as e:
         raise BadInput(f"--framework mindspore: MindSpore support is not available here ({e.name or e})") from e
     return mindspore_train.run

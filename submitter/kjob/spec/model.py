@@ -124,7 +124,7 @@ class RunPolicy(_Model):
 
 
 class TrainSettings(_Model):
-    """The trainer's flags (what kjob_trainer.cli_args accepts). lr is for a global batch of 256; the trainer scales it."""
+    """The trainer's flags (what kjob_trainer.common.cli_args accepts). lr is for a global batch of 256; the trainer scales it."""
 
     config: Str | None = Field(None, min_length=1, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
     epochs: int = Field(90, ge=1, le=10000, description="Passes over the training set.")

@@ -1,4 +1,4 @@
-"""The trainer's checkpoint index (index.json, written by kjob_trainer.checkpoints):
+"""The trainer's checkpoint index (index.json, written by kjob_trainer.common.checkpoints):
 parse, validate, select, list, write; and the verified copy out of a local run folder.
 
 Shared by both backends: the cluster path (kjob.cluster.fetch) reads index.json through

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.errors import BadInput
 
 FORMAT = "kjob-pytorch/v1"
 

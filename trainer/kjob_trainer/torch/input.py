@@ -8,7 +8,7 @@ Three decoders, one output format (uint8 CHW in the workers, normalised on the d
 - ``"pil"``: the classic ``PIL.Image.open`` + torchvision PIL transforms, for comparison and
   for formats torchvision cannot decode.
 - ``"dali"``: NVIDIA DALI (``pip install nvidia-dali-cuda130``), decoding with nvJPEG on the
-  GPU for nodes whose CPUs cannot keep up: a whole loader, in torch_dali.py, which imports
+  GPU for nodes whose CPUs cannot keep up: a whole loader, in torch/dali.py, which imports
   DALI only when asked for.
 
 Workers ship uint8 images (4x less inter-process and host-to-device traffic than float32);
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.errors import BadInput
 
 # ImageNet statistics on the 0..255 scale, because the batches arrive as uint8.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -39,7 +39,7 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EVAL_CROP_FRACTION = 0.875
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-# Decoders that run inside DataLoader workers (DALI is a loader of its own: torch_dali.py).
+# Decoders that run inside DataLoader workers (DALI is a loader of its own: torch/dali.py).
 WORKER_DECODERS = ("torchvision", "pil")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -228,7 +228,7 @@ def image_transform(decoder: str, size: int, *, train: bool, scale: tuple[float,
     the returned function raises CorruptImage for an undecodable file.
     """
     if decoder not in WORKER_DECODERS:
-        hint = " (DALI is a whole loader of its own: torch_dali.make_dali_loader)" if decoder == "dali" else ""
+        hint = " (DALI is a whole loader of its own: kjob_trainer.torch.dali.make_dali_loader)" if decoder == "dali" else ""
         raise FastInputError(f"unknown image decoder {decoder!r}: choose torchvision or pil{hint}")
     if size < 1:
         raise FastInputError(f"image size must be >= 1, got {size}")

@@ -46,9 +46,9 @@ import sys
 import time
 from typing import Sequence
 
-from kjob_trainer.errors import BadInput
-from kjob_trainer.distributed import RENDEZVOUS_VARIABLE
-from kjob_trainer.ssh_hosts import hostfile_of, read_hosts, wait_for_hosts, with_rendezvous_host
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.common.distributed import RENDEZVOUS_VARIABLE
+from kjob_trainer.launch.ssh_hosts import hostfile_of, read_hosts, wait_for_hosts, with_rendezvous_host
 
 USAGE = "usage: python -m kjob_trainer.launch [--hold [--hold-limit SECONDS]] -- COMMAND [ARG...]"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kjob_trainer.config import TrainConfig
+from kjob_trainer.common.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kjob_trainer.augment import AUTO_AUGMENT_POLICIES
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.augment import AUTO_AUGMENT_POLICIES
+from kjob_trainer.common.errors import BadInput
 
 FRAMEWORKS = ("pytorch", "mindspore")
 MODELS = ("resnext50_32x4d", "resnest50")
@@ -28,7 +28,9 @@ DECODERS = ("torchvision", "pil", "dali")  # PyTorch only; MindSpore decodes wit
 # MindSpore AMP levels as MindCV names them; None lets the MindSpore trainer derive one from `amp`.
 MS_AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+# The shipped recipes stay at the package's top (kjob_trainer/configs/, the path the spec
+# reference and the docs give users), one level above this module.
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
 
 @dataclass(frozen=True)

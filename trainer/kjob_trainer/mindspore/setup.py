@@ -1,7 +1,7 @@
 """MindSpore plumbing the training loop needs: device and graph mode, the cluster, MindCV's
 network, and MindCV's train step (loss, AMP level, loss scale, SGD momentum, gradient
-all-reduce and accumulation). The loop itself is mindspore_train.py; the lr table comes
-from the framework-free schedule.py.
+all-reduce and accumulation). The loop itself is mindspore/train.py; the lr table comes
+from the framework-free common/schedule.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kjob_trainer.config import TrainConfig
-from kjob_trainer.distributed import DistEnv
-from kjob_trainer.errors import BadInput
-from kjob_trainer.mindspore_dist import ClusterMember, quiet_mindspore
+from kjob_trainer.common.config import TrainConfig
+from kjob_trainer.common.distributed import DistEnv
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.mindspore.dist import ClusterMember, quiet_mindspore
 
 # --amp -> MindCV amp_level when the config does not name one: O2 is MindCV's recipe level
 # (BatchNorm kept in float32); `off` keeps everything float32.

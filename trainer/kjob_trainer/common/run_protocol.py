@@ -1,7 +1,7 @@
 """The run protocol both loops follow (framework-free): stopping, the numbers they log and
 checkpoint and what each means, the bad-image limit, and each rank's record.
 
-`torch_train.Trainer` and `mindspore_train.Trainer` have the same methods
+The `Trainer`s of torch/train.py and mindspore/train.py have the same methods
 (`train_one_epoch`, `log_interval`, `end_of_epoch`, `save`, `fit`) and call into this
 module for everything that is not framework code, so a number with a given name means
 the same thing whichever framework wrote it (tests/test_trainer_protocol.py runs both).
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from kjob_trainer.errors import BadInput
-from kjob_trainer.metrics import progress_line
-from kjob_trainer.progress import DataWaitMeter
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.common.metrics import progress_line
+from kjob_trainer.common.progress import DataWaitMeter
 
 # Signals that mean: finish the step, save a checkpoint, stop (exit 143). SIGTERM: an
 # eviction inside the pod. SIGUSR1: the same through mpirun, which forwards it to every

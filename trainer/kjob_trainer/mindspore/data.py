@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kjob_trainer.config import TrainConfig
-from kjob_trainer.dataset_index import Split
-from kjob_trainer.synthetic import SyntheticBank
+from kjob_trainer.common.config import TrainConfig
+from kjob_trainer.common.dataset_index import Split
+from kjob_trainer.common.synthetic import SyntheticBank
 
 # ImageNet channel statistics on the 0..255 scale, as MindCV normalises.
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

@@ -17,7 +17,7 @@ Where the scheduler listens:
 
 A rank that has not joined within `cfg.dist_timeout` seconds exits 1 with a line naming its
 rank, host and the scheduler address (a watchdog thread: `init()` itself cannot be
-interrupted). Run as `python -m kjob_trainer.mindspore_dist --scheduler` it is the
+interrupted). Run as `python -m kjob_trainer.mindspore.dist --scheduler` it is the
 scheduler process itself.
 """
 
@@ -32,8 +32,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from kjob_trainer.distributed import RENDEZVOUS_VARIABLE, DistEnv, rendezvous_host
-from kjob_trainer.errors import BadInput, DistributedError
+from kjob_trainer.common.distributed import RENDEZVOUS_VARIABLE, DistEnv, rendezvous_host
+from kjob_trainer.common.errors import BadInput, DistributedError
 
 # MindSpore's documentation uses 8118 for MS_SCHED_PORT; the hashed offset keeps
 # concurrent local jobs apart while every rank of one job computes the same port.
@@ -133,7 +133,7 @@ class ClusterMember:
         try:
             log = open(self.log_path, "ab") if self.log_path else None
             self.scheduler = subprocess.Popen(
-                [sys.executable, "-m", "kjob_trainer.mindspore_dist", "--scheduler"], env=env,
+                [sys.executable, "-m", "kjob_trainer.mindspore.dist", "--scheduler"], env=env,
                 stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
         except OSError as e:
             raise DistributedError(f"{self.where()}: cannot start the MindSpore scheduler ({e})") from e
@@ -218,6 +218,6 @@ def run_scheduler() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--scheduler"]:
-        sys.stderr.write("usage: python -m kjob_trainer.mindspore_dist --scheduler (started by rank 0)\n")
+        sys.stderr.write("usage: python -m kjob_trainer.mindspore.dist --scheduler (started by rank 0)\n")
         sys.exit(2)
     sys.exit(run_scheduler())

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from kjob_trainer.augment import AUTO_AUGMENT_POLICIES
-from kjob_trainer.config import AMP_MODES, DEVICES, FRAMEWORKS, LR_SCHEDULES, MODELS
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.augment import AUTO_AUGMENT_POLICIES
+from kjob_trainer.common.config import AMP_MODES, DEVICES, FRAMEWORKS, LR_SCHEDULES, MODELS
+from kjob_trainer.common.errors import BadInput
 
 S = argparse.SUPPRESS
 # The MindSpore model zoo's --device_target values.

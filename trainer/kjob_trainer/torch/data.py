@@ -18,11 +18,11 @@ from typing import Callable, Iterator
 import torch
 from PIL import Image
 
-from kjob_trainer.config import TrainConfig
-from kjob_trainer.dataset_index import Split
-from kjob_trainer.errors import BadInput
-from kjob_trainer.sharding import eval_batches, shard_indices
-from kjob_trainer.synthetic import SyntheticBank
+from kjob_trainer.common.config import TrainConfig
+from kjob_trainer.common.dataset_index import Split
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.common.sharding import eval_batches, shard_indices
+from kjob_trainer.common.synthetic import SyntheticBank
 
 # How many following samples to try in place of an undecodable one.
 MAX_SUBSTITUTES = 16
@@ -39,12 +39,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def build_transforms(cfg: TrainConfig, train: bool) -> Callable[[str], torch.Tensor]:
     """Image path -> uint8 (3, size, size) tensor (normalised later, on the device: see
     RankInput). The one place the PyTorch augmentation is defined. cfg.decoder "torchvision":
-    torch_input's libjpeg-turbo decode into uint8 tensors (~1.65x the images per core of PIL,
+    torch/input.py's libjpeg-turbo decode into uint8 tensors (~1.65x the images per core of PIL,
     see BENCHMARKS.md); "pil": PIL + torchvision transforms; "dali" decodes in its own
     loader, so its datasets keep the torchvision transform for nothing but reference.
     Raises BadInput (FastInputError) for another decoder name, and for DALI with a recipe
     augmentation it does not implement."""
-    from kjob_trainer.torch_input import image_transform
+    from kjob_trainer.torch.input import image_transform
 
     if cfg.decoder == "dali" and train and (cfg.auto_augment or cfg.color_jitter):
         raise BadInput("--decoder dali implements crop and flip only, not the recipe's auto_augment/color_jitter; "
@@ -136,7 +136,7 @@ class RankInput:
 
     Worker decoders (torchvision, pil): one DataLoader for the whole run whose workers ship
     uint8 images and persist across epochs (set_epoch reaches the sampler, which lives in
-    this process); `torch_input.DevicePrefetcher` copies and normalises the next batch while
+    this process); input.py's `DevicePrefetcher` copies and normalises the next batch while
     the model works on this one (a side stream on CUDA). DALI: a pipeline per epoch that
     reads this rank's files in the sampler's order, so sharding and mid-epoch resume are the
     same as with the workers (the crops are DALI's own random draws, not sample_seed's).
@@ -149,7 +149,7 @@ class RankInput:
         self.dali = cfg.decoder == "dali" and isinstance(dataset, ImageDataset)
         self.loader = None
         if self.dali:
-            from kjob_trainer.torch_dali import import_dali
+            from kjob_trainer.torch.dali import import_dali
 
             import_dali()  # a missing DALI fails here, before any training
         else:
@@ -160,7 +160,7 @@ class RankInput:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         """The batches of `epoch` from `start_batch` on."""
-        from kjob_trainer.torch_input import DevicePrefetcher
+        from kjob_trainer.torch.input import DevicePrefetcher
 
         self.batches.set_epoch(epoch, start_batch)
         if self.dali:
@@ -168,7 +168,7 @@ class RankInput:
         return iter(DevicePrefetcher(self.loader, self.device, channels_last=self.channels_last))
 
     def _dali_epoch(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        from kjob_trainer.torch_dali import make_dali_loader
+        from kjob_trainer.torch.dali import make_dali_loader
 
         b, cfg, split = self.batches, self.cfg, self.dataset.split
         order = b.rank_indices()[b.start_batch * b.batch_size:]
@@ -200,7 +200,7 @@ class RankInput:
 
 
 def _decodes(path: str) -> bool:
-    from kjob_trainer.torch_input import read_rgb
+    from kjob_trainer.torch.input import read_rgb
 
     try:
         read_rgb(path)

@@ -1,10 +1,10 @@
 """The MindSpore loop: MindCV's ResNeXt50/ResNeSt50 with MindCV's recipe pieces, read top to bottom.
 
-`train.py` calls `run(cfg, dist)` for `--framework mindspore`: setup (mindspore_setup: device,
+`train.py` calls `run(cfg, dist)` for `--framework mindspore`: setup (mindspore/setup.py: device,
 graph mode, cluster, network, train step) -> resume -> for each epoch: train_one_epoch,
 end_of_epoch (evaluate, checkpoint) -> finish. The run protocol (stop flag, what every
 logged and checkpointed number means, the bad-image limit, rank records) is
-`run_protocol`'s; `torch_train.Trainer` has the same methods.
+`run_protocol`'s; `torch/train.py`'s Trainer has the same methods.
 
 Graph mode on every device (MindCV's default `mode: 0`): the train step is compiled once,
 about 6 s for ResNeXt50 on this CPU, then runs as one graph; CPU works in graph mode, data-
@@ -26,21 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from kjob_trainer import run_protocol as protocol
-from kjob_trainer.augment import mixup_draw
-from kjob_trainer.checkpoints import CheckpointDir, epoch_name, step_name
-from kjob_trainer.config import TrainConfig
-from kjob_trainer.dataset_index import check_num_classes, find_splits
-from kjob_trainer.distributed import DistEnv
-from kjob_trainer.errors import BadInput, Terminated
-from kjob_trainer.metrics import MetricsLog, plot_curves
-from kjob_trainer.mindspore_data import ImageSource, SyntheticSource, make_pipeline
-from kjob_trainer.mindspore_eval import allreduce_sum, evaluate_network, read_checkpoint
-from kjob_trainer.mindspore_setup import build_network, build_train_step, lr_table, setup_context, weights_abs_sum
-from kjob_trainer.progress import DataWaitMeter
-from kjob_trainer.schedule import LrSchedule
-from kjob_trainer.sharding import batches_per_epoch, shard_indices
-from kjob_trainer.synthetic import SYNTHETIC_CLASSES
+from kjob_trainer.common import run_protocol as protocol
+from kjob_trainer.common.augment import mixup_draw
+from kjob_trainer.common.checkpoints import CheckpointDir, epoch_name, step_name
+from kjob_trainer.common.config import TrainConfig
+from kjob_trainer.common.dataset_index import check_num_classes, find_splits
+from kjob_trainer.common.distributed import DistEnv
+from kjob_trainer.common.errors import BadInput, Terminated
+from kjob_trainer.common.metrics import MetricsLog, plot_curves
+from kjob_trainer.mindspore.data import ImageSource, SyntheticSource, make_pipeline
+from kjob_trainer.mindspore.eval import allreduce_sum, evaluate_network, read_checkpoint
+from kjob_trainer.mindspore.setup import build_network, build_train_step, lr_table, setup_context, weights_abs_sum
+from kjob_trainer.common.progress import DataWaitMeter
+from kjob_trainer.common.schedule import LrSchedule
+from kjob_trainer.common.sharding import batches_per_epoch, shard_indices
+from kjob_trainer.common.synthetic import SYNTHETIC_CLASSES
 
 
 def load_data(cfg: TrainConfig):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.errors import BadInput
 
 PARAMETER_COUNTS_1000 = {"resnext50_32x4d": 25_028_904, "resnest50": 27_483_240}
 

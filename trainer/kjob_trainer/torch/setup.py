@@ -1,5 +1,5 @@
 """PyTorch plumbing the training loop needs: device, process group, optimizer, autocast dtype
-(the lr schedule is framework-free: schedule.py)."""
+(the lr schedule is framework-free: common/schedule.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import torch
 
-from kjob_trainer.config import TrainConfig
-from kjob_trainer.distributed import (DistEnv, local_address, publish_address, rendezvous_file,
+from kjob_trainer.common.config import TrainConfig
+from kjob_trainer.common.distributed import (DistEnv, local_address, publish_address, rendezvous_file,
                                       static_address, wait_for_address)
-from kjob_trainer.errors import BadInput, DistributedError
-from kjob_trainer.torch_models import parameter_groups
+from kjob_trainer.common.errors import BadInput, DistributedError
+from kjob_trainer.torch.models import parameter_groups
 
 
 def select_device(cfg: TrainConfig, dist: DistEnv) -> torch.device:

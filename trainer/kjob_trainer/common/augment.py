@@ -1,7 +1,7 @@
 """Augmentation settings that both frameworks implement, and the batch-level Mixup draw.
 
 Framework-free. Per-sample augmentation (crop, flip, colour jitter, AutoAugment) is built
-by each framework's input module from the config (`torch_input`, `mindspore_data`); what
+by each framework's input module from the config (`torch/input.py`, `mindspore/data.py`); what
 is decided here:
 
 - the names of the AutoAugment policies kjob accepts;

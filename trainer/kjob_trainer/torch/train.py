@@ -3,7 +3,7 @@
 load_data -> build model/optimizer -> resume -> for each epoch: train_one_epoch,
 end_of_epoch (evaluate, checkpoint) -> finish. The run protocol (stop flag, what every
 logged and checkpointed number means, the bad-image limit, rank records) is
-`run_protocol`'s; `mindspore_train.Trainer` has the same methods. No host synchronisation
+`run_protocol`'s; `mindspore/train.py`'s Trainer has the same methods. No host synchronisation
 inside a step: loss/accuracy stay on the device and are all-reduced with the host counts
 every `log_interval` steps (and at epoch end).
 """
@@ -17,23 +17,23 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as td
 
-from kjob_trainer import run_protocol as protocol
-from kjob_trainer import torch_data
-from kjob_trainer.augment import mixup_draw
-from kjob_trainer.checkpoints import CheckpointDir, epoch_name, step_name
-from kjob_trainer.config import TrainConfig
-from kjob_trainer.dataset_index import check_num_classes, find_splits
-from kjob_trainer.distributed import DistEnv
-from kjob_trainer.errors import BadInput, Terminated
-from kjob_trainer.metrics import MetricsLog, plot_curves
-from kjob_trainer.progress import DataWaitMeter
-from kjob_trainer.schedule import LrSchedule
-from kjob_trainer.sharding import batches_per_epoch
-from kjob_trainer.synthetic import SYNTHETIC_CLASSES
-from kjob_trainer.torch_eval import evaluate
-from kjob_trainer.torch_models import build_model
-from kjob_trainer.torch_setup import autocast_dtype, init_process_group, make_optimizer, select_device
-from kjob_trainer.torch_state import Position, build_state, load_state, restore_model, unwrap
+from kjob_trainer.common import run_protocol as protocol
+from kjob_trainer.torch import data as torch_data
+from kjob_trainer.common.augment import mixup_draw
+from kjob_trainer.common.checkpoints import CheckpointDir, epoch_name, step_name
+from kjob_trainer.common.config import TrainConfig
+from kjob_trainer.common.dataset_index import check_num_classes, find_splits
+from kjob_trainer.common.distributed import DistEnv
+from kjob_trainer.common.errors import BadInput, Terminated
+from kjob_trainer.common.metrics import MetricsLog, plot_curves
+from kjob_trainer.common.progress import DataWaitMeter
+from kjob_trainer.common.schedule import LrSchedule
+from kjob_trainer.common.sharding import batches_per_epoch
+from kjob_trainer.common.synthetic import SYNTHETIC_CLASSES
+from kjob_trainer.torch.eval import evaluate
+from kjob_trainer.torch.models import build_model
+from kjob_trainer.torch.setup import autocast_dtype, init_process_group, make_optimizer, select_device
+from kjob_trainer.torch.state import Position, build_state, load_state, restore_model, unwrap
 
 
 @dataclass
@@ -148,7 +148,7 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, name: str, metrics: dict) -> None:
-        """Rank 0: one checkpoint (torch_state's dict) into the checkpoint folder."""
+        """Rank 0: one checkpoint (torch/state.py's dict) into the checkpoint folder."""
         if not self.dist.is_main:
             return
         state = build_state(model=self.model, optimizer=self.optimizer, scaler=self.scaler, pos=self.pos,

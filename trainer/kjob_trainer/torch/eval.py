@@ -11,12 +11,12 @@ from typing import Any
 import torch
 import torch.distributed as td
 
-from kjob_trainer import torch_data
-from kjob_trainer.config import TrainConfig, make_config
-from kjob_trainer.dataset_index import find_val_split
-from kjob_trainer.distributed import DistEnv, dist_env
-from kjob_trainer.errors import BadInput
-from kjob_trainer.torch_state import load_state, restore_model, unwrap
+from kjob_trainer.torch import data as torch_data
+from kjob_trainer.common.config import TrainConfig, make_config
+from kjob_trainer.common.dataset_index import find_val_split
+from kjob_trainer.common.distributed import DistEnv, dist_env
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.torch.state import load_state, restore_model, unwrap
 
 
 @torch.no_grad()
@@ -52,8 +52,8 @@ def evaluate_checkpoint(checkpoint: str, data_path: str, *, batch_size: int = 64
     checkpoint. Returns {"checkpoint", "model", "epoch", "step", "top1", "top5", "loss",
     "images"}. Raises BadInput for batch size < 1, a missing or unreadable checkpoint, or
     classes that differ from training's."""
-    from kjob_trainer.torch_models import build_model
-    from kjob_trainer.torch_setup import init_process_group, select_device
+    from kjob_trainer.torch.models import build_model
+    from kjob_trainer.torch.setup import init_process_group, select_device
 
     if batch_size < 1:
         raise BadInput(f"--batch-size must be at least 1, got {batch_size}")

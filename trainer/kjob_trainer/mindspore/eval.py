@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from kjob_trainer.errors import BadInput
-from kjob_trainer.mindspore_dist import quiet_mindspore
+from kjob_trainer.common.errors import BadInput
+from kjob_trainer.mindspore.dist import quiet_mindspore
 
 # Extra keys kjob stores in a .ckpt beside the parameters (MindSpore's append_dict).
 META_KEYS = ("kjob_framework", "kjob_model", "kjob_epoch", "kjob_step", "kjob_config", "kjob_metrics",
@@ -82,12 +82,12 @@ def evaluate_checkpoint(checkpoint: str, data_path: str, *, batch_size: int = 32
     BadInput for an unreadable checkpoint, batch size < 1, or classes that differ from training's."""
     import dataclasses
 
-    from kjob_trainer.config import TrainConfig
-    from kjob_trainer.dataset_index import find_val_split
-    from kjob_trainer.distributed import dist_env
-    from kjob_trainer.mindspore_data import ImageSource, make_pipeline
-    from kjob_trainer.mindspore_setup import build_network, setup_context
-    from kjob_trainer.sharding import shard_indices
+    from kjob_trainer.common.config import TrainConfig
+    from kjob_trainer.common.dataset_index import find_val_split
+    from kjob_trainer.common.distributed import dist_env
+    from kjob_trainer.mindspore.data import ImageSource, make_pipeline
+    from kjob_trainer.mindspore.setup import build_network, setup_context
+    from kjob_trainer.common.sharding import shard_indices
 
     if batch_size < 1:
         raise BadInput(f"--batch-size must be at least 1, got {batch_size}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.errors import BadInput
 
 FORMAT = "kjob-checkpoints/v1"
 INDEX = "index.json"

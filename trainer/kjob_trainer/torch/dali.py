@@ -5,7 +5,7 @@ dependency: ``pip install nvidia-dali-cuda130`` (the PyTorch image has it); this
 when a loader is built, and says so plainly when it is missing. The graph is the
 standard ImageNet one (NVIDIA's DeepLearningExamples): read -> decode with random crop ->
 resize -> crop/mirror/normalise, with the same box distribution and normalisation as the
-CPU path in torch_input.py.
+CPU path in torch/input.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from kjob_trainer.torch_input import (EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE,
+from kjob_trainer.torch.input import (EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE,
                                      DaliUnavailable, FastInputError)
 
 
@@ -126,7 +126,7 @@ def make_dali_loader(samples: Sequence[tuple[str, int]], batch_size: int, *, siz
     Each rank reads its own 1/world_size shard. shuffle (default: train) shuffles every
     epoch; shuffle=False reads `samples` in the order given (the trainer passes each rank's
     own, already shuffled list with rank=0, world_size=1). scale/flip/eval_resize as in
-    torch_input.image_transform. Raises DaliUnavailable when DALI is not
+    input.py's image_transform. Raises DaliUnavailable when DALI is not
     installed (checked first, so the message is the same on every machine) or no GPU is
     visible for device="gpu"; FastInputError for bad arguments.
     """

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kjob_trainer.errors import DistributedError
+from kjob_trainer.common.errors import DistributedError
 
 DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
 # Rank 0's host, set for every rank by the MPIJob launcher's wrapper (mpirun -x) from the

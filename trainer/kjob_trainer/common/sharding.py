@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from kjob_trainer.errors import BadInput
+from kjob_trainer.common.errors import BadInput
 
 
 def shard_indices(n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, train: bool) -> list[int]:
