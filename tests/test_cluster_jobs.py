@@ -99,6 +99,24 @@ def test_resubmit_is_idempotent_conflicts_on_change_and_replace_recreates(kube):
     assert kube.get("MPIJob", "smoke")["metadata"]["uid"] != stored["metadata"]["uid"]
 
 
+@pytest.mark.parametrize("state", ["Failed", "Succeeded"])
+def test_resubmit_over_an_ended_job_is_a_conflict_until_replace_runs_it_again(kube, state):
+    backend = ClusterBackend()
+    backend.create_job(objects())
+    kube.set_condition("smoke", state)
+    ended = kube.get("MPIJob", "smoke")
+    when = next(c["lastTransitionTime"] for c in ended["status"]["conditions"] if c["type"] == state)
+    with pytest.raises(Conflict) as e:
+        backend.create_job(objects())  # the very same spec: no longer a silent no-op
+    assert e.value.exit_code == 6
+    assert e.value.message == f"job smoke {state} at {when}; `--replace` runs it again (resuming from its latest checkpoint)"
+    assert kube.get("MPIJob", "smoke")["metadata"]["uid"] == ended["metadata"]["uid"]
+    again = backend.create_job(objects(), replace=True)
+    assert again.created and again.message == "MPIJob default/smoke replaced"
+    fresh = kube.get("MPIJob", "smoke")
+    assert fresh["metadata"]["uid"] != ended["metadata"]["uid"] and not (fresh.get("status") or {}).get("conditions")
+
+
 def test_transient_errors_are_retried_a_bounded_number_of_times(kube):
     kube.fault("get", "mpijobs", status=503, times=2)
     backend = ClusterBackend()

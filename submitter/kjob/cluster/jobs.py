@@ -14,7 +14,9 @@ from typing import Callable
 
 from kjob import settings
 from kjob.cluster import requests
+from kjob.backend import finished_conflict
 from kjob.cluster.api import Kube
+from kjob.cluster.status import ended
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, SPEC_HASH
 
@@ -151,7 +153,11 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
     if existing is not None:
         ours = job["metadata"].get("annotations", {}).get(SPEC_HASH)
         theirs = existing["metadata"].get("annotations", {}).get(SPEC_HASH)
-        if ours and ours == theirs:
+        state, when = ended(existing)
+        if state is not None and not replace:
+            # The same spec over an ended job would be a no-op that never runs it again.
+            raise finished_conflict(f"job {name}", state, when)
+        if ours and ours == theirs and state is None:
             return Submitted(kind, name, namespace, False, f"{kind} {namespace}/{name} is already submitted with this spec ({ours[:19]}…): nothing to do", warnings)
         if not replace:
             raise Conflict(

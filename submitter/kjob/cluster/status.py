@@ -26,6 +26,15 @@ def job_state(job: dict) -> tuple[str, str | None]:
     return newest["type"], newest.get("message")
 
 
+def ended(job: dict) -> tuple[str | None, str | None]:
+    """(Succeeded | Failed, when) of a job that has ended, else (None, None). When: the
+    final condition's lastTransitionTime, else status.completionTime."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") in FINAL_STATES:
+            return c["type"], c.get("lastTransitionTime") or (job.get("status") or {}).get("completionTime")
+    return None, None
+
+
 def pod_info(pod: dict, events: list[dict]) -> PodInfo:
     status = pod.get("status") or {}
     statuses = status.get("containerStatuses") or []
