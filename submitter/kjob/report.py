@@ -45,6 +45,8 @@ def format_status(st: JobStatus) -> str:
         lines.append(f"Message:   {st.message}")
     if st.exit_code is not None:
         lines.append(f"Exit code: {st.exit_code}")
+    if st.managed_by:
+        lines.append(f"Managed:   by {st.managed_by} (a delete lasts until its next sync)")
     if st.workers:
         lines.append(f"Workers:   {st.workers} x {st.gpus_per_worker} GPU")
     if st.image:

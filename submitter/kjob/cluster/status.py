@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from kjob import names
 from kjob.backend import FINAL_STATES, JobStatus, PodInfo
+from kjob.cluster.gitops import gitops_owner
 from kjob.cluster.pods import exit_code, pod_reason, replica_name
 
 # The operators' condition types that are job states (kubeflow/common JobConditionType).
@@ -77,6 +78,8 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
         image=_image(job), created=md.get("creationTimestamp"), started=st.get("startTime"), finished=st.get("completionTime"),
         replicas=st.get("replicaStatuses") or {}, pods=infos,
     )
+    owner = gitops_owner(job)
+    out.managed_by = str(owner) if owner else None
     troubled = [i for i in infos if i.reason]
     if state not in FINAL_STATES and troubled:
         out.message = f"{troubled[0].replica}: {troubled[0].reason}"
