@@ -176,8 +176,8 @@ FAULTS = [
     dict(verb="list", resource="pods", status=422),
     dict(verb="list", resource="events", status=429, times=-1),
     dict(verb="get", resource="pods/log", status=410),
-    dict(verb="create", resource="pods/exec", status=500),
-    dict(verb="create", resource="pods/exec", status=403),
+    dict(verb="get", resource="pods/exec", status=500),
+    dict(verb="get", resource="pods/exec", status=403),
     dict(verb="get", resource="pods", status=503, times=-1),
     dict(verb="*", resource="*", delay=0.3, times=-1),
 ]

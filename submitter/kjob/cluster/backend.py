@@ -72,8 +72,11 @@ class ClusterBackend:
         pods = job_pods(self.kube, job)
         try:
             events = job_events(self.kube, job, pods)
-        except Forbidden:
-            events = []  # many roles may not read Events: the pods' own status still explains most
+        except Forbidden as e:
+            # Many roles may not read Events: the pods' own status still explains most.
+            st = job_status(job, pods, [])
+            st.warnings.append(f"{e.message.split(' (context')[0]}: reasons only Events give (the scheduler's, the operator's) are not shown")
+            return st
         return job_status(job, pods, events)
 
     def list_jobs(self, all_namespaces: bool = False) -> list[JobStatus]:

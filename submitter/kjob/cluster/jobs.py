@@ -7,6 +7,7 @@ KjobError subclasses leave this module.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,8 +34,30 @@ CLOBBERED = {
                "with --enable-scheme=pytorchjob and without its MPIJob CRD (README: Installing the operators side by side)"),
 }
 # What kjob does after submitting, checked up front by SelfSubjectAccessReview:
-# (verb, resource, subresource) on top of "create <the job kind>".
-NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log"), ("create", "pods", "exec")]
+# (verb, resource, subresource) on top of "create <the job kind>" and exec_access().
+NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log")]
+# kjob's exec (delete's checkpoint, fetch-ckpt) is a websocket GET of pods/NAME/exec: the
+# API server authorizes it as "get pods/exec" up to 1.34; from 1.35 it also checks
+# "create" (KEP-4006, feature gate AuthorizePodWebsocketUpgradeCreatePermission).
+EXEC_CREATE_FROM = (1, 35)
+
+
+def exec_access(version: dict | None) -> list[tuple[str, str, str]]:
+    """The exec permissions the server of `version` (its /version answer) will check;
+    both verbs when the version is unknown."""
+    try:
+        minor = re.match(r"\d+", version["minor"]).group()  # "35", or "35+" on some distributions
+        server = (int(version["major"]), int(minor))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        server = EXEC_CREATE_FROM
+    return [("get", "pods", "exec")] + ([("create", "pods", "exec")] if server >= EXEC_CREATE_FROM else [])
+
+
+def _server_version(kube: Kube) -> dict | None:
+    try:
+        return kube.send(requests.server_version())
+    except KjobError:
+        return None  # not allowed or not served: check both verbs
 
 
 def poll_seconds() -> float:
@@ -49,7 +72,8 @@ def preflight(kube: Kube, kind: str, namespace: str) -> None:
     problem at once. Raises ClusterUnavailable, NotFound (CRD, namespace) or Forbidden."""
     _, plural = JOB_KINDS[kind]
     checks = [lambda: _check_api(kube, kind), lambda: _check_namespace(kube, namespace)]
-    access = [("create", plural, "", GROUP)] + [(v, r, s, "") for v, r, s in NEEDED_ACCESS]
+    needed = NEEDED_ACCESS + exec_access(_server_version(kube))
+    access = [("create", plural, "", GROUP)] + [(v, r, s, "") for v, r, s in needed]
     checks += [lambda a=a: _check_access(kube, namespace, *a) for a in access]
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         problems = [p for p in pool.map(_capture, checks) if p is not None]
@@ -108,7 +132,18 @@ def _served_at(kube: Kube, plural: str, wanted: str) -> str | None:
 
 
 def _check_namespace(kube: Kube, namespace: str) -> None:
-    kube.send(requests.get_namespace(namespace))
+    try:
+        kube.send(requests.get_namespace(namespace))
+    except Forbidden:
+        pass  # namespaces are cluster-scoped: a user with a Role of its own namespace may not read them
+
+
+def _namespace_labels(kube: Kube, namespace: str) -> dict:
+    """The namespace's labels ({} for a user who may not read namespaces)."""
+    try:
+        return kube.send(requests.get_namespace(namespace))["metadata"].get("labels") or {}
+    except Forbidden:
+        return {}
 
 
 def _check_access(kube: Kube, namespace: str, verb: str, resource: str, sub: str, group: str) -> KjobError | None:
@@ -147,7 +182,7 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
     job = find_job(objects)
     kind, name = job["kind"], job["metadata"]["name"]
     preflight(kube, kind, namespace)
-    level = (kube.send(requests.get_namespace(namespace))["metadata"].get("labels") or {}).get(POD_SECURITY_ENFORCE)
+    level = _namespace_labels(kube, namespace).get(POD_SECURITY_ENFORCE)
     warnings = pod_security_warnings(level, namespace, job)
     existing = get_job(kube, name, namespace, kinds=[kind], missing_ok=True)
     if existing is not None:

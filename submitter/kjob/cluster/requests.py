@@ -61,6 +61,11 @@ def api_resources(api_version: str) -> Request:
     return Request("GET", f"/apis/{api_version}", verb="get", resource=f"{api_version} discovery")
 
 
+def server_version() -> Request:
+    """The API server's version (/version: major, minor, gitVersion)."""
+    return Request("GET", "/version", verb="get", resource="version")
+
+
 def get_namespace(namespace: str) -> Request:
     return Request("GET", api_path("v1", "namespaces", name=namespace), verb="get", resource="namespaces", name=namespace)
 
