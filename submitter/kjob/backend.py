@@ -60,6 +60,7 @@ class JobStatus:
     replicas: dict[str, dict[str, int]] = field(default_factory=dict)  # {"Worker": {"active": 1, ...}}
     pods: list[PodInfo] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cause: str | None = None  # a Failed job: the first failure in time ("worker-1 (gone): preempted by ...")
     managed_by: str | None = None  # the GitOps tool that applied the job: 'Argo CD (Application "x")'
 
     def to_dict(self) -> dict:

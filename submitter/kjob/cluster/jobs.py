@@ -17,6 +17,7 @@ from kjob import settings
 from kjob.cluster import requests
 from kjob.backend import finished_conflict
 from kjob.cluster.api import Kube
+from kjob.cluster.disruptions import DISRUPTION_EVENTS
 from kjob.cluster.status import ended
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, SPEC_HASH
@@ -288,11 +289,18 @@ def job_pods(kube: Kube, job: dict) -> list[dict]:
 
 
 def job_events(kube: Kube, job: dict, pods: list[dict]) -> list[dict]:
-    """Warning Events of the job and its pods (one call; filtered here)."""
+    """The Warning Events of the job and of its pods, those that exist and those that are
+    gone (the operators name pods <job>-...: events outlive pods), and the Normal ones that
+    tell of a disruption (DISRUPTION_EVENTS: "Preempted"). One call; filtered here."""
     md = job["metadata"]
     names = {md["name"]} | {p["metadata"]["name"] for p in pods}
-    found = kube.send(requests.warning_events(md["namespace"]))
-    return [e for e in found.get("items", []) if e.get("involvedObject", {}).get("name") in names]
+    found = kube.send(requests.namespace_events(md["namespace"]))
+    return [e for e in found.get("items", []) if _of_job(e, md["name"], names) and (e.get("type") == "Warning" or e.get("reason") in DISRUPTION_EVENTS)]
+
+
+def _of_job(event: dict, job: str, names: set[str]) -> bool:
+    obj = event.get("involvedObject") or {}
+    return obj.get("name") in names or (obj.get("kind") == "Pod" and obj.get("name", "").startswith(f"{job}-"))
 
 
 def delete_job(kube: Kube, job: dict, *, wait: bool = False, timeout: float = 300) -> int:

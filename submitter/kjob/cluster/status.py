@@ -7,7 +7,8 @@ from __future__ import annotations
 from kjob import names
 from kjob.backend import FINAL_STATES, JobStatus, PodInfo
 from kjob.cluster.gitops import gitops_owner
-from kjob.cluster.pods import exit_code, pod_reason, replica_name
+from kjob.cluster.disruptions import DISRUPTION_EVENTS, Trouble, first_time, gone_pod_trouble
+from kjob.cluster.pods import exit_code, pod_reason, pod_trouble, replica_name
 
 # The operators' condition types that are job states (kubeflow/common JobConditionType).
 CONDITION_STATES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
@@ -36,7 +37,7 @@ def ended(job: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
-def pod_info(pod: dict, events: list[dict]) -> PodInfo:
+def pod_info(pod: dict, events: list[dict], trouble: Trouble | None = None) -> PodInfo:
     status = pod.get("status") or {}
     statuses = status.get("containerStatuses") or []
     return PodInfo(
@@ -46,8 +47,45 @@ def pod_info(pod: dict, events: list[dict]) -> PodInfo:
         ready=bool(statuses) and all(cs.get("ready") for cs in statuses),
         restarts=sum(cs.get("restartCount", 0) for cs in statuses),
         node=pod.get("spec", {}).get("nodeName"),
-        reason=pod_reason(pod, events),
+        reason=trouble.text if trouble else pod_reason(pod, events),
     )
+
+
+def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str, str, str]]:
+    """(when, who, why) of every current trouble of the job, earliest first: its pods'
+    (an OOMKilled that is over is not one), the job's own Warning Events (mpi-operator's
+    "worker pod created failed: ... exceeded quota"), and what the Events of its pods that
+    are gone say took them (events outlive pods: cleanPodPolicy removed the workers)."""
+    md = job["metadata"]
+    found = []
+    for p in pods:
+        t = pod_trouble(p, events)
+        if t and not t.over:
+            found.append((t.when, replica_name(p), t.text))
+    kind = job.get("kind")
+    for e in events:
+        obj = e.get("involvedObject") or {}
+        if obj.get("kind") == kind and obj.get("name") == md["name"] and e.get("type") == "Warning":
+            found.append((first_time(e), kind, f"{e.get('reason')}: {e.get('message', '')}".rstrip(": ")))
+    names = {p["metadata"]["name"] for p in pods}
+    gone: dict[str, list[dict]] = {}
+    for e in events:
+        obj = e.get("involvedObject") or {}
+        if obj.get("kind") == "Pod" and obj.get("name") not in names and e.get("reason") in DISRUPTION_EVENTS:
+            gone.setdefault(obj["name"], []).append(e)
+    for name, evs in gone.items():
+        t = gone_pod_trouble(evs)
+        if t:
+            found.append((t.when, f"{gone_replica(md['name'], name)} (gone)", t.text))
+    # Unknown times go last: a failure with a time is known to be first.
+    return sorted(found, key=lambda f: (not f[0], f[0]))
+
+
+def gone_replica(job: str, pod: str) -> str:
+    """worker-3 of <job>-worker-3, launcher of <job>-launcher-x7k2p: a pod that no longer
+    exists has no labels to read."""
+    rest = pod.removeprefix(f"{job}-")
+    return "launcher" if rest.startswith("launcher") else rest
 
 
 def _order(info: PodInfo) -> tuple:
@@ -72,6 +110,7 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
     ann = md.get("annotations") or {}
     state, message = job_state(job)
     infos = sorted((pod_info(p, events) for p in pods or []), key=_order)
+    found = troubles(job, pods or [], events) if pods is not None else []
     out = JobStatus(
         name=md["name"], namespace=md.get("namespace"), kind=job["kind"], state=state, message=message,
         workers=int(ann.get(names.WORKERS, 0) or 0), gpus_per_worker=int(ann.get(names.GPUS_PER_WORKER, 0) or 0),
@@ -80,11 +119,12 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
     )
     owner = gitops_owner(job)
     out.managed_by = str(owner) if owner else None
-    troubled = [i for i in infos if i.reason]
-    if state not in FINAL_STATES and troubled:
-        out.message = f"{troubled[0].replica}: {troubled[0].reason}"
+    if state not in FINAL_STATES and found:
+        out.message = f"{found[0][1]}: {found[0][2]}"
         if state == "Created":
             out.state = "Pending"
+    elif state == "Failed" and found:
+        out.cause = f"{found[0][1]}: {found[0][2]}"
     elif state == "Created" and infos and all(i.phase == "Pending" for i in infos):
         out.state = "Pending"
     if state == "Failed":
