@@ -72,9 +72,12 @@ def test_every_command_works_with_exactly_the_shipped_role(real, run_kjob, tmp_p
     # exit 6 until --replace deletes and recreates it.
     assert run_kjob("submit", "examples/smoke.yaml", *kc).code == 0
     real.end_pod(real.pod("smoke", "launcher"), 0)
-    wait_for("smoke Succeeded", lambda: "State:     Succeeded" in run_kjob("status", "smoke").out, 60, interval=0.2)
+    wait_for("smoke Succeeded, its workers cleaned up", lambda: "State:     Succeeded" in run_kjob("status", "smoke").out
+             and not [p for p in real.pods("smoke") if p.get("status", {}).get("phase") == "Running"], 60, interval=0.2)
     r = run_kjob("fetch-ckpt", "smoke", "--list", *kc)
-    assert r.code == 0 and index["latest"] in r.out and "-fetch-" in r.err, r
+    assert r.code == 0 and index["latest"] in r.out, r
+    scheduled = real.api.items(real.path("events"), fieldSelector="reason=Scheduled")
+    assert [e for e in scheduled if e["involvedObject"]["name"].startswith("smoke-fetch-")], "no helper pod was made"
     r = run_kjob("submit", "examples/smoke.yaml", *kc)
     assert r.code == 6 and "job smoke Succeeded at " in r.err, r
     r = run_kjob("submit", "examples/smoke.yaml", "--replace", *kc)
