@@ -115,3 +115,11 @@ def test_a_failed_job_whose_workers_were_cleaned_up_keeps_its_root_cause():
     st = job_status(job("Created", "Running", "Failed", at=T3), [launcher], events)
     assert st.cause == f"worker-1 (gone): {PREEMPTED}"
     assert f"Cause:     worker-1 (gone): {PREEMPTED}" in format_status(st).splitlines()
+
+
+def test_in_the_same_second_a_pods_trouble_comes_before_the_jobs_event_that_follows_it():
+    gone = event("j-worker-1", "Evicted", "The node was low on resource: memory. ", T1)
+    operator = event("j", "MPIJobEvicted", "1/2 workers are evicted", T1, kind="MPIJob")
+    for events in ([gone, operator], [operator, gone]):
+        st = job_status(job("Created", "Running", "Failed", at=T1), [pod("launcher")], events)
+        assert st.cause == "worker-1 (gone): Evicted: The node was low on resource: memory.", events

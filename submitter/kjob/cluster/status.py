@@ -77,8 +77,10 @@ def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str,
         t = gone_pod_trouble(evs)
         if t:
             found.append((t.when, f"{gone_replica(md['name'], name)} (gone)", t.text))
-    # Unknown times go last: a failure with a time is known to be first.
-    return sorted(found, key=lambda f: (not f[0], f[0]))
+    # Unknown times go last: a failure with a time is known to be first. In the same second
+    # a pod's trouble comes before the job's Event (mpi-operator's "1/2 workers are
+    # evicted" follows the eviction).
+    return sorted(found, key=lambda f: (not f[0], f[0], f[1] == kind))
 
 
 def gone_replica(job: str, pod: str) -> str:
