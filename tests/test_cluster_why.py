@@ -123,3 +123,10 @@ def test_in_the_same_second_a_pods_trouble_comes_before_the_jobs_event_that_foll
     for events in ([gone, operator], [operator, gone]):
         st = job_status(job("Created", "Running", "Failed", at=T1), [pod("launcher")], events)
         assert st.cause == "worker-1 (gone): Evicted: The node was low on resource: memory.", events
+
+
+def test_ready_is_the_pods_ready_condition_which_a_lost_node_turns_false():
+    stuck = pod("worker-5", conditions=[{"type": "Ready", "status": "False", "lastTransitionTime": T2}])  # containers still say ready
+    assert stuck["status"]["containerStatuses"][0]["ready"] is True
+    rows = job_status(job("Running"), [stuck, pod("worker-0", conditions=[{"type": "Ready", "status": "True"}])], []).pods
+    assert [(p.replica, p.ready) for p in rows] == [("worker-0", True), ("worker-5", False)]

@@ -44,11 +44,20 @@ def pod_info(pod: dict, events: list[dict], trouble: Trouble | None = None) -> P
         name=pod["metadata"]["name"],
         replica=replica_name(pod),
         phase=status.get("phase", "Unknown"),
-        ready=bool(statuses) and all(cs.get("ready") for cs in statuses),
+        ready=_ready(status, statuses),
         restarts=sum(cs.get("restartCount", 0) for cs in statuses),
         node=pod.get("spec", {}).get("nodeName"),
         reason=trouble.text if trouble else pod_reason(pod, events),
     )
+
+
+def _ready(status: dict, statuses: list[dict]) -> bool:
+    """The pod's Ready condition (the node lifecycle controller turns it False on a lost
+    node while the containers still say ready); the containers' when it has none."""
+    cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if cond is not None:
+        return cond.get("status") == "True"
+    return bool(statuses) and all(cs.get("ready") for cs in statuses)
 
 
 def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str, str, str]]:
