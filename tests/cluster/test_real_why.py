@@ -118,6 +118,24 @@ def test_an_evicted_worker_says_evicted_and_stays_the_cause_after_it_is_gone(rea
     assert f"Cause: worker-1 (gone): Evicted: {PRESSURE}" in out, out
 
 
+def test_an_eviction_through_the_eviction_api_says_evicted(real, run_kjob):
+    """`kubectl drain` and `kubectl evict` go through the Eviction API: the API server marks
+    the pod DisruptionTarget (EvictionByEvictionAPI) and deletes it with its grace period.
+    A kubelet takes up to that period (120 s) to stop the trainer; kwok would delete it at
+    once, so kwok is paused while status looks (SIGSTOP, seconds: far inside its 40 s lease)."""
+    assert run_kjob("submit", "examples/smoke.yaml").code == 0
+    real.wait_pods("smoke", 3)
+    group = real.plane.procs["kwok"].pid
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        real.api.create(real.path("pods", "smoke-worker-1") + "/eviction", {
+            "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "smoke-worker-1", "namespace": real.ns}})
+        out = status(run_kjob, "smoke")
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    assert "Message: worker-1: Evicted: Eviction API: evicting" in out, out
+
+
 def _nodes_back(real) -> bool:
     nodes = real.api.items("/api/v1/nodes")
     return all(any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
