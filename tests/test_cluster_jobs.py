@@ -9,7 +9,7 @@ import pytest
 
 from kjob import names
 from kjob.cluster.backend import ClusterBackend
-from kjob.cluster.jobs import find_job, pod_security_warnings
+from kjob.cluster.jobs import find_job, job_events, job_pods, pod_security_warnings
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
@@ -267,3 +267,15 @@ def test_submit_into_a_restricted_namespace_says_what_admission_will_refuse(kube
     r = run_kjob("submit", "examples/resnext50-torchrun.yaml", "-n", "team")
     assert r.code == 0 and r.out == "PyTorchJob team/resnext50-torchrun created\n"
     assert r.err.startswith('warning: namespace "team" enforces Pod Security "restricted", and training-operator v1.9')
+
+
+def test_events_of_a_job_include_its_gone_pods_but_not_another_jobs(kube):
+    backend = ClusterBackend()
+    backend.create_job(objects())
+    kube.start_job("smoke")
+    for pod, reason in (("smoke-worker-7", "Evicted"), ("smoke-launcher-x7k2p", "Evicted"), ("smoke-2-worker-0", "Evicted"),
+                        ("smoke-worker-1", "Scheduled")):
+        kube.event(pod, reason, "x", type_="Warning" if reason == "Evicted" else "Normal")
+    job = kube.get("MPIJob", "smoke")
+    names = {e["involvedObject"]["name"] for e in job_events(backend.kube, job, job_pods(backend.kube, job))}
+    assert names == {"smoke-worker-7", "smoke-launcher-x7k2p"}

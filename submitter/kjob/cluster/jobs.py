@@ -299,8 +299,11 @@ def job_events(kube: Kube, job: dict, pods: list[dict]) -> list[dict]:
 
 
 def _of_job(event: dict, job: str, names: set[str]) -> bool:
+    """About the job or one of its pods, present or gone: the operators name them
+    <job>-worker-N, <job>-master-N and <job>-launcher-<suffix> (not <job>-2-worker-0: another job's)."""
     obj = event.get("involvedObject") or {}
-    return obj.get("name") in names or (obj.get("kind") == "Pod" and obj.get("name", "").startswith(f"{job}-"))
+    name = obj.get("name", "")
+    return name in names or (obj.get("kind") == "Pod" and re.fullmatch(rf"{re.escape(job)}-(worker-\d+|master-\d+|launcher-[a-z0-9]+)", name) is not None)
 
 
 def delete_job(kube: Kube, job: dict, *, wait: bool = False, timeout: float = 300) -> int:
