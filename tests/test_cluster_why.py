@@ -130,3 +130,9 @@ def test_ready_is_the_pods_ready_condition_which_a_lost_node_turns_false():
     assert stuck["status"]["containerStatuses"][0]["ready"] is True
     rows = job_status(job("Running"), [stuck, pod("worker-0", conditions=[{"type": "Ready", "status": "True"}])], []).pods
     assert [(p.replica, p.ready) for p in rows] == [("worker-0", True), ("worker-5", False)]
+
+
+def test_the_jobs_own_warning_from_before_it_started_running_is_over():
+    quota = event("j", "MPIJobFailed", "worker pod created failed: exceeded quota: tight", T1, kind="MPIJob")
+    assert job_status(job("Created", at=T0), [pod("worker-0")], [quota]).message.startswith("MPIJob: MPIJobFailed")
+    assert job_status(job("Created", "Running", at=T2), [pod("worker-0")], [quota]).message == "MPIJob ns/j is running"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from kjob import names
 from kjob.backend import FINAL_STATES, JobStatus, PodInfo
 from kjob.cluster.gitops import gitops_owner
-from kjob.cluster.disruptions import DISRUPTION_EVENTS, Trouble, first_time, gone_pod_trouble
+from kjob.cluster.disruptions import DISRUPTION_EVENTS, first_time, gone_pod_trouble
 from kjob.cluster.pods import exit_code, pod_reason, pod_trouble, replica_name
 
 # The operators' condition types that are job states (kubeflow/common JobConditionType).
@@ -37,7 +37,7 @@ def ended(job: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
-def pod_info(pod: dict, events: list[dict], trouble: Trouble | None = None) -> PodInfo:
+def pod_info(pod: dict, events: list[dict]) -> PodInfo:
     status = pod.get("status") or {}
     statuses = status.get("containerStatuses") or []
     return PodInfo(
@@ -47,7 +47,7 @@ def pod_info(pod: dict, events: list[dict], trouble: Trouble | None = None) -> P
         ready=_ready(status, statuses),
         restarts=sum(cs.get("restartCount", 0) for cs in statuses),
         node=pod.get("spec", {}).get("nodeName"),
-        reason=trouble.text if trouble else pod_reason(pod, events),
+        reason=pod_reason(pod, events),
     )
 
 
@@ -122,6 +122,11 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
     state, message = job_state(job)
     infos = sorted((pod_info(p, events) for p in pods or []), key=_order)
     found = troubles(job, pods or [], events) if pods is not None else []
+    if state not in FINAL_STATES:
+        # The job's own Warning Events last an hour: one older than the job's last change
+        # of state (the quota was raised, the job runs now) is over.
+        changed = max((c.get("lastTransitionTime") or "" for c in st.get("conditions") or [] if c.get("status") == "True"), default="")
+        found = [f for f in found if f[1] != job["kind"] or f[0] >= changed]
     out = JobStatus(
         name=md["name"], namespace=md.get("namespace"), kind=job["kind"], state=state, message=message,
         workers=int(ann.get(names.WORKERS, 0) or 0), gpus_per_worker=int(ann.get(names.GPUS_PER_WORKER, 0) or 0),
