@@ -37,8 +37,10 @@ def test_submit_wait_and_follow_exit_with_the_job(kube, run_kjob):
     r = run_kjob("submit", "examples/smoke.yaml", "--follow")
     assert (r.code, r.out) == (1, "MPIJob default/smoke created\nworking\n")
     assert r.err.splitlines()[-1] == "job smoke Failed"
+    # The same spec over the Failed job: exit 6 saying so (it used to be a silent no-op).
     again = run_kjob("submit", "examples/smoke.yaml")
-    assert again.code == 0 and "already submitted with this spec" in again.out
+    assert again.code == 6 and again.err.startswith("Error: job smoke Failed at "), again
+    assert "`--replace` runs it again (resuming from its latest checkpoint)" in " ".join(again.err.split()), again
 
 
 def test_exit_3_unreachable_tls_401_and_5xx(kube, run_kjob):
@@ -68,7 +70,7 @@ def test_exit_4_on_the_call_itself(kube, run_kjob):
     r = run_kjob("logs", "smoke")
     assert r.code == 4
     assert r.err.splitlines()[0] == (f'Error: forbidden: cannot get pods/log "{pods[0]}" in namespace "default" (context "kubefake"): pods is forbidden: '
-                                     'User "kjob-test" cannot get resource "pods" subresource "log" in API group "" in the namespace "default"')
+                                     'User "kjob-test" cannot get resource "pods/log" in API group "" in the namespace "default"')
 
 
 def test_no_traceback_from_the_installed_script(kube, tmp_path):

@@ -209,7 +209,7 @@ def test_a_helper_that_cannot_start_shows_why_and_is_deleted(cluster, tmp_path, 
 
 def test_exec_denied_by_rbac_is_exit_4_and_cleans_up(cluster, tmp_path):
     kube, _, _ = cluster
-    kube.deny("create", "pods/exec")
+    kube.deny("get", "pods/exec")
     with HelperKubelet(kube, JOB):
         with pytest.raises(Forbidden, match="pods/exec") as err:
             fetch(tmp_path / "out")

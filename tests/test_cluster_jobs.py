@@ -9,7 +9,7 @@ import pytest
 
 from kjob import names
 from kjob.cluster.backend import ClusterBackend
-from kjob.cluster.jobs import find_job, pod_security_warnings
+from kjob.cluster.jobs import find_job, job_events, job_pods, pod_security_warnings
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
@@ -99,6 +99,24 @@ def test_resubmit_is_idempotent_conflicts_on_change_and_replace_recreates(kube):
     assert kube.get("MPIJob", "smoke")["metadata"]["uid"] != stored["metadata"]["uid"]
 
 
+@pytest.mark.parametrize("state", ["Failed", "Succeeded"])
+def test_resubmit_over_an_ended_job_is_a_conflict_until_replace_runs_it_again(kube, state):
+    backend = ClusterBackend()
+    backend.create_job(objects())
+    kube.set_condition("smoke", state)
+    ended = kube.get("MPIJob", "smoke")
+    when = next(c["lastTransitionTime"] for c in ended["status"]["conditions"] if c["type"] == state)
+    with pytest.raises(Conflict) as e:
+        backend.create_job(objects())  # the very same spec: no longer a silent no-op
+    assert e.value.exit_code == 6
+    assert e.value.message == f"job smoke {state} at {when}; `--replace` runs it again (resuming from its latest checkpoint)"
+    assert kube.get("MPIJob", "smoke")["metadata"]["uid"] == ended["metadata"]["uid"]
+    again = backend.create_job(objects(), replace=True)
+    assert again.created and again.message == "MPIJob default/smoke replaced"
+    fresh = kube.get("MPIJob", "smoke")
+    assert fresh["metadata"]["uid"] != ended["metadata"]["uid"] and not (fresh.get("status") or {}).get("conditions")
+
+
 def test_transient_errors_are_retried_a_bounded_number_of_times(kube):
     kube.fault("get", "mpijobs", status=503, times=2)
     backend = ClusterBackend()
@@ -158,8 +176,8 @@ FAULTS = [
     dict(verb="list", resource="pods", status=422),
     dict(verb="list", resource="events", status=429, times=-1),
     dict(verb="get", resource="pods/log", status=410),
-    dict(verb="create", resource="pods/exec", status=500),
-    dict(verb="create", resource="pods/exec", status=403),
+    dict(verb="get", resource="pods/exec", status=500),
+    dict(verb="get", resource="pods/exec", status=403),
     dict(verb="get", resource="pods", status=503, times=-1),
     dict(verb="*", resource="*", delay=0.3, times=-1),
 ]
@@ -249,3 +267,15 @@ def test_submit_into_a_restricted_namespace_says_what_admission_will_refuse(kube
     r = run_kjob("submit", "examples/resnext50-torchrun.yaml", "-n", "team")
     assert r.code == 0 and r.out == "PyTorchJob team/resnext50-torchrun created\n"
     assert r.err.startswith('warning: namespace "team" enforces Pod Security "restricted", and training-operator v1.9')
+
+
+def test_events_of_a_job_include_its_gone_pods_but_not_another_jobs(kube):
+    backend = ClusterBackend()
+    backend.create_job(objects())
+    kube.start_job("smoke")
+    for pod, reason in (("smoke-worker-7", "Evicted"), ("smoke-launcher-x7k2p", "Evicted"), ("smoke-2-worker-0", "Evicted"),
+                        ("smoke-worker-1", "Scheduled")):
+        kube.event(pod, reason, "x", type_="Warning" if reason == "Evicted" else "Normal")
+    job = kube.get("MPIJob", "smoke")
+    names = {e["involvedObject"]["name"] for e in job_events(backend.kube, job, job_pods(backend.kube, job))}
+    assert names == {"smoke-worker-7", "smoke-launcher-x7k2p"}

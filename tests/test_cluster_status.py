@@ -51,7 +51,8 @@ def test_pod_reasons_from_status_and_events():
     crash = {"containerStatuses": [{"name": "main", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}
     assert pod_reason(pod("p", "worker-0", **crash), []) == 'CrashLoopBackOff: container "main" keeps exiting with code 3 (restarted 4 times; kjob logs --previous shows why)'
     oom = {"containerStatuses": [{"name": "main", "restartCount": 1, "state": {"running": {}}, "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}
-    assert pod_reason(pod("p", "worker-0", **oom), []) == 'OOMKilled: container "main" ran out of memory (limit 8Gi), restarted 1 times'
+    # Over (the container runs again): the pod's history, worded so.
+    assert pod_reason(pod("p", "worker-0", **oom), []) == 'OOMKilled: container "main" ran out of memory (limit 8Gi), restarted 1 times; was OOMKilled, running again since ?'
     mount = {"involvedObject": {"name": "p"}, "reason": "FailedMount", "message": 'MountVolume.SetUp failed for volume "ckpt" : something', "lastTimestamp": "x"}
     assert pod_reason(pod("p", "worker-0", "Pending"), [mount]) == 'FailedMount: claim "ckpt-pvc" cannot be mounted: MountVolume.SetUp failed for volume "ckpt" : something'
     assert pod_reason(pod("p", "worker-0"), []) is None

@@ -86,16 +86,16 @@ def test_a_launcher_that_does_not_stop_within_the_grace_is_deleted_anyway(kube, 
 def test_a_failed_exec_deletes_without_a_checkpoint_and_says_why(kube, run_kjob, why):
     launcher = running_mpijob(kube, run_kjob)
     if why == "forbidden":
-        kube.deny("create", "pods/exec")
-        reason = (f'forbidden: cannot create pods/exec "{launcher}" in namespace "default" (context "kubefake"): pods is forbidden: '
-                  'User "kjob-test" cannot create resource "pods" subresource "exec" in API group "" in the namespace "default"')
+        kube.deny("get", "pods/exec")
+        reason = (f'forbidden: cannot get pods/exec "{launcher}" in namespace "default" (context "kubefake"): pods is forbidden: '
+                  'User "kjob-test" cannot get resource "pods/exec" in API group "" in the namespace "default"')
     elif why == "no-kill":
         # What containerd answers for a command the image does not have.
         oci = 'OCI runtime exec failed: exec failed: unable to start container process: exec: "kill": executable file not found in $PATH: unknown'
         kube.exec.serve("default", launcher, lambda argv: ExecReply(stderr=oci.encode() + b"\r\n", exit_code=126))
         reason = f"exit code 126: {oci}"
     else:
-        kube.fault("create", "pods/exec", status=404)
+        kube.fault("get", "pods/exec", status=404)
         reason = f'pods/exec "{launcher}" not found in namespace "default" on {kube.server} (context "kubefake")'
     r = run_kjob("delete", "smoke")
     assert (r.code, r.out) == (0, f"deleted MPIJob default/smoke: no checkpoint requested: `kill -USR1 1` in the launcher failed ({reason}); {PODS_GO}\n")

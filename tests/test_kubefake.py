@@ -195,7 +195,7 @@ def test_faults_status_cut_deny_and_bad_token(kube, api):
     with pytest.raises(ApiException) as e:
         core.read_namespaced_pod_log(pods[0], "default")
     body = json.loads(e.value.body)
-    assert body["message"] == 'pods is forbidden: User "kjob-test" cannot get resource "pods" subresource "log" in API group "" in the namespace "default"'
+    assert body["message"] == 'pods is forbidden: User "kjob-test" cannot get resource "pods/log" in API group "" in the namespace "default"'
     bad = client.CoreV1Api(config.new_client_from_config(str(kube.kubeconfig_variant(token="wrong"))))
     with pytest.raises(ApiException) as e:
         bad.list_namespaced_pod("default")

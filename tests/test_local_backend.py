@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,10 +23,10 @@ import pytest
 import yaml
 
 from kjob.local import procs as local_procs
-from kjob.errors import InvalidInput
+from kjob.errors import Conflict, InvalidInput
 from kjob.local.backend import LocalBackend
 from kjob.local.runrecord import write_run
-from kjob.plan import local_command
+from kjob.plan import local_command, local_plan
 from kjob.spec.load import load_spec
 from timing import scaled, wait_until
 
@@ -154,7 +155,9 @@ def test_smoke_example_end_to_end(runs):
     # The same name again: the run finished, so it is a conflict until --replace / delete.
     conflict = kjob(runs, "submit", str(SMOKE), "--local")
     assert conflict.returncode == 6
-    assert conflict.stderr.splitlines()[0] == "Error: local run smoke exists (Succeeded) in kjob-runs/smoke"
+    said = " ".join(conflict.stderr.split())  # long lines are wrapped for the terminal
+    assert re.match(r"Error: local run smoke Succeeded at \S+Z; `--local --replace` runs it again \(resuming from its latest checkpoint\)",
+                    said), conflict.stderr
 
     deleted = kjob(runs, "delete", "smoke", "--local")
     assert deleted.returncode == 0, deleted.stderr
@@ -349,6 +352,18 @@ def _record(tmp_path: Path, name: str, **fields) -> LocalBackend:
 def test_state_from_the_run_record(tmp_path, fields, state, message):
     status = _record(tmp_path, "r", **fields).status("r")
     assert (status.state, status.message) == (state, message)
+
+
+@pytest.mark.parametrize("same_spec", [True, False])
+def test_resubmit_over_a_finished_run_says_when_it_ended_and_how_to_run_it_again(tmp_path, same_spec):
+    plan = local_plan(load_spec(SMOKE), tmp_path / "kjob-runs")
+    backend = _record(tmp_path, "smoke", exit_code=3, finished="2026-01-01T00:01:00Z",
+                      spec_hash=plan.spec_hash if same_spec else "sha256:" + "0" * 64)
+    with pytest.raises(Conflict) as e:
+        backend.submit(plan)
+    assert e.value.exit_code == 6
+    assert e.value.message == "local run smoke Failed at 2026-01-01T00:01:00Z; `--local --replace` runs it again (resuming from its latest checkpoint)"
+    assert backend.status("smoke").state == "Failed"  # untouched
 
 
 def test_dead_session_without_exit_code_is_failed(tmp_path):

@@ -12,9 +12,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from kjob.errors import Conflict
+
 # One state per job, the same words on both backends.
 STATES = ("Created", "Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "Unknown")
 FINAL_STATES = ("Succeeded", "Failed")
+
+
+def finished_conflict(job: str, state: str, when: str | None, *, replace: str = "--replace") -> Conflict:
+    """The error of a submit over a job that has ended: the same spec would be a no-op
+    that never runs it again, so it is a conflict (exit 6) on both backends. `job` names
+    it as the backend does ("job smoke", "local run smoke")."""
+    at = f" at {when}" if when else ""
+    return Conflict(f"{job} {state}{at}; `{replace}` runs it again (resuming from its latest checkpoint)",
+                    hint=f"kjob submit {replace} deletes the finished job and submits this spec; kjob status shows how it ended")
 
 
 @dataclass
@@ -49,6 +60,8 @@ class JobStatus:
     replicas: dict[str, dict[str, int]] = field(default_factory=dict)  # {"Worker": {"active": 1, ...}}
     pods: list[PodInfo] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cause: str | None = None  # a Failed job: the first failure in time ("worker-1 (gone): preempted by ...")
+    managed_by: str | None = None  # the GitOps tool that applied the job: 'Argo CD (Application "x")'
 
     def to_dict(self) -> dict:
         return asdict(self)

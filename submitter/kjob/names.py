@@ -35,6 +35,19 @@ GPUS_PER_WORKER = "kjob.dev/gpus-per-worker"
 FRAMEWORK = "kjob.dev/framework"
 MODEL = "kjob.dev/model"
 
+# --- marks a GitOps tool leaves on what it applies ----------------------------------------
+# Argo CD (argoproj/argo-cd common/common.go): server-side apply syncs use the field manager
+# ArgoCDSSAManager; annotation tracking (the default since 3.0) writes
+# "<app>:<group>/<kind>:<namespace>/<name>" under AnnotationKeyAppInstance. Its label
+# tracking uses app.kubernetes.io/instance, which kjob itself sets: not a sign on its own.
+ARGOCD_FIELD_MANAGER = "argocd-controller"
+ARGOCD_TRACKING_ID = "argocd.argoproj.io/tracking-id"
+# Flux: kustomize-controller and helm-controller apply as their controllerName (main.go)
+# and label what they apply with the owning object's name and namespace
+# (<group>/name, <group>/namespace of kustomize.toolkit.fluxcd.io / helm.toolkit.fluxcd.io).
+FLUX_OWNERS = {"kustomize.toolkit.fluxcd.io": ("kustomize-controller", "Kustomization"),
+               "helm.toolkit.fluxcd.io": ("helm-controller", "HelmRelease")}
+
 # --- labels the operators put on the pods they create ------------------------------------
 # kubeflow/common pkg/apis/common/v1/constants.go (JobNameLabel, JobRoleLabel,
 # ReplicaTypeLabel, ReplicaIndexLabel); both operators use these keys.

@@ -43,8 +43,12 @@ def format_status(st: JobStatus) -> str:
     lines = [f"Job:       {where} ({st.kind})", f"State:     {st.state}"]
     if st.message:
         lines.append(f"Message:   {st.message}")
+    if st.cause:
+        lines.append(f"Cause:     {st.cause}")
     if st.exit_code is not None:
         lines.append(f"Exit code: {st.exit_code}")
+    if st.managed_by:
+        lines.append(f"Managed:   by {st.managed_by} (a delete lasts until its next sync)")
     if st.workers:
         lines.append(f"Workers:   {st.workers} x {st.gpus_per_worker} GPU")
     if st.image:

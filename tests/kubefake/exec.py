@@ -257,7 +257,9 @@ def exec_route(registry: ExecRegistry, get_pod: Callable[[str, str], dict | None
         ns, name = request.match_info["namespace"], request.match_info["name"]
         argv = request.query.getall("command", [])
         container = request.query.get("container")
-        await gate(request, "create", "pods/exec", "", ns)
+        # kube-apiserver up to 1.34 authorizes the websocket GET as "get pods/exec" (1.35
+        # checks "create" too: KEP-4006); kjob's exec is always a websocket.
+        await gate(request, "get", "pods/exec", "", ns)
         pod = get_pod(ns, name)
         if pod is None:
             raise Abort(404, f'pods "{name}" not found', details={"name": name, "kind": "pods"})

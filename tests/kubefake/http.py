@@ -61,9 +61,9 @@ async def gate(request: web.Request, verb: str, resource: str, group: str = "", 
         raise Abort(401, "Unauthorized")
     denied = (verb, resource, namespace) in state.denied or (verb, resource, None) in state.denied
     if denied:
-        plural, _, sub = resource.partition("/")
+        plural = resource.partition("/")[0]
         where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-        what = f'resource "{plural}"' + (f' subresource "{sub}"' if sub else "")
+        what = f'resource "{resource}"'  # as kube-apiserver's forbiddenMessage: "pods/exec"
         raise Abort(
             403,
             f'{qualified(plural, group)} is forbidden: User "{state.username}" cannot {verb} {what} in API group "{group}"{where}',

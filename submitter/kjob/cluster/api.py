@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,11 @@ def _transport_words(e: Exception) -> str:
     return " ".join(str(reason).split())[:300]
 
 
+# RBAC's denial (k8s.io/apiserver endpoints/handlers/responsewriters: forbiddenMessage):
+# 'User "u" cannot get resource "pods/exec" in API group "" in the namespace "n"'.
+_DENIED = re.compile(r'cannot (\w+) resource "([^"]+)"')
+
+
 def _translate_status(e: HttpError, kube: Kube, verb, resource, name, namespace, what, attempts) -> KjobError:
     status = e.status_object()
     message = status.get("message") or e.body.strip()[:300] or e.reason
@@ -184,6 +190,12 @@ def _translate_status(e: HttpError, kube: Kube, verb, resource, name, namespace,
     if e.status == 401:
         return ClusterUnavailable(f"the Kubernetes API server {kube.where()} rejected the credentials (401 Unauthorized)", hint="log in again or refresh the token/certificate in your kubeconfig")
     if e.status == 403:
+        # The server's own words say which verb it checked, which for a websocket exec is
+        # not the one the request looks like (`get pods/exec` up to 1.34).
+        said = _DENIED.search(message)
+        if said:
+            verb, resource = said.group(1), said.group(2)
+            what = f"{verb} {resource}" + (f' "{name}"' if name else "") + (f' in namespace "{namespace}"' if namespace else "")
         return Forbidden(f'forbidden: cannot {what} (context "{kube.context}"): {message}', hint="ask a cluster admin for a Role that allows it (kubectl auth can-i " + f"{verb} {resource})")
     if e.status == 404:
         if details.get("kind") == "namespaces":

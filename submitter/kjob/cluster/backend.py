@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from kjob.backend import FINAL_STATES, FetchOptions, JobStatus, LogOptions
 from kjob.cluster.api import connect
+from kjob.cluster.gitops import gitops_owner, recreated_note
 from kjob.cluster.jobs import Submitted, delete_job, find_job, get_job, job_events, job_pods, list_jobs, poll_seconds, submit
 from kjob.cluster.logs import show_logs
 from kjob.cluster.status import job_state, job_status
@@ -71,8 +72,11 @@ class ClusterBackend:
         pods = job_pods(self.kube, job)
         try:
             events = job_events(self.kube, job, pods)
-        except Forbidden:
-            events = []  # many roles may not read Events: the pods' own status still explains most
+        except Forbidden as e:
+            # Many roles may not read Events: the pods' own status still explains most.
+            st = job_status(job, pods, [])
+            st.warnings.append(f"{e.message.split(' (context')[0]}: reasons only Events give (the scheduler's, the operator's) are not shown")
+            return st
         return job_status(job, pods, events)
 
     def list_jobs(self, all_namespaces: bool = False) -> list[JobStatus]:
@@ -95,7 +99,9 @@ class ClusterBackend:
             pods = f"it had no pods left (cleanPodPolicy {policy} removed them when the job {state.lower()})"
         else:
             pods = "it had no pods yet"
-        return f"deleted {job['kind']} {md['namespace']}/{md['name']}: " + (f"{stopping}; " if stopping else "") + pods
+        owner = gitops_owner(job)
+        back = f"; {recreated_note(owner)}" if owner else ""
+        return f"deleted {job['kind']} {md['namespace']}/{md['name']}: " + (f"{stopping}; " if stopping else "") + pods + back
 
     def wait(self, name: str, namespace: str | None = None) -> JobStatus:
         """Poll until the job Succeeded or Failed; reports state changes through notify."""

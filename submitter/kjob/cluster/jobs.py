@@ -7,6 +7,7 @@ KjobError subclasses leave this module.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +15,10 @@ from typing import Callable
 
 from kjob import settings
 from kjob.cluster import requests
+from kjob.backend import finished_conflict
 from kjob.cluster.api import Kube
+from kjob.cluster.disruptions import DISRUPTION_EVENTS
+from kjob.cluster.status import ended
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, SPEC_HASH
 
@@ -31,8 +35,30 @@ CLOBBERED = {
                "with --enable-scheme=pytorchjob and without its MPIJob CRD (README: Installing the operators side by side)"),
 }
 # What kjob does after submitting, checked up front by SelfSubjectAccessReview:
-# (verb, resource, subresource) on top of "create <the job kind>".
-NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log"), ("create", "pods", "exec")]
+# (verb, resource, subresource) on top of "create <the job kind>" and exec_access().
+NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log")]
+# kjob's exec (delete's checkpoint, fetch-ckpt) is a websocket GET of pods/NAME/exec: the
+# API server authorizes it as "get pods/exec" up to 1.34; from 1.35 it also checks
+# "create" (KEP-4006, feature gate AuthorizePodWebsocketUpgradeCreatePermission).
+EXEC_CREATE_FROM = (1, 35)
+
+
+def exec_access(version: dict | None) -> list[tuple[str, str, str]]:
+    """The exec permissions the server of `version` (its /version answer) will check;
+    both verbs when the version is unknown."""
+    try:
+        minor = re.match(r"\d+", version["minor"]).group()  # "35", or "35+" on some distributions
+        server = (int(version["major"]), int(minor))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        server = EXEC_CREATE_FROM
+    return [("get", "pods", "exec")] + ([("create", "pods", "exec")] if server >= EXEC_CREATE_FROM else [])
+
+
+def _server_version(kube: Kube) -> dict | None:
+    try:
+        return kube.send(requests.server_version())
+    except KjobError:
+        return None  # not allowed or not served: check both verbs
 
 
 def poll_seconds() -> float:
@@ -47,7 +73,8 @@ def preflight(kube: Kube, kind: str, namespace: str) -> None:
     problem at once. Raises ClusterUnavailable, NotFound (CRD, namespace) or Forbidden."""
     _, plural = JOB_KINDS[kind]
     checks = [lambda: _check_api(kube, kind), lambda: _check_namespace(kube, namespace)]
-    access = [("create", plural, "", GROUP)] + [(v, r, s, "") for v, r, s in NEEDED_ACCESS]
+    needed = NEEDED_ACCESS + exec_access(_server_version(kube))
+    access = [("create", plural, "", GROUP)] + [(v, r, s, "") for v, r, s in needed]
     checks += [lambda a=a: _check_access(kube, namespace, *a) for a in access]
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         problems = [p for p in pool.map(_capture, checks) if p is not None]
@@ -106,7 +133,18 @@ def _served_at(kube: Kube, plural: str, wanted: str) -> str | None:
 
 
 def _check_namespace(kube: Kube, namespace: str) -> None:
-    kube.send(requests.get_namespace(namespace))
+    try:
+        kube.send(requests.get_namespace(namespace))
+    except Forbidden:
+        pass  # namespaces are cluster-scoped: a user with a Role of its own namespace may not read them
+
+
+def _namespace_labels(kube: Kube, namespace: str) -> dict:
+    """The namespace's labels ({} for a user who may not read namespaces)."""
+    try:
+        return kube.send(requests.get_namespace(namespace))["metadata"].get("labels") or {}
+    except Forbidden:
+        return {}
 
 
 def _check_access(kube: Kube, namespace: str, verb: str, resource: str, sub: str, group: str) -> KjobError | None:
@@ -145,13 +183,17 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
     job = find_job(objects)
     kind, name = job["kind"], job["metadata"]["name"]
     preflight(kube, kind, namespace)
-    level = (kube.send(requests.get_namespace(namespace))["metadata"].get("labels") or {}).get(POD_SECURITY_ENFORCE)
+    level = _namespace_labels(kube, namespace).get(POD_SECURITY_ENFORCE)
     warnings = pod_security_warnings(level, namespace, job)
     existing = get_job(kube, name, namespace, kinds=[kind], missing_ok=True)
     if existing is not None:
         ours = job["metadata"].get("annotations", {}).get(SPEC_HASH)
         theirs = existing["metadata"].get("annotations", {}).get(SPEC_HASH)
-        if ours and ours == theirs:
+        state, when = ended(existing)
+        if state is not None and not replace:
+            # The same spec over an ended job would be a no-op that never runs it again.
+            raise finished_conflict(f"job {name}", state, when)
+        if ours and ours == theirs and state is None:
             return Submitted(kind, name, namespace, False, f"{kind} {namespace}/{name} is already submitted with this spec ({ours[:19]}…): nothing to do", warnings)
         if not replace:
             raise Conflict(
@@ -247,11 +289,21 @@ def job_pods(kube: Kube, job: dict) -> list[dict]:
 
 
 def job_events(kube: Kube, job: dict, pods: list[dict]) -> list[dict]:
-    """Warning Events of the job and its pods (one call; filtered here)."""
+    """The Warning Events of the job and of its pods, those that exist and those that are
+    gone (the operators name pods <job>-...: events outlive pods), and the Normal ones that
+    tell of a disruption (DISRUPTION_EVENTS: "Preempted"). One call; filtered here."""
     md = job["metadata"]
     names = {md["name"]} | {p["metadata"]["name"] for p in pods}
-    found = kube.send(requests.warning_events(md["namespace"]))
-    return [e for e in found.get("items", []) if e.get("involvedObject", {}).get("name") in names]
+    found = kube.send(requests.namespace_events(md["namespace"]))
+    return [e for e in found.get("items", []) if _of_job(e, md["name"], names) and (e.get("type") == "Warning" or e.get("reason") in DISRUPTION_EVENTS)]
+
+
+def _of_job(event: dict, job: str, names: set[str]) -> bool:
+    """About the job or one of its pods, present or gone: the operators name them
+    <job>-worker-N, <job>-master-N and <job>-launcher-<suffix> (not <job>-2-worker-0: another job's)."""
+    obj = event.get("involvedObject") or {}
+    name = obj.get("name", "")
+    return name in names or (obj.get("kind") == "Pod" and re.fullmatch(rf"{re.escape(job)}-(worker-\d+|master-\d+|launcher-[a-z0-9]+)", name) is not None)
 
 
 def delete_job(kube: Kube, job: dict, *, wait: bool = False, timeout: float = 300) -> int:

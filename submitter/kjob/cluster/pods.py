@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from kjob.cluster.disruptions import Trouble, disruption, event_time, first_time, preempted_text
 from kjob.names import JOB_ROLE_LABEL, LAUNCHER, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL
 
 # Waiting reasons that will not go away by waiting: shown as the pod's reason.
@@ -75,10 +76,11 @@ def exit_code(pod: dict) -> int | None:
 
 
 def _latest_events(pod: dict, events: list[dict]) -> dict[str, dict]:
-    """reason -> newest Event about this pod."""
+    """reason -> newest Event about this pod (by name: also those of an earlier pod of the
+    same name, which the operator replaced)."""
     name = pod["metadata"]["name"]
     mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
-    mine.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    mine.sort(key=event_time)
     return {e.get("reason"): e for e in mine}
 
 
@@ -93,46 +95,83 @@ def _claim_in(pod: dict, message: str) -> str:
     return "?"
 
 
-def _container_reason(pod: dict, cs: dict) -> str | None:
+def _pull_cause(pod: dict, waiting: dict, latest: dict[str, dict]) -> str:
+    """Why an image pull fails, in the registry's words: the last part of the kubelet's
+    "Failed" Event ('Failed to pull image "x": ...: not found'), else of the waiting message."""
+    text = (latest.get("Failed") or {}).get("message") or ""
+    if "pull" not in text:
+        text = waiting.get("message") or ""
+    cause = text.rstrip(" .").rpartition(": ")[2].strip()
+    return f": {cause}" if cause and "Back-off pulling image" not in cause else ""
+
+
+def _container_trouble(pod: dict, cs: dict, latest: dict[str, dict]) -> Trouble | None:
     state, last = cs.get("state") or {}, (cs.get("lastState") or {}).get("terminated") or {}
     waiting, term = state.get("waiting") or {}, state.get("terminated") or {}
     name, restarts = cs["name"], cs.get("restartCount", 0)
     if "OOMKilled" in (last.get("reason"), term.get("reason")):
         limit = next((c.get("resources", {}).get("limits", {}).get("memory") for c in pod["spec"].get("containers", []) if c["name"] == name), None)
-        return f'OOMKilled: container "{name}" ran out of memory' + (f" (limit {limit})" if limit else "") + f", restarted {restarts} times"
+        text = f'OOMKilled: container "{name}" ran out of memory' + (f" (limit {limit})" if limit else "") + f", restarted {restarts} times"
+        if "running" in state and term.get("reason") != "OOMKilled":
+            # Over: the container runs again. History for the pod's row, not the headline.
+            at = f" at {last['finishedAt']}" if last.get("finishedAt") else ""
+            return Trouble(f"{text}; was OOMKilled{at}, running again since {state['running'].get('startedAt', '?')}", last.get("finishedAt", ""), over=True)
+        return Trouble(text, (term or last).get("finishedAt", ""))
     if waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull"):
-        return f'{waiting["reason"]}: cannot pull image "{cs.get("image") or "?"}"'
+        since = event_time(latest.get("Failed") or {}) or (pod.get("status") or {}).get("startTime", "")
+        return Trouble(f'{waiting["reason"]}: cannot pull image "{cs.get("image") or "?"}"{_pull_cause(pod, waiting, latest)}', since)
     if waiting.get("reason") == "CrashLoopBackOff":
         code = last.get("exitCode", "?")
-        return f'CrashLoopBackOff: container "{name}" keeps exiting with code {code} (restarted {restarts} times; kjob logs --previous shows why)'
+        return Trouble(f'CrashLoopBackOff: container "{name}" keeps exiting with code {code} (restarted {restarts} times; kjob logs --previous shows why)',
+                       last.get("finishedAt", ""))
     if waiting.get("reason") in WAITING_ERRORS:
-        return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        return Trouble(f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": "), (pod.get("status") or {}).get("startTime", ""))
     if term and term.get("exitCode", 0) != 0:
-        return f'{term.get("reason") or "Error"}: container "{name}" exited with code {term["exitCode"]}'
+        return Trouble(f'{term.get("reason") or "Error"}: container "{name}" exited with code {term["exitCode"]}', term.get("finishedAt", ""))
     return None
 
 
 def pod_reason(pod: dict, events: list[dict]) -> str | None:
-    """Why a pod is pending or failing, in one line; None when nothing is wrong."""
+    """Why a pod is pending or failing, in one line; None when nothing is wrong (an
+    OOMKilled that is over counts: it is the pod's history)."""
+    trouble = pod_trouble(pod, events)
+    return trouble.text if trouble else None
+
+
+def pod_trouble(pod: dict, events: list[dict]) -> Trouble | None:
+    """Why a pod is pending or failing, and since when; None when nothing is wrong. A
+    disruption (preempted, evicted, its node lost) comes first: the container's end
+    (ContainerStatusUnknown 137 of an evicted pod) is only its consequence."""
     status = pod.get("status") or {}
-    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        reason = _container_reason(pod, cs)
-        if reason:
-            return reason
     latest = _latest_events(pod, events)
+    taken = disruption(pod, latest)
+    if taken:
+        return taken
+    history = None
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        trouble = _container_trouble(pod, cs, latest)
+        if trouble and not trouble.over:
+            return trouble
+        history = history or trouble
+    current = _pending_trouble(pod, status, latest)
+    if current and latest.get("Preempted"):
+        # The operator recreated a preempted pod under its name; the new one waits.
+        current = Trouble(f"{preempted_text(latest['Preempted'], None)}; its replacement waits: {current.text}", first_time(latest["Preempted"]))
+    return current or history
+
+
+def _pending_trouble(pod: dict, status: dict, latest: dict[str, dict]) -> Trouble | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             ev = latest.get("FailedScheduling")
-            return f"FailedScheduling: {(ev or {}).get('message') or cond.get('message') or cond.get('reason')}"
+            return Trouble(f"FailedScheduling: {(ev or {}).get('message') or cond.get('message') or cond.get('reason')}", cond.get("lastTransitionTime") or "")
     if status.get("phase") == "Pending":
         for reason in ("FailedScheduling", "FailedMount", "FailedAttachVolume"):
             ev = latest.get(reason)
             if ev and reason == "FailedScheduling":
-                return f"FailedScheduling: {ev.get('message')}"
+                return Trouble(f"FailedScheduling: {ev.get('message')}", first_time(ev))
             if ev:
-                return f'{reason}: claim "{_claim_in(pod, ev.get("message", ""))}" cannot be mounted: {ev.get("message")}'
+                return Trouble(f'{reason}: claim "{_claim_in(pod, ev.get("message", ""))}" cannot be mounted: {ev.get("message")}', first_time(ev))
     if status.get("phase") == "Failed" and status.get("reason"):
-        return f"{status['reason']}: {status.get('message', '')}".rstrip(": ")
+        return Trouble(f"{status['reason']}: {status.get('message', '')}".rstrip(": "), "")
     return None
-
-

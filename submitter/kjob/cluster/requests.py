@@ -61,6 +61,11 @@ def api_resources(api_version: str) -> Request:
     return Request("GET", f"/apis/{api_version}", verb="get", resource=f"{api_version} discovery")
 
 
+def server_version() -> Request:
+    """The API server's version (/version: major, minor, gitVersion)."""
+    return Request("GET", "/version", verb="get", resource="version")
+
+
 def get_namespace(namespace: str) -> Request:
     return Request("GET", api_path("v1", "namespaces", name=namespace), verb="get", resource="namespaces", name=namespace)
 
@@ -151,10 +156,10 @@ def delete_pod_now(namespace: str, name: str) -> Request:
                    namespace=namespace, query={"gracePeriodSeconds": 0})
 
 
-def warning_events(namespace: str) -> Request:
-    """Every Warning Event of a namespace (filtered by object afterwards: one call)."""
-    return Request("GET", api_path("v1", "events", namespace), verb="list", resource="events", namespace=namespace,
-                   query={"fieldSelector": "type=Warning"})
+def namespace_events(namespace: str) -> Request:
+    """Every Event of a namespace: the Warnings, and the Normal ones that tell of a
+    disruption (the scheduler's "Preempted"); filtered by object afterwards: one call."""
+    return Request("GET", api_path("v1", "events", namespace), verb="list", resource="events", namespace=namespace)
 
 
 def events_of(namespace: str, name: str) -> Request:

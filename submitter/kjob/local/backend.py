@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kjob.backend import FINAL_STATES, FetchOptions, JobStatus, LogOptions, PodInfo
+from kjob.backend import FINAL_STATES, FetchOptions, JobStatus, LogOptions, PodInfo, finished_conflict
 from kjob.errors import ClusterUnavailable, Conflict, InvalidInput, JobFailed, NotFound
 from kjob.local import procs
 from kjob.local.runrecord import LOG_FILE, RECORD_FORMAT, now_rfc3339, read_run, write_run
@@ -73,7 +73,10 @@ class LocalBackend:
         except (ValueError, OSError):
             existing = {"spec_hash": None, "exit_code": -1}  # unreadable: a run we cannot judge
         if existing is not None:
-            state = self._status(name, existing).state
+            current = self._status(name, existing)
+            state = current.state
+            if state in FINAL_STATES and not replace:
+                raise finished_conflict(f"local run {name}", state, current.finished, replace="--local --replace")
             running = state in ("Created", "Running")
             if running and existing.get("spec_hash") == plan.spec_hash and not replace:
                 write(f"local run {name} is already running with this spec (session {existing.get('sid')}); nothing to do")

@@ -210,9 +210,13 @@ class JobSpec(_Model):
 
     def spec_hash(self) -> str:
         """`sha256:<hex>` of the normalized spec (defaults written out, `local` left out:
-        it does not change what is sent to a cluster; so are unset later additions,
-        _HASHED_ONLY_WHEN_SET)."""
+        it does not change what is sent to a cluster; so are the namespace and unset later
+        additions, _HASHED_ONLY_WHEN_SET)."""
         data = self.model_dump(mode="json", by_alias=True, exclude={"local"})
+        # Where the job runs is not what it is: `kjob render` (no namespace, for a GitOps
+        # tool that applies it with -n) and `kjob submit -n NS` must agree. Kept as null, so
+        # a spec without a namespace keeps the hash it always had.
+        data["namespace"] = None
         for section, key in _HASHED_ONLY_WHEN_SET:
             if data[section][key] is None:
                 del data[section][key]
