@@ -169,10 +169,61 @@ def test_trainer_command_is_what_the_trainer_parses():
         validate(cfg)
         t = spec.train
         assert (cfg.framework, cfg.model, cfg.output_path) == (spec.framework, spec.model, f"/checkpoints/{spec.name}")
-        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
-        assert (cfg.warmup_epochs, cfg.label_smoothing, cfg.amp, cfg.channels_last) == (t.warmup_epochs, t.label_smoothing, t.amp, t.channels_last)
-        assert (cfg.synthetic, cfg.max_steps, cfg.image_size, cfg.workers) == (t.synthetic, t.max_steps, t.image_size, t.loader_workers)
+        # With a config file the keys the spec does not write are the file's.
+        for field in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+                      "amp", "channels_last", "image_size"):
+            assert t.known(field) in (None, getattr(cfg, field)), (path.name, field)
+        assert (cfg.synthetic, cfg.max_steps, cfg.workers) == (t.synthetic, t.max_steps, t.loader_workers)
         assert cfg.device == ("gpu" if spec.gpus_per_worker else "cpu")
+
+
+def resolved(spec_text: str):
+    """The trainer's resolved config for the command kjob renders from `spec_text`."""
+    from kjob_trainer.train import make_config, parse_train_args
+
+    spec = parse_spec(spec_text)
+    cmd = trainer_command(spec, data_path="/data", output_path=spec.output_path)
+    return cmd, make_config(*parse_train_args(cmd[3:]))
+
+
+def test_config_file_gives_the_keys_the_spec_does_not_write():
+    cmd, cfg = resolved(MINIMAL + "model: resnest50\ntrain: {config: resnest50}\n")
+    recipe = yaml.safe_load(Path(cfg.config_file).read_text())
+    assert Path(cfg.config_file).name == "resnest50.yaml" and len(recipe) > 20
+    # Every key of the recipe but the loader processes (the pod's sizing, always the spec's).
+    got = {k: getattr(cfg, k) for k in recipe if k != "workers"}
+    assert got == {k: v for k, v in recipe.items() if k != "workers"}
+    assert (cfg.epochs, cfg.batch_size, cfg.weight_decay, cfg.warmup_epochs) == (300, 64, 7e-5, 0)
+    for flag in ("--epochs", "--lr", "--amp", "--channels-last", "--no-channels-last", "--eval", "--resume", "--seed"):
+        assert flag not in cmd
+
+
+def test_written_keys_override_the_config_file():
+    cmd, cfg = resolved(MINIMAL + "model: resnest50\ntrain: {config: resnest50, epochs: 10, amp: bf16, compile: false}\n")
+    assert (cfg.epochs, cfg.amp, cfg.compile, cfg.batch_size, cfg.mixup_alpha) == (10, "bf16", False, 64, 0.2)
+    assert cmd[cmd.index("--epochs"):][:2] == ["--epochs", "10"] and "--no-compile" in cmd
+    # Without a config file every setting is written out, defaults included.
+    cmd, cfg = resolved(MINIMAL)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.label_smoothing) == (90, 5, 0.1) and "--no-compile" not in cmd
+
+
+def test_checkpoint_steps_and_dist_timeout_reach_the_trainer():
+    cmd, cfg = resolved(MINIMAL + "train: {checkpointSteps: 500, distTimeout: 1800}\n")
+    assert cmd[-4:] == ["--ckpt-steps", "500", "--dist-timeout", "1800"]
+    assert (cfg.ckpt_steps, cfg.dist_timeout) == (500, 1800.0)
+    cmd, cfg = resolved(MINIMAL)
+    assert "--ckpt-steps" not in cmd and "--dist-timeout" not in cmd and cfg.dist_timeout == 300.0
+
+
+def test_spec_hash_sees_which_keys_a_config_spec_writes():
+    def h(text):
+        return parse_spec(MINIMAL + text).spec_hash()
+
+    # With a config file, writing a key (even the default) changes the command and the hash;
+    # without one, a written default is the same spec.
+    assert h("train: {config: resnest50}\n") != h("train: {config: resnest50, epochs: 90}\n")
+    assert h("train: {}\n") == h("train: {epochs: 90}\n") == h("")
+    assert h("") != h("train: {checkpointSteps: 100}\n") != h("train: {distTimeout: 60}\n")
 
 
 def test_trainer_command_options():

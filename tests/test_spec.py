@@ -244,3 +244,13 @@ def test_nesting_below_the_limit_is_read():
 
     doc = specfile.parse_yaml("a: " + "[" * 90 + "1" + "]" * 90 + "\n", "ok.yaml")
     assert doc.problems == []
+
+
+def test_with_a_config_file_only_written_keys_are_checked_against_each_other():
+    # epochs comes from the config file, which kjob does not read: the trainer checks it.
+    assert parse_spec(MINIMAL + "train: {config: resnest50, warmupEpochs: 100}\n").train.known("epochs") is None
+    assert problems(MINIMAL + "train: {config: resnest50, warmupEpochs: 100, epochs: 90}\n") == [
+        "s.yaml:5:42: train.warmupEpochs: must be less than epochs (90), got 100"]
+    assert problems(MINIMAL + "train: {checkpointSteps: 0, distTimeout: 0}\n") == [
+        "s.yaml:5:26: train.checkpointSteps: must be at least 1, got 0",
+        "s.yaml:5:42: train.distTimeout: must be greater than 0.0, got 0"]

@@ -160,8 +160,10 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         if req and lim and parse_quantity(lim) < parse_quantity(req):
             out.append((("resources", "limits", key), f"{lim} is less than requests.{key} ({req})"))
     t = spec.train
-    if t.warmup_epochs >= t.epochs and t.warmup_epochs > 0:
-        out.append((("train", "warmupEpochs"), f"must be less than epochs ({t.epochs}), got {t.warmup_epochs:g}"))
+    # With a config file only what the spec writes is checked here; the trainer checks the rest.
+    warmup, epochs = t.known("warmup_epochs"), t.known("epochs")
+    if warmup is not None and epochs is not None and warmup >= epochs and warmup > 0:
+        out.append((("train", "warmupEpochs"), f"must be less than epochs ({epochs}), got {warmup:g}"))
     if spec.framework == "mindspore" and spec.launcher == "torchrun":
         out.append((("launcher",), "torchrun starts PyTorch only; use launcher: mpi with framework: mindspore"))
     if spec.train.compile and spec.framework != "pytorch":
@@ -181,7 +183,7 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         out.append((mounts[1][0], f"{mounts[1][1]!r} overlaps data.mountPath {mounts[0][1]!r}; use distinct, non-nested paths"))
     if spec.queue and spec.scheduler_name not in (None, "volcano"):
         out.append((("queue",), "queue works with schedulerName: volcano or the default scheduler (Kueue)"))
-    if spec.gpus_per_worker == 0 and spec.train.amp == "fp16":
+    if spec.gpus_per_worker == 0 and t.known("amp") == "fp16":
         out.append((("train", "amp"), "fp16 needs GPUs; use bf16 or off for a CPU job"))
     return out
 

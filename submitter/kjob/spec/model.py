@@ -126,7 +126,8 @@ class RunPolicy(_Model):
 class TrainSettings(_Model):
     """The trainer's flags (what kjob_trainer.cli_args accepts). lr is for a global batch of 256; the trainer scales it."""
 
-    config: Str | None = Field(None, min_length=1, description="A trainer config file from kjob_trainer/configs/ (--config); these keys override it.")
+    config: Str | None = Field(None, min_length=1, description="A trainer config file from kjob_trainer/configs/ (--config): the "
+                               "keys written in this section override it, the others come from it (not from these defaults).")
     epochs: int = Field(90, ge=1, le=10000, description="Passes over the training set.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per process (per GPU).")
     lr: float = Field(0.1, gt=0, le=100, description="Learning rate for a global batch of 256 (scaled linearly).")
@@ -142,6 +143,10 @@ class TrainSettings(_Model):
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     checkpoint_interval: int = Field(1, ge=1, description="Epochs between checkpoints.")
     keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
+    checkpoint_steps: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer steps (--ckpt-steps): "
+                                         "bounds what a lost node costs within a long epoch; unset: at epoch ends only.")
+    dist_timeout: float | None = Field(None, gt=0, le=86400, description="Seconds a rank waits for the others (joining, "
+                                       "collectives) before failing (--dist-timeout); unset: the trainer's 300.")
     resume: Annotated[str, AfterValidator(check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
     image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
     loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
@@ -153,6 +158,16 @@ class TrainSettings(_Model):
     seed: int = Field(0, ge=0, description="Random seed (data order, initialization).")
     eval: bool = Field(True, description="Evaluate on val/ after each epoch.")
     num_classes: int = Field(1000, ge=2, description="Classes of the dataset.")
+
+    def passes(self, field: str) -> bool:
+        """Whether the trainer gets this setting from the spec: always without a config
+        file; with one, only when the spec writes it (the file's value rules otherwise)."""
+        return not self.config or field in self.model_fields_set
+
+    def known(self, field: str):
+        """The setting's value when the spec decides it (passes()), else None: the config
+        file decides, which kjob does not read."""
+        return getattr(self, field) if self.passes(field) else None
 
 
 class LocalSettings(_Model):
@@ -213,8 +228,11 @@ class JobSpec(_Model):
         it does not change what is sent to a cluster; so are unset later additions,
         _HASHED_ONLY_WHEN_SET)."""
         data = self.model_dump(mode="json", by_alias=True, exclude={"local"})
+        if self.train.config:
+            # With a config file an unwritten key is the file's, not the default above.
+            data["train"] = self.train.model_dump(mode="json", by_alias=True, exclude_unset=True)
         for section, key in _HASHED_ONLY_WHEN_SET:
-            if data[section][key] is None:
+            if data[section].get(key, 0) is None:
                 del data[section][key]
         import hashlib  # loads OpenSSL: only when a hash is wanted
 
@@ -225,7 +243,7 @@ class JobSpec(_Model):
 # Fields added after jobs were already submitted whose unset value renders nothing: left
 # out of spec_hash while unset, so a spec that does not use them keeps its hash (no
 # "different spec" conflict on resubmit, no drift for a GitOps tool).
-_HASHED_ONLY_WHEN_SET = (("train", "decoder"),)
+_HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"))
 
 
 if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:
