@@ -53,7 +53,7 @@ def test_local_dry_run_text_is_the_command_that_runs(tmp_path, monkeypatch, as_u
     words = shlex.split(plan.text().split("\n", 1)[1].replace("\\\n", " "))
     assert words[0] == "env"
     env = dict(w.split("=", 1) for w in words[1:1 + len(plan.env)])
-    assert env == plan.env == {"PYTHONUNBUFFERED": "1"}
+    assert env == plan.env == {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # 8 ranks here, as torchrun sets it
     assert words[1 + len(plan.env):] == plan.argv == local_command(load_spec(SMOKE), tmp_path / "kjob-runs" / "smoke")
     assert plan.run_dir == tmp_path / "kjob-runs" / "smoke"
     assert plan.processes == 8

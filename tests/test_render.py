@@ -28,6 +28,7 @@ namespace: team-a
 imagePullPolicy: Always
 imagePullSecrets: [regcred]
 resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: "2", memory: 2Gi}}
+shmSize: 512Mi
 env: {NCCL_SOCKET_IFNAME: eth0, EMPTY: ""}
 nodeSelector: {nvidia.com/gpu.product: A100-SXM4-80GB}
 tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}, {key: a, value: b, tolerationSeconds: 60, effect: NoExecute}]
@@ -173,7 +174,7 @@ def test_trainer_command_is_what_the_trainer_parses():
         for field in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
                       "amp", "channels_last", "image_size"):
             assert t.known(field) in (None, getattr(cfg, field)), (path.name, field)
-        assert (cfg.synthetic, cfg.max_steps, cfg.workers) == (t.synthetic, t.max_steps, t.loader_workers)
+        assert (cfg.synthetic, cfg.max_steps, cfg.workers) == (t.synthetic, t.max_steps, spec.loader_workers)
         assert cfg.device == ("gpu" if spec.gpus_per_worker else "cpu")
 
 
@@ -266,7 +267,15 @@ def test_mpirun_flags_local_and_in_pods():
     pods = mpirun_flags(spec, local=False)
     assert pods[:2] == ["--hostfile", "/etc/mpi/hostfile"] and "--allow-run-as-root" not in pods
     exported = [pods[i + 1] for i, f in enumerate(pods) if f == "-x"]
-    assert exported == ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED"]
+    # 8 ranks per pod: OMP_NUM_THREADS=1, as torchrun sets it, unless the spec's env says.
+    assert exported == ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED", "OMP_NUM_THREADS"]
+    assert "OMP_NUM_THREADS" not in mpirun_flags(parse_spec(MINIMAL + "gpusPerWorker: 1\n"), local=False)
+    own = mpirun_flags(parse_spec(MINIMAL + "env: {OMP_NUM_THREADS: '4'}\n"), local=False)
+    assert own.count("OMP_NUM_THREADS") == 1
+    (job,) = render_objects(parse_spec(MINIMAL + "env: {OMP_NUM_THREADS: '4'}\n"))
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        env = replica["template"]["spec"]["containers"][0]["env"]
+        assert [e["value"] for e in env if e["name"] == "OMP_NUM_THREADS"] == ["4"]
     assert ["--bind-to", "none"] == pods[pods.index("--bind-to"):][:2]
 
 

@@ -10,6 +10,7 @@ import os
 
 from kjob.names import TRAINER_MODULE
 from kjob.spec.model import JobSpec
+from kjob.spec.sizing import rank_threads_env
 
 # mpi-operator writes the hostfile here; passing it explicitly works with OpenMPI 4 and 5.
 HOSTFILE = "/etc/mpi/hostfile"
@@ -61,7 +62,7 @@ def trainer_command(spec: JobSpec, *, data_path: str | None, output_path: str, s
         ("resume", ["--resume", t.resume]),
         ("image_size", ["--image-size", _num(t.image_size)]),
         # Loader processes size the pod (its CPUs, /dev/shm), not the recipe: always the spec's.
-        (None, ["--workers", _num(t.loader_workers)]),
+        (None, ["--workers", _num(spec.loader_workers)]),
         ("seed", ["--seed", _num(t.seed)]),
         (None, ["--device", device or ("gpu" if spec.gpus_per_worker else "cpu")]),
         ("eval", ["--eval" if t.eval else "--no-eval"]),
@@ -88,6 +89,12 @@ def trainer_command(spec: JobSpec, *, data_path: str | None, output_path: str, s
     return cmd
 
 
+def rank_env(spec: JobSpec) -> dict[str, str]:
+    """Variables mpirun's ranks get besides the spec's env: OMP_NUM_THREADS=1 where a pod
+    runs several ranks (torchrun sets it for its own), unless the spec's env sets it."""
+    return {k: v for k, v in rank_threads_env(spec.procs_per_worker).items() if k not in spec.env}
+
+
 def mpirun_flags(spec: JobSpec, *, local: bool) -> list[str]:
     """mpirun options (without -np and the program). In pods: the operator's hostfile,
     no binding (the pod's cgroup limits the CPUs), and -x for the variables ssh does not
@@ -100,6 +107,6 @@ def mpirun_flags(spec: JobSpec, *, local: bool) -> list[str]:
             flags.append("--allow-run-as-root")
         return flags
     flags = ["--hostfile", HOSTFILE] + flags
-    for name in dict.fromkeys(FORWARDED_ENV + tuple(spec.env)):
+    for name in dict.fromkeys(FORWARDED_ENV + tuple(rank_env(spec)) + tuple(spec.env)):
         flags += ["-x", name]
     return flags

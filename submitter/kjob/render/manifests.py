@@ -17,7 +17,7 @@ from pathlib import Path
 from kjob import names, templates
 from kjob.errors import KjobError
 from kjob.names import LAUNCH_MODULE, TERMINATION_GRACE_S, TRAINER_MODULE, WORKER_HOLD_S
-from kjob.render.commands import mpirun_flags, trainer_command
+from kjob.render.commands import mpirun_flags, rank_env, trainer_command
 from kjob.spec.model import JobSpec
 
 # The trainer image runs as this non-root user (images/); mpi-operator mounts the SSH
@@ -96,9 +96,9 @@ def _volumes(spec: JobSpec) -> tuple[list[dict], list[dict]]:
 
 
 def _trainer_resources(spec: JobSpec) -> dict:
-    res = spec.resources
-    requests = {k: v for k, v in (("cpu", res.requests.cpu), ("memory", res.requests.memory)) if v}
-    limits = {k: v for k, v in (("cpu", res.limits.cpu), ("memory", res.limits.memory)) if v}
+    req, lim = spec.pod_requests, spec.pod_limits
+    requests = {k: v for k, v in (("cpu", req.cpu), ("memory", req.memory)) if v}
+    limits = {k: v for k, v in (("cpu", lim.cpu), ("memory", lim.memory)) if v}
     if spec.gpus_per_worker:
         limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
     return {"requests": requests, "limits": limits}
@@ -168,8 +168,8 @@ def _context(spec: JobSpec) -> dict:
     if spec.launcher == "mpi":
         mpirun = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False)
         launcher = _pod(spec, container="launcher", command=list(LAUNCHER_COMMAND), args=mpirun + train,
-                        env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
-        worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec),
+                        env=_env(spec, rank_env(spec)), resources=LAUNCHER_RESOURCES, trainer=False)
+        worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec, rank_env(spec)),
                       resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
         return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
                 # Gang size = the workers only: with WaitForWorkersReady the launcher pod

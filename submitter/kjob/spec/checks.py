@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from decimal import Decimal, InvalidOperation
+
+from kjob.spec.quantity import parse_quantity
+from kjob.spec.sizing import sizing_problems, sizing_warnings
 
 # --- single values --------------------------------------------------------------------
 
@@ -20,13 +22,6 @@ _SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUALIFIED_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Kubernetes resource.Quantity: a decimal number with an optional SI/binary suffix.
-_QUANTITY_RE = re.compile(r"^(?P<num>[+]?(\d+(\.\d*)?|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
-_SUFFIX = {
-    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
-    "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
 # A container image reference as the distribution spec defines it (simplified):
 # [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
 _IMAGE_RE = re.compile(
@@ -39,23 +34,6 @@ _IMAGE_RE = re.compile(
 RESERVED_PATHS = ("/dev/shm", "/etc/mpi", "/home/mpiuser/.ssh")
 # Variables mpirun, PMIx and the training-operator set; a spec must not override them.
 RESERVED_ENV_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "PET_")
-
-
-def parse_quantity(text: str) -> Decimal:
-    """The value of a Kubernetes quantity ("500m" -> 0.5, "2Gi" -> 2147483648).
-
-    Raises ValueError when `text` is not a quantity Kubernetes accepts."""
-    m = _QUANTITY_RE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
-    suffix = m.group("suffix") or ""
-    try:
-        base = Decimal(m.group("num"))
-        if suffix[:1] in ("e", "E"):
-            return base * Decimal(10) ** int(suffix[1:])
-        return base * _SUFFIX[suffix]
-    except (InvalidOperation, OverflowError) as e:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity") from e
 
 
 def no_surrogates(value: str) -> str:
@@ -156,7 +134,7 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
                     f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
     for key in ("cpu", "memory"):
-        req, lim = getattr(spec.resources.requests, key), getattr(spec.resources.limits, key)
+        req, lim = getattr(spec.pod_requests, key), getattr(spec.pod_limits, key)
         if req and lim and parse_quantity(lim) < parse_quantity(req):
             out.append((("resources", "limits", key), f"{lim} is less than requests.{key} ({req})"))
     t = spec.train
@@ -185,7 +163,7 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         out.append((("queue",), "queue works with schedulerName: volcano or the default scheduler (Kueue)"))
     if spec.gpus_per_worker == 0 and t.known("amp") == "fp16":
         out.append((("train", "amp"), "fp16 needs GPUs; use bf16 or off for a CPU job"))
-    return out
+    return out + sizing_problems(spec)
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -199,10 +177,11 @@ CLUSTER_DNS_SUFFIXES = (".svc", ".cluster.local")
 
 def warnings(spec) -> list[str]:
     """What is valid but likely to fail on a cluster: `kjob validate` says it, nothing stops."""
+    out = sizing_warnings(spec)
     nfs = spec.data.nfs if spec.data is not None else None
     server = nfs.server.rstrip(".").lower() if nfs is not None else ""
     if server.endswith(CLUSTER_DNS_SUFFIXES) or ".svc." in server:
-        return [f"data.nfs.server: {nfs.server} is a cluster DNS name, but kubelet mounts NFS with the node's resolver, "
+        out.append(f"data.nfs.server: {nfs.server} is a cluster DNS name, but kubelet mounts NFS with the node's resolver, "
                 "which usually cannot resolve it (mount.nfs: Failed to resolve server); give the server's IP address "
-                "or a name the nodes resolve"]
-    return []
+                "or a name the nodes resolve")
+    return out

@@ -34,6 +34,7 @@ if _PLUGIN_LOADER not in sys.modules:
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from kjob.spec import sizing
 from kjob.spec.checks import (
     check_abs_path, check_env_name, check_image, check_label_key,
     check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, number_as_text, off_is_false,
@@ -101,9 +102,10 @@ class ResourceList(_Model):
 class Resources(_Model):
     """Per worker pod. GPUs come from gpusPerWorker (nvidia.com/gpu limits)."""
 
-    requests: ResourceList = Field(default_factory=lambda: ResourceList(cpu="8", memory="32Gi"), description="What the scheduler reserves (default cpu 8, memory 32Gi).")
+    requests: ResourceList | None = Field(None, description="What the scheduler reserves (default per GPU: cpu 6, "
+                                          "memory 24Gi; a CPU job: cpu 8, memory 32Gi).")
     # No CPU limit by default: CFS throttling slows the input pipeline.
-    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="32Gi"), description="Hard caps (default memory 32Gi, no CPU limit).")
+    limits: ResourceList | None = Field(None, description="Hard caps (default: memory as requested, no CPU limit).")
 
 
 class Toleration(_Model):
@@ -149,7 +151,8 @@ class TrainSettings(_Model):
                                        "collectives) before failing (--dist-timeout); unset: the trainer's 300.")
     resume: Annotated[str, AfterValidator(check_resume)] = Field("auto", description="'auto' (latest in the output path), 'never', or a checkpoint path.")
     image_size: int = Field(224, ge=16, le=1024, description="Training crop size in pixels.")
-    loader_workers: int = Field(8, ge=0, le=64, description="Data-loader processes per rank (--workers).")
+    loader_workers: int | None = Field(None, ge=0, le=64, description="Data-loader processes per rank (--workers); "
+                                       "default: the pod's CPU request shared among its ranks.")
     decoder: Literal["torchvision", "pil", "dali"] | None = Field(None, description="Image decoder (PyTorch only; default torchvision); dali decodes on the GPU and needs the DALI package in the image.")
     synthetic: bool = Field(False, description="Random images instead of the dataset (smoke tests, benchmarks).")
     synthetic_samples: int = Field(1281167, ge=1, description="Images per epoch of synthetic data (ImageNet's count by default).")
@@ -215,6 +218,24 @@ class JobSpec(_Model):
         return self.gpus_per_worker or 1
 
     @property
+    def pod_requests(self) -> ResourceList:
+        """A worker pod's requests: the spec's, else sized by gpusPerWorker."""
+        return self.resources.requests or ResourceList(**sizing.default_requests(self.gpus_per_worker))
+
+    @property
+    def pod_limits(self) -> ResourceList:
+        """A worker pod's limits: the spec's, else sized by gpusPerWorker."""
+        return self.resources.limits or ResourceList(**sizing.default_limits(self.gpus_per_worker))
+
+    @property
+    def loader_workers(self) -> int:
+        """Data-loader processes per rank: train.loaderWorkers, else from the CPU request."""
+        given = self.train.loader_workers
+        if given is not None:
+            return given
+        return sizing.default_loader_workers(sizing.cpu_cores(self.pod_requests, self.pod_limits), self.procs_per_worker)
+
+    @property
     def world_size(self) -> int:
         return self.workers * self.procs_per_worker
 
@@ -231,6 +252,10 @@ class JobSpec(_Model):
         if self.train.config:
             # With a config file an unwritten key is the file's, not the default above.
             data["train"] = self.train.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        # Sizing defaults derived from the spec, written out like the others.
+        data["resources"] = {"requests": self.pod_requests.model_dump(mode="json", by_alias=True),
+                             "limits": self.pod_limits.model_dump(mode="json", by_alias=True)}
+        data["train"]["loaderWorkers"] = self.loader_workers
         for section, key in _HASHED_ONLY_WHEN_SET:
             if data[section].get(key, 0) is None:
                 del data[section][key]
