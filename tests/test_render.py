@@ -29,7 +29,8 @@ imagePullPolicy: Always
 imagePullSecrets: [regcred]
 resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: "2", memory: 2Gi}}
 shmSize: 512Mi
-env: {NCCL_SOCKET_IFNAME: eth0, EMPTY: ""}
+env: {NCCL_SOCKET_IFNAME: eth0, EMPTY: "", WANDB_API_KEY: {secretKeyRef: {name: wandb, key: api-key}}}
+envFrom: [s3-credentials]
 nodeSelector: {nvidia.com/gpu.product: A100-SXM4-80GB}
 tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}, {key: a, value: b, tolerationSeconds: 60, effect: NoExecute}]
 priorityClassName: high
@@ -108,6 +109,27 @@ def test_mpijob_shape():
     vols = {v["name"]: v for v in worker["volumes"]}
     assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert vols["data"]["persistentVolumeClaim"] == {"claimName": "imagenet", "readOnly": True}
+
+
+SECRETS = MINIMAL + "workers: 2\nenv: {WANDB_API_KEY: {secretKeyRef: {name: wandb, key: api-key}}, A: b}\nenvFrom: [s3, hf]\n"
+
+
+def test_secrets_reach_the_trainer_pods_as_references_only():
+    (job,) = render_objects(parse_spec(SECRETS))
+    ref = {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}}}
+    (lc,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    (wc,) = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert ref in wc["env"] and wc["envFrom"] == [{"secretRef": {"name": "s3"}}, {"secretRef": {"name": "hf"}}]
+    # The launcher runs mpirun only: no Secret there, none forwarded by name (the ranks take
+    # them from their worker pod), while the plain variable still is.
+    assert "WANDB_API_KEY" not in str(lc) and "envFrom" not in lc and {"name": "A", "value": "b"} in lc["env"]
+    assert lc["args"][lc["args"].index("A") - 1] == "-x"
+    (torch_job,) = render_objects(parse_spec(SECRETS + "launcher: torchrun\n"))
+    for replica in torch_job["spec"]["pytorchReplicaSpecs"].values():
+        (c,) = replica["template"]["spec"]["containers"]
+        assert ref in c["env"] and len(c["envFrom"]) == 2
+    (plain,) = render_objects(parse_spec(MINIMAL))
+    assert "envFrom" not in str(plain)
 
 
 def test_pytorchjob_shape():

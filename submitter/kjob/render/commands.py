@@ -107,6 +107,8 @@ def mpirun_flags(spec: JobSpec, *, local: bool) -> list[str]:
             flags.append("--allow-run-as-root")
         return flags
     flags = ["--hostfile", HOSTFILE] + flags
-    for name in dict.fromkeys(FORWARDED_ENV + tuple(rank_env(spec)) + tuple(spec.env)):
+    # A Secret's variable is not forwarded: the launcher does not have it, and the ranks
+    # take it from their worker pod (kjob_trainer.worker_env).
+    for name in dict.fromkeys(FORWARDED_ENV + tuple(rank_env(spec)) + tuple(spec.plain_env)):
         flags += ["-x", name]
     return flags

@@ -104,9 +104,18 @@ def _trainer_resources(spec: JobSpec) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def _env(spec: JobSpec, defaults: dict[str, str] | None = None) -> list[dict]:
-    merged = {**DEFAULT_ENV, **(defaults or {}), **spec.env}
-    return [{"name": k, "value": v} for k, v in merged.items()]
+def _env(spec: JobSpec, defaults: dict[str, str] | None = None, *, secrets: bool = True) -> list[dict]:
+    """A container's env: kjob's defaults, then the spec's; a Secret's variable as its
+    reference only (the kubelet reads the value), and only where `secrets`."""
+    merged: dict = {**DEFAULT_ENV, **(defaults or {}), **spec.env}
+    out = []
+    for name, value in merged.items():
+        if isinstance(value, str):
+            out.append({"name": name, "value": value})
+        elif secrets:
+            ref = value.secret_key_ref
+            out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return out
 
 
 def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], env: list[dict],
@@ -115,6 +124,8 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
     volumes, mounts = _volumes(spec) if trainer else ([], [])
     return {
         "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
+        # Secrets reach the pods that run the trainer only.
+        "env_from": [{"secretRef": {"name": s}} for s in spec.env_from] if trainer else [],
         "readiness": readiness,
         "resources": resources, "volumes": volumes, "mounts": mounts,
         "termination_grace": TERMINATION_GRACE_S,
@@ -168,7 +179,7 @@ def _context(spec: JobSpec) -> dict:
     if spec.launcher == "mpi":
         mpirun = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False)
         launcher = _pod(spec, container="launcher", command=list(LAUNCHER_COMMAND), args=mpirun + train,
-                        env=_env(spec, rank_env(spec)), resources=LAUNCHER_RESOURCES, trainer=False)
+                        env=_env(spec, rank_env(spec), secrets=False), resources=LAUNCHER_RESOURCES, trainer=False)
         worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec, rank_env(spec)),
                       resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
         return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,

@@ -22,6 +22,7 @@ _SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUALIFIED_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 # A container image reference as the distribution spec defines it (simplified):
 # [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
 _IMAGE_RE = re.compile(
@@ -109,6 +110,12 @@ def check_env_name(key: str) -> str:
     if key.startswith(RESERVED_ENV_PREFIXES):
         raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
     return key
+
+
+def check_secret_key(value: str) -> str:
+    if not 0 < len(value) <= 253 or not _SECRET_KEY_RE.match(value) or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a valid Secret key (letters, digits, '-', '_' and '.')")
+    return value
 
 
 def check_resume(value: str) -> str:

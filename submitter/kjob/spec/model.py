@@ -31,12 +31,12 @@ if _PLUGIN_LOADER not in sys.modules:
     _stand_in.get_plugins = lambda: ()
     sys.modules[_PLUGIN_LOADER] = _stand_in
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic.alias_generators import to_camel
 
 from kjob.spec import sizing
 from kjob.spec.checks import (
-    check_abs_path, check_env_name, check_image, check_label_key,
+    check_abs_path, check_env_name, check_secret_key, check_image, check_label_key,
     check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, number_as_text, off_is_false,
 )
 
@@ -51,6 +51,7 @@ LabelValue = Annotated[str, AfterValidator(check_label_value)]
 
 
 LabelKey = Annotated[str, AfterValidator(check_label_key)]
+SecretKey = Annotated[str, AfterValidator(check_secret_key)]
 EnvName = Annotated[str, AfterValidator(check_env_name)]
 
 
@@ -106,6 +107,27 @@ class Resources(_Model):
                                           "memory 24Gi; a CPU job: cpu 8, memory 32Gi).")
     # No CPU limit by default: CFS throttling slows the input pipeline.
     limits: ResourceList | None = Field(None, description="Hard caps (default: memory as requested, no CPU limit).")
+
+
+class SecretKeyRef(_Model):
+    name: KubeName = Field(description="The Secret (in the job's namespace).")
+    key: SecretKey = Field(description="The key in that Secret.")
+
+
+class SecretEnv(_Model):
+    """A variable whose value is read from a Secret by the kubelet: only the reference is in
+    the manifests."""
+
+    secret_key_ref: SecretKeyRef = Field(description="The Secret and key holding the value.")
+
+
+def _env_value_kind(value) -> str:
+    return "secret" if isinstance(value, (dict, SecretEnv)) else "value"
+
+
+# A mapping is a Secret reference, anything else must be the value's text: each is checked
+# as what it is, so a typo in a reference is not also reported as "must be a string".
+EnvValue = Annotated[Annotated[Str, Tag("value")] | Annotated[SecretEnv, Tag("secret")], Discriminator(_env_value_kind)]
 
 
 class Toleration(_Model):
@@ -198,7 +220,10 @@ class JobSpec(_Model):
     data: DataVolume | None = Field(None, description="The dataset volume; required unless train.synthetic is true.")
     checkpoints: Checkpoints = Field(description="The checkpoint volume (a PVC).")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Training settings: the trainer's flags.")
-    env: dict[EnvName, Str] = Field(default_factory=dict, description="Extra environment variables for the trainer.")
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, description="Extra environment variables for the "
+                                                "trainer: a value, or {secretKeyRef: {name, key}} to read it from a Secret.")
+    env_from: list[KubeName] = Field(default_factory=list, description="Secrets whose every key becomes a variable of "
+                                     "the trainer (Kubernetes envFrom); only their names are in the manifests.")
     node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (as in a pod spec).")
     priority_class_name: KubeName | None = Field(None, description="PriorityClass of the pods.")
@@ -216,6 +241,16 @@ class JobSpec(_Model):
     def procs_per_worker(self) -> int:
         """Processes per worker pod: one per GPU, one for a CPU job."""
         return self.gpus_per_worker or 1
+
+    @property
+    def plain_env(self) -> dict[str, str]:
+        """The spec's env entries that have a value (not a Secret reference)."""
+        return {k: v for k, v in self.env.items() if isinstance(v, str)}
+
+    @property
+    def secret_env(self) -> dict[str, SecretKeyRef]:
+        """The spec's env entries read from a Secret."""
+        return {k: v.secret_key_ref for k, v in self.env.items() if not isinstance(v, str)}
 
     @property
     def pod_requests(self) -> ResourceList:
@@ -256,9 +291,12 @@ class JobSpec(_Model):
         data["resources"] = {"requests": self.pod_requests.model_dump(mode="json", by_alias=True),
                              "limits": self.pod_limits.model_dump(mode="json", by_alias=True)}
         data["train"]["loaderWorkers"] = self.loader_workers
-        for section, key in _HASHED_ONLY_WHEN_SET:
-            if data[section].get(key, 0) is None:
-                del data[section][key]
+        for *sections, key in _HASHED_ONLY_WHEN_SET:
+            where = data
+            for section in sections:
+                where = where[section]
+            if key in where and where[key] in (None, [], {}):
+                del where[key]
         import hashlib  # loads OpenSSL: only when a hash is wanted
 
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -268,7 +306,7 @@ class JobSpec(_Model):
 # Fields added after jobs were already submitted whose unset value renders nothing: left
 # out of spec_hash while unset, so a spec that does not use them keeps its hash (no
 # "different spec" conflict on resubmit, no drift for a GitOps tool).
-_HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"))
+_HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"), ("envFrom",))
 
 
 if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:
