@@ -301,6 +301,23 @@ def test_mpirun_flags_local_and_in_pods():
     assert ["--bind-to", "none"] == pods[pods.index("--bind-to"):][:2]
 
 
+def test_mpi_settings_follow_kjobs_own_flags():
+    spec = parse_spec(MINIMAL + "mpi: {mca: {btl_tcp_if_include: eth0, pml_ucx_verbose: 1, btl_openib_allow_ib: true}, "
+                                "args: [--report-bindings, --bind-to, core]}\n")
+    flags = mpirun_flags(spec, local=False)
+    assert flags[:4] == ["--hostfile", "/etc/mpi/hostfile", "--map-by", "slot"]  # the spec's --bind-to replaces kjob's
+    assert flags[flags.index("--mca"):] == ["--mca", "btl_tcp_if_include", "eth0", "--mca", "pml_ucx_verbose", "1",
+                                            "--mca", "btl_openib_allow_ib", "true", "--report-bindings", "--bind-to", "core"]
+    assert flags.count("--bind-to") == 1 and "--mca" not in mpirun_flags(spec, local=True)
+    (job,) = render_objects(spec)
+    assert_valid_for_crd(job)
+    (lc,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    assert lc["args"][3:lc["args"].index("python")] == flags
+    # Unset (or empty), nothing changes: not the flags, not the spec's hash.
+    assert parse_spec(MINIMAL + "mpi: {}\n").spec_hash() == parse_spec(MINIMAL).spec_hash() != spec.spec_hash()
+    assert mpirun_flags(parse_spec(MINIMAL + "mpi: {}\n"), local=False) == mpirun_flags(parse_spec(MINIMAL), local=False)
+
+
 TEMPLATE_EXPR = re.compile(r"\{\{(.*?)\}\}", re.S)
 
 

@@ -98,17 +98,27 @@ def rank_env(spec: JobSpec) -> dict[str, str]:
 def mpirun_flags(spec: JobSpec, *, local: bool) -> list[str]:
     """mpirun options (without -np and the program). In pods: the operator's hostfile,
     no binding (the pod's cgroup limits the CPUs), and -x for the variables ssh does not
-    carry. Locally: oversubscription (more ranks than cores) and, as root,
-    --allow-run-as-root."""
+    carry, then the spec's mpi.mca (--mca NAME VALUE) and mpi.args. Locally:
+    oversubscription (more ranks than cores) and, as root, --allow-run-as-root."""
     flags = ["--bind-to", "none", "--map-by", "slot"]
     if local:
         flags.append("--oversubscribe")
         if os.geteuid() == 0:
             flags.append("--allow-run-as-root")
         return flags
+    mpi = spec.mpi
+    if mpi is not None:  # the spec's --bind-to / --map-by replace kjob's
+        for option in ("--bind-to", "--map-by"):
+            if any(a.lstrip("-").split("=", 1)[0] == option[2:] for a in mpi.args):
+                at = flags.index(option)
+                del flags[at:at + 2]
     flags = ["--hostfile", HOSTFILE] + flags
     # A Secret's variable is not forwarded: the launcher does not have it, and the ranks
     # take it from their worker pod (kjob_trainer.worker_env).
     for name in dict.fromkeys(FORWARDED_ENV + tuple(rank_env(spec)) + tuple(spec.plain_env)):
         flags += ["-x", name]
+    if mpi is not None:
+        for name, value in mpi.mca.items():
+            flags += ["--mca", name, value]
+        flags += mpi.args
     return flags

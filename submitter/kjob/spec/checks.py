@@ -23,6 +23,17 @@ _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUALIFIED_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+# An Open MPI MCA parameter: framework_component_name, lowercase.
+_MCA_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
+# mpirun options that would undo what kjob sets (the operator's hostfile, -np, the ranks'
+# rendezvous variable) or end mpirun's options early; spelled with one or two dashes.
+_MPIRUN_OWN = {
+    **dict.fromkeys(("np", "n", "c"), "-np is kjob's: workers x gpusPerWorker"),
+    **dict.fromkeys(("hostfile", "machinefile", "default-hostfile", "host", "H", "app"),
+                    "kjob passes the operator's hostfile (--hostfile /etc/mpi/hostfile)"),
+    **dict.fromkeys(("mca", "gmca", "prtemca", "pmixmca", "tune", "am"),
+                    "give Open MPI's MCA parameters under mpi.mca, where they are checked"),
+}
 # A container image reference as the distribution spec defines it (simplified):
 # [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
 _IMAGE_RE = re.compile(
@@ -33,6 +44,8 @@ _IMAGE_RE = re.compile(
 )
 # Paths kjob itself mounts in the pods; user volumes must not shadow them.
 RESERVED_PATHS = ("/dev/shm", "/etc/mpi", "/home/mpiuser/.ssh")
+# What the launcher passes to every rank (kjob_trainer.distributed.RENDEZVOUS_VARIABLE).
+RESERVED_MPIRUN_VARIABLES = ("KJOB_RENDEZVOUS_HOST",)
 # Variables mpirun, PMIx and the training-operator set; a spec must not override them.
 RESERVED_ENV_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "PET_")
 
@@ -118,6 +131,34 @@ def check_secret_key(value: str) -> str:
     return value
 
 
+def check_mca_name(value: str) -> str:
+    if len(value) > 200 or not _MCA_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an Open MPI MCA parameter name (e.g. btl_tcp_if_include)")
+    if "hostfile" in value:
+        raise ValueError(f"{value!r} would replace the operator's hostfile, which kjob passes to mpirun")
+    return value
+
+
+def mca_value_text(value):
+    # YAML numbers and booleans as Open MPI reads them: 1 -> "1", true -> "true".
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return number_as_text(value)
+
+
+def check_mpirun_arg(value: str) -> str:
+    if not value.strip() or any(not c.isprintable() for c in value):
+        raise ValueError("must be a printable, non-blank word (one list item per word)")
+    option = value.lstrip("-").split("=", 1)[0] if value.startswith("-") else None
+    if option in _MPIRUN_OWN:
+        raise ValueError(f"{value!r}: {_MPIRUN_OWN[option]}")
+    if value in (":", "--"):
+        raise ValueError(f"{value!r} would end mpirun's options: the program is kjob's trainer")
+    if value.split("=", 1)[0] in RESERVED_MPIRUN_VARIABLES or value.startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"{value!r}: the launcher and mpirun set it for every rank")
+    return value
+
+
 def check_resume(value: str) -> str:
     if value not in ("auto", "never") and not value.startswith("/"):
         raise ValueError(f"must be 'auto', 'never' or an absolute path, not {value!r}")
@@ -166,6 +207,8 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
                 out.append((loc, f"{path!r} overlaps {reserved}, which kjob mounts itself"))
     if len(mounts) == 2 and _overlaps(mounts[0][1], mounts[1][1]):
         out.append((mounts[1][0], f"{mounts[1][1]!r} overlaps data.mountPath {mounts[0][1]!r}; use distinct, non-nested paths"))
+    if spec.mpi is not None and spec.launcher != "mpi":
+        out.append((("mpi",), "mpi settings are for mpirun (launcher: mpi); torchrun reads none of them"))
     if spec.queue and spec.scheduler_name not in (None, "volcano"):
         out.append((("queue",), "queue works with schedulerName: volcano or the default scheduler (Kueue)"))
     if spec.gpus_per_worker == 0 and t.known("amp") == "fp16":

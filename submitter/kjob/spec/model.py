@@ -36,7 +36,7 @@ from pydantic.alias_generators import to_camel
 
 from kjob.spec import sizing
 from kjob.spec.checks import (
-    check_abs_path, check_env_name, check_secret_key, check_image, check_label_key,
+    check_abs_path, check_env_name, check_mca_name, check_mpirun_arg, check_secret_key, mca_value_text, check_image, check_label_key,
     check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, number_as_text, off_is_false,
 )
 
@@ -51,6 +51,10 @@ LabelValue = Annotated[str, AfterValidator(check_label_value)]
 
 
 LabelKey = Annotated[str, AfterValidator(check_label_key)]
+McaName = Annotated[str, AfterValidator(check_mca_name)]
+McaValue = Annotated[str, BeforeValidator(mca_value_text, json_schema_input_type=int | float | bool | str),
+                     AfterValidator(no_surrogates), Field(max_length=4096)]
+MpirunArg = Annotated[str, AfterValidator(check_mpirun_arg)]
 SecretKey = Annotated[str, AfterValidator(check_secret_key)]
 EnvName = Annotated[str, AfterValidator(check_env_name)]
 
@@ -136,6 +140,16 @@ class Toleration(_Model):
     value: LabelValue | None = Field(None, description="Taint value (operator Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect; none: all effects.")
     toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class MpiSettings(_Model):
+    """Open MPI's mpirun in an MPIJob's launcher (launcher: mpi): MCA parameters and more
+    options, after kjob's own (--hostfile, -np, -x, binding)."""
+
+    mca: dict[McaName, McaValue] = Field(default_factory=dict, description="MCA parameters, each passed as "
+                                         "--mca NAME VALUE (e.g. btl_tcp_if_include: eth0).")
+    args: list[MpirunArg] = Field(default_factory=list, description="More mpirun options, one word per item (e.g. "
+                                  "[--report-bindings]); --bind-to / --map-by here replace kjob's (none / slot).")
 
 
 class RunPolicy(_Model):
@@ -230,6 +244,7 @@ class JobSpec(_Model):
     scheduler_name: KubeName | None = Field(None, description="e.g. 'volcano'; None: the default scheduler.")
     queue: KubeName | None = Field(None, description="Volcano queue (schedulerName volcano) or Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="The operator's runPolicy.")
+    mpi: MpiSettings | None = Field(None, description="mpirun's MCA parameters and options (launcher: mpi only).")
     local: LocalSettings = Field(default_factory=LocalSettings, description="Settings for `kjob submit --local` only.")
 
     @property
@@ -294,8 +309,8 @@ class JobSpec(_Model):
         for *sections, key in _HASHED_ONLY_WHEN_SET:
             where = data
             for section in sections:
-                where = where[section]
-            if key in where and where[key] in (None, [], {}):
+                where = where.get(section) if isinstance(where, dict) else None
+            if isinstance(where, dict) and key in where and where[key] in (None, [], {}):
                 del where[key]
         import hashlib  # loads OpenSSL: only when a hash is wanted
 
@@ -306,7 +321,8 @@ class JobSpec(_Model):
 # Fields added after jobs were already submitted whose unset value renders nothing: left
 # out of spec_hash while unset, so a spec that does not use them keeps its hash (no
 # "different spec" conflict on resubmit, no drift for a GitOps tool).
-_HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"), ("envFrom",))
+_HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"), ("envFrom",),
+                         ("mpi", "mca"), ("mpi", "args"), ("mpi",))
 
 
 if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:
