@@ -137,6 +137,19 @@ def test_validate_gives_no_warning_for_the_shipped_examples(capsys):
     assert (code, err) == (0, "") and out.count(": ok (") == 7
 
 
+def test_readme_infiniband_spec_is_valid_and_quiet(capsys, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("A complete spec for 128 nodes x 8 GPUs on InfiniBand", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = tmp_path / "ib.yaml"
+    spec.write_text(block)
+    code, out, err = kjob(capsys, "validate", spec)
+    assert (code, err, out) == (0, "", f"{spec}: ok (MPIJob resnext50-ib, pytorch, 128 workers x 8 GPUs)\n")
+    (job,) = render_objects(load_spec(spec))
+    (worker,) = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["rdma/rdma_shared_device_a"] == "1"
+    assert worker["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"] and "api-key" in str(worker["env"])
+
+
 def test_render_to_stdout_is_multi_document_yaml(capsys):
     code, out, _ = kjob(capsys, "render", SPEC, SMOKE)
     assert code == 0

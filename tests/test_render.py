@@ -132,6 +132,37 @@ def test_secrets_reach_the_trainer_pods_as_references_only():
     assert "envFrom" not in str(plain)
 
 
+NETWORK = MINIMAL + """workers: 2
+resources: {requests: {cpu: 48, memory: 192Gi, rdma/hca: 1}, limits: {memory: 192Gi, rdma/hca: 1, nvidia.com/hostdev: 8}}
+capabilities: [IPC_LOCK]
+podAnnotations: {k8s.v1.cni.cncf.io/networks: "ib-0,ib-1"}
+hostNetwork: true
+"""
+
+
+@pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
+def test_network_opt_ins_go_to_the_trainer_pods(launcher):
+    (job,) = render_objects(parse_spec(NETWORK + f"launcher: {launcher}\n"))
+    assert_valid_for_crd(job)
+    replicas = next(v for k, v in job["spec"].items() if k.endswith("ReplicaSpecs"))
+    trainers = [r["template"] for name, r in replicas.items() if name != "Launcher"]
+    for t in trainers:
+        (c,) = t["spec"]["containers"]
+        assert t["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": "ib-0,ib-1"}
+        assert (t["spec"]["hostNetwork"], t["spec"]["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+        assert c["resources"] == {"requests": {"cpu": "48", "memory": "192Gi", "rdma/hca": "1"},
+                                  "limits": {"memory": "192Gi", "rdma/hca": "1", "nvidia.com/hostdev": "8", "nvidia.com/gpu": "8"}}
+    if launcher == "mpi":  # the launcher runs mpirun only: none of it
+        launcher_pod = replicas["Launcher"]["template"]
+        assert "annotations" not in launcher_pod["metadata"] and "hostNetwork" not in launcher_pod["spec"]
+        (lc,) = launcher_pod["spec"]["containers"]
+        assert lc["securityContext"]["capabilities"] == {"drop": ["ALL"]} and "rdma/hca" not in str(lc["resources"])
+    # None of it set: the pods are as before, and so is the spec's hash.
+    assert "hostNetwork" not in str(render_objects(parse_spec(MINIMAL))) and parse_spec(
+        MINIMAL + "capabilities: []\npodAnnotations: {}\nhostNetwork: false\n").spec_hash() == parse_spec(MINIMAL).spec_hash()
+
+
 def test_pytorchjob_shape():
     (job,) = render_objects(parse_spec(MINIMAL + "launcher: torchrun\nworkers: 3\ngpusPerWorker: 4\n"))
     s = job["spec"]

@@ -97,8 +97,8 @@ def _volumes(spec: JobSpec) -> tuple[list[dict], list[dict]]:
 
 def _trainer_resources(spec: JobSpec) -> dict:
     req, lim = spec.pod_requests, spec.pod_limits
-    requests = {k: v for k, v in (("cpu", req.cpu), ("memory", req.memory)) if v}
-    limits = {k: v for k, v in (("cpu", lim.cpu), ("memory", lim.memory)) if v}
+    requests = {k: v for k, v in (("cpu", req.cpu), ("memory", req.memory)) if v} | req.extended
+    limits = {k: v for k, v in (("cpu", lim.cpu), ("memory", lim.memory)) if v} | lim.extended
     if spec.gpus_per_worker:
         limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
     return {"requests": requests, "limits": limits}
@@ -122,6 +122,9 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
          resources: dict, trainer: bool, readiness: dict | None = None) -> dict:
     """Values for one pod template (manifests/templates/_pod.yaml.j2)."""
     volumes, mounts = _volumes(spec) if trainer else ([], [])
+    capabilities: dict = {"drop": ["ALL"]}
+    if trainer and spec.capabilities:
+        capabilities["add"] = list(dict.fromkeys(spec.capabilities))
     return {
         "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
         # Secrets reach the pods that run the trainer only.
@@ -133,7 +136,11 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
         "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
                          "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
                          "seccompProfile": {"type": "RuntimeDefault"}},
-        "container_security": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "container_security": {"allowPrivilegeEscalation": False, "capabilities": capabilities},
+        # The network opt-ins are the trainer pods' (the launcher only runs mpirun): a Multus
+        # annotation there would take a device from the pool for nothing.
+        "annotations": dict(spec.pod_annotations) if trainer else {},
+        "host_network": spec.host_network and trainer,
         # GPU jobs get the node's GPUs; tolerations/selector apply to the launcher too so it
         # lands in the same pool (it is small).
         "node_selector": dict(spec.node_selector),

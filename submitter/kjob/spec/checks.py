@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 
+from kjob.spec.network import extended_resources_problems
 from kjob.spec.quantity import parse_quantity
 from kjob.spec.sizing import sizing_problems, sizing_warnings
 
@@ -117,6 +118,12 @@ def check_label_key(key: str) -> str:
     return key
 
 
+def check_annotation_key(key: str) -> str:
+    if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
+        raise ValueError(f"{key!r} is not a valid annotation key ([prefix/]name, e.g. k8s.v1.cni.cncf.io/networks)")
+    return key
+
+
 def check_env_name(key: str) -> str:
     if not _ENV_NAME_RE.match(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
@@ -185,6 +192,7 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         req, lim = getattr(spec.pod_requests, key), getattr(spec.pod_limits, key)
         if req and lim and parse_quantity(lim) < parse_quantity(req):
             out.append((("resources", "limits", key), f"{lim} is less than requests.{key} ({req})"))
+    out += extended_resources_problems(spec.pod_requests.extended, spec.pod_limits.extended)
     t = spec.train
     # With a config file only what the spec writes is checked here; the trainer checks the rest.
     warmup, epochs = t.known("warmup_epochs"), t.known("epochs")

@@ -35,8 +35,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Dis
 from pydantic.alias_generators import to_camel
 
 from kjob.spec import sizing
+from kjob.spec.network import check_capability, check_extended_quantity, check_extended_resource
 from kjob.spec.checks import (
-    check_abs_path, check_env_name, check_mca_name, check_mpirun_arg, check_secret_key, mca_value_text, check_image, check_label_key,
+    check_abs_path, check_annotation_key, check_env_name, check_mca_name, check_mpirun_arg, check_secret_key, mca_value_text, check_image, check_label_key,
     check_label_value, check_name, check_quantity, check_resume, check_subdomain, no_surrogates, number_as_text, off_is_false,
 )
 
@@ -55,6 +56,11 @@ McaName = Annotated[str, AfterValidator(check_mca_name)]
 McaValue = Annotated[str, BeforeValidator(mca_value_text, json_schema_input_type=int | float | bool | str),
                      AfterValidator(no_surrogates), Field(max_length=4096)]
 MpirunArg = Annotated[str, AfterValidator(check_mpirun_arg)]
+ExtendedResource = Annotated[str, AfterValidator(check_extended_resource)]
+ExtendedQuantity = Annotated[str, BeforeValidator(number_as_text, json_schema_input_type=int | str),
+                             AfterValidator(check_extended_quantity)]
+Capability = Annotated[str, AfterValidator(check_capability)]
+AnnotationKey = Annotated[str, AfterValidator(check_annotation_key)]
 SecretKey = Annotated[str, AfterValidator(check_secret_key)]
 EnvName = Annotated[str, AfterValidator(check_env_name)]
 
@@ -100,17 +106,28 @@ class Checkpoints(_Model):
 
 
 class ResourceList(_Model):
+    """cpu, memory, and extended resources by name (`rdma/hca: 1`, `nvidia.com/hostdev: 8`)."""
+
+    model_config = ConfigDict(**{**_Model.model_config, "extra": "allow"})
+    __pydantic_extra__: dict[ExtendedResource, ExtendedQuantity]
     cpu: Quantity | None = Field(None, description="CPU cores (e.g. '8', '500m').")
     memory: Quantity | None = Field(None, description="Memory (e.g. '64Gi').")
+
+    @property
+    def extended(self) -> dict[str, str]:
+        """The extended resources, by name."""
+        return dict(self.__pydantic_extra__ or {})
 
 
 class Resources(_Model):
     """Per worker pod. GPUs come from gpusPerWorker (nvidia.com/gpu limits)."""
 
     requests: ResourceList | None = Field(None, description="What the scheduler reserves (default per GPU: cpu 6, "
-                                          "memory 24Gi; a CPU job: cpu 8, memory 32Gi).")
+                                          "memory 24Gi; a CPU job: cpu 8, memory 32Gi); extended resources by name "
+                                          "too (rdma/hca: 1), each also in limits with the same value.")
     # No CPU limit by default: CFS throttling slows the input pipeline.
-    limits: ResourceList | None = Field(None, description="Hard caps (default: memory as requested, no CPU limit).")
+    limits: ResourceList | None = Field(None, description="Hard caps (default: memory as requested, no CPU limit); "
+                                        "extended resources by name (nvidia.com/hostdev: 8), whole numbers.")
 
 
 class SecretKeyRef(_Model):
@@ -238,6 +255,11 @@ class JobSpec(_Model):
                                                 "trainer: a value, or {secretKeyRef: {name, key}} to read it from a Secret.")
     env_from: list[KubeName] = Field(default_factory=list, description="Secrets whose every key becomes a variable of "
                                      "the trainer (Kubernetes envFrom); only their names are in the manifests.")
+    capabilities: list[Capability] = Field(default_factory=list, description="Capabilities added to the trainer "
+                                           "containers (all others stay dropped): IPC_LOCK, SYS_RESOURCE.")
+    pod_annotations: dict[AnnotationKey, Str] = Field(default_factory=dict, description="Annotations of the trainer "
+                                                      "pods (e.g. Multus' k8s.v1.cni.cncf.io/networks).")
+    host_network: bool = Field(False, description="Run the trainer pods in the node's network namespace (its NICs).")
     node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (as in a pod spec).")
     priority_class_name: KubeName | None = Field(None, description="PriorityClass of the pods.")
@@ -310,7 +332,7 @@ class JobSpec(_Model):
             where = data
             for section in sections:
                 where = where.get(section) if isinstance(where, dict) else None
-            if isinstance(where, dict) and key in where and where[key] in (None, [], {}):
+            if isinstance(where, dict) and key in where and where[key] in (None, [], {}, False):
                 del where[key]
         import hashlib  # loads OpenSSL: only when a hash is wanted
 
@@ -322,7 +344,8 @@ class JobSpec(_Model):
 # out of spec_hash while unset, so a spec that does not use them keeps its hash (no
 # "different spec" conflict on resubmit, no drift for a GitOps tool).
 _HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"), ("envFrom",),
-                         ("mpi", "mca"), ("mpi", "args"), ("mpi",))
+                         ("mpi", "mca"), ("mpi", "args"), ("mpi",), ("capabilities",), ("podAnnotations",),
+                         ("hostNetwork",))
 
 
 if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:
