@@ -54,3 +54,17 @@ def test_a_worker_environment_that_cannot_be_read_is_one_line_without_values(tmp
     assert err.startswith("kjob: warning: cannot read the worker pod's environment (No such file or directory)")
     assert err.count("\n") == 1
     assert adopt_worker_env({"OMPI_COMM_WORLD_RANK": "3"}, str(tmp_path / "gone")) == []  # no PID 1 to look at
+
+
+def test_the_trainer_takes_the_worker_env_before_anything_else(monkeypatch):
+    import kjob_trainer.train as train
+
+    calls = []
+
+    def dist_env():
+        calls.append("dist_env")
+        raise KeyboardInterrupt  # main's first step after it: stop there (exit 130)
+
+    monkeypatch.setattr(train, "adopt_worker_env", lambda: calls.append("adopt_worker_env"))
+    monkeypatch.setattr(train, "dist_env", dist_env)
+    assert train.main([]) == 130 and calls == ["adopt_worker_env", "dist_env"]
