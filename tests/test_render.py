@@ -28,7 +28,9 @@ namespace: team-a
 imagePullPolicy: Always
 imagePullSecrets: [regcred]
 resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: "2", memory: 2Gi}}
-env: {NCCL_SOCKET_IFNAME: eth0, EMPTY: ""}
+shmSize: 512Mi
+env: {NCCL_SOCKET_IFNAME: eth0, EMPTY: "", WANDB_API_KEY: {secretKeyRef: {name: wandb, key: api-key}}}
+envFrom: [s3-credentials]
 nodeSelector: {nvidia.com/gpu.product: A100-SXM4-80GB}
 tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}, {key: a, value: b, tolerationSeconds: 60, effect: NoExecute}]
 priorityClassName: high
@@ -109,6 +111,58 @@ def test_mpijob_shape():
     assert vols["data"]["persistentVolumeClaim"] == {"claimName": "imagenet", "readOnly": True}
 
 
+SECRETS = MINIMAL + "workers: 2\nenv: {WANDB_API_KEY: {secretKeyRef: {name: wandb, key: api-key}}, A: b}\nenvFrom: [s3, hf]\n"
+
+
+def test_secrets_reach_the_trainer_pods_as_references_only():
+    (job,) = render_objects(parse_spec(SECRETS))
+    ref = {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}}}
+    (lc,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    (wc,) = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert ref in wc["env"] and wc["envFrom"] == [{"secretRef": {"name": "s3"}}, {"secretRef": {"name": "hf"}}]
+    # The launcher runs mpirun only: no Secret there, none forwarded by name (the ranks take
+    # them from their worker pod), while the plain variable still is.
+    assert "WANDB_API_KEY" not in str(lc) and "envFrom" not in lc and {"name": "A", "value": "b"} in lc["env"]
+    assert lc["args"][lc["args"].index("A") - 1] == "-x"
+    (torch_job,) = render_objects(parse_spec(SECRETS + "launcher: torchrun\n"))
+    for replica in torch_job["spec"]["pytorchReplicaSpecs"].values():
+        (c,) = replica["template"]["spec"]["containers"]
+        assert ref in c["env"] and len(c["envFrom"]) == 2
+    (plain,) = render_objects(parse_spec(MINIMAL))
+    assert "envFrom" not in str(plain)
+
+
+NETWORK = MINIMAL + """workers: 2
+resources: {requests: {cpu: 48, memory: 192Gi, rdma/hca: 1}, limits: {memory: 192Gi, rdma/hca: 1, nvidia.com/hostdev: 8}}
+capabilities: [IPC_LOCK]
+podAnnotations: {k8s.v1.cni.cncf.io/networks: "ib-0,ib-1"}
+hostNetwork: true
+"""
+
+
+@pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
+def test_network_opt_ins_go_to_the_trainer_pods(launcher):
+    (job,) = render_objects(parse_spec(NETWORK + f"launcher: {launcher}\n"))
+    assert_valid_for_crd(job)
+    replicas = next(v for k, v in job["spec"].items() if k.endswith("ReplicaSpecs"))
+    trainers = [r["template"] for name, r in replicas.items() if name != "Launcher"]
+    for t in trainers:
+        (c,) = t["spec"]["containers"]
+        assert t["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": "ib-0,ib-1"}
+        assert (t["spec"]["hostNetwork"], t["spec"]["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+        assert c["resources"] == {"requests": {"cpu": "48", "memory": "192Gi", "rdma/hca": "1"},
+                                  "limits": {"memory": "192Gi", "rdma/hca": "1", "nvidia.com/hostdev": "8", "nvidia.com/gpu": "8"}}
+    if launcher == "mpi":  # the launcher runs mpirun only: none of it
+        launcher_pod = replicas["Launcher"]["template"]
+        assert "annotations" not in launcher_pod["metadata"] and "hostNetwork" not in launcher_pod["spec"]
+        (lc,) = launcher_pod["spec"]["containers"]
+        assert lc["securityContext"]["capabilities"] == {"drop": ["ALL"]} and "rdma/hca" not in str(lc["resources"])
+    # None of it set: the pods are as before, and so is the spec's hash.
+    assert "hostNetwork" not in str(render_objects(parse_spec(MINIMAL))) and parse_spec(
+        MINIMAL + "capabilities: []\npodAnnotations: {}\nhostNetwork: false\n").spec_hash() == parse_spec(MINIMAL).spec_hash()
+
+
 def test_pytorchjob_shape():
     (job,) = render_objects(parse_spec(MINIMAL + "launcher: torchrun\nworkers: 3\ngpusPerWorker: 4\n"))
     s = job["spec"]
@@ -169,10 +223,61 @@ def test_trainer_command_is_what_the_trainer_parses():
         validate(cfg)
         t = spec.train
         assert (cfg.framework, cfg.model, cfg.output_path) == (spec.framework, spec.model, f"/checkpoints/{spec.name}")
-        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
-        assert (cfg.warmup_epochs, cfg.label_smoothing, cfg.amp, cfg.channels_last) == (t.warmup_epochs, t.label_smoothing, t.amp, t.channels_last)
-        assert (cfg.synthetic, cfg.max_steps, cfg.image_size, cfg.workers) == (t.synthetic, t.max_steps, t.image_size, t.loader_workers)
+        # With a config file the keys the spec does not write are the file's.
+        for field in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+                      "amp", "channels_last", "image_size"):
+            assert t.known(field) in (None, getattr(cfg, field)), (path.name, field)
+        assert (cfg.synthetic, cfg.max_steps, cfg.workers) == (t.synthetic, t.max_steps, spec.loader_workers)
         assert cfg.device == ("gpu" if spec.gpus_per_worker else "cpu")
+
+
+def resolved(spec_text: str):
+    """The trainer's resolved config for the command kjob renders from `spec_text`."""
+    from kjob_trainer.train import make_config, parse_train_args
+
+    spec = parse_spec(spec_text)
+    cmd = trainer_command(spec, data_path="/data", output_path=spec.output_path)
+    return cmd, make_config(*parse_train_args(cmd[3:]))
+
+
+def test_config_file_gives_the_keys_the_spec_does_not_write():
+    cmd, cfg = resolved(MINIMAL + "model: resnest50\ntrain: {config: resnest50}\n")
+    recipe = yaml.safe_load(Path(cfg.config_file).read_text())
+    assert Path(cfg.config_file).name == "resnest50.yaml" and len(recipe) > 20
+    # Every key of the recipe but the loader processes (the pod's sizing, always the spec's).
+    got = {k: getattr(cfg, k) for k in recipe if k != "workers"}
+    assert got == {k: v for k, v in recipe.items() if k != "workers"}
+    assert (cfg.epochs, cfg.batch_size, cfg.weight_decay, cfg.warmup_epochs) == (300, 64, 7e-5, 0)
+    for flag in ("--epochs", "--lr", "--amp", "--channels-last", "--no-channels-last", "--eval", "--resume", "--seed"):
+        assert flag not in cmd
+
+
+def test_written_keys_override_the_config_file():
+    cmd, cfg = resolved(MINIMAL + "model: resnest50\ntrain: {config: resnest50, epochs: 10, amp: bf16, compile: false}\n")
+    assert (cfg.epochs, cfg.amp, cfg.compile, cfg.batch_size, cfg.mixup_alpha) == (10, "bf16", False, 64, 0.2)
+    assert cmd[cmd.index("--epochs"):][:2] == ["--epochs", "10"] and "--no-compile" in cmd
+    # Without a config file every setting is written out, defaults included.
+    cmd, cfg = resolved(MINIMAL)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.label_smoothing) == (90, 5, 0.1) and "--no-compile" not in cmd
+
+
+def test_checkpoint_steps_and_dist_timeout_reach_the_trainer():
+    cmd, cfg = resolved(MINIMAL + "train: {checkpointSteps: 500, distTimeout: 1800}\n")
+    assert cmd[-4:] == ["--ckpt-steps", "500", "--dist-timeout", "1800"]
+    assert (cfg.ckpt_steps, cfg.dist_timeout) == (500, 1800.0)
+    cmd, cfg = resolved(MINIMAL)
+    assert "--ckpt-steps" not in cmd and "--dist-timeout" not in cmd and cfg.dist_timeout == 300.0
+
+
+def test_spec_hash_sees_which_keys_a_config_spec_writes():
+    def h(text):
+        return parse_spec(MINIMAL + text).spec_hash()
+
+    # With a config file, writing a key (even the default) changes the command and the hash;
+    # without one, a written default is the same spec.
+    assert h("train: {config: resnest50}\n") != h("train: {config: resnest50, epochs: 90}\n")
+    assert h("train: {}\n") == h("train: {epochs: 90}\n") == h("")
+    assert h("") != h("train: {checkpointSteps: 100}\n") != h("train: {distTimeout: 60}\n")
 
 
 def test_trainer_command_options():
@@ -215,8 +320,33 @@ def test_mpirun_flags_local_and_in_pods():
     pods = mpirun_flags(spec, local=False)
     assert pods[:2] == ["--hostfile", "/etc/mpi/hostfile"] and "--allow-run-as-root" not in pods
     exported = [pods[i + 1] for i, f in enumerate(pods) if f == "-x"]
-    assert exported == ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED"]
+    # 8 ranks per pod: OMP_NUM_THREADS=1, as torchrun sets it, unless the spec's env says.
+    assert exported == ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "NCCL_DEBUG", "PYTHONUNBUFFERED", "OMP_NUM_THREADS"]
+    assert "OMP_NUM_THREADS" not in mpirun_flags(parse_spec(MINIMAL + "gpusPerWorker: 1\n"), local=False)
+    own = mpirun_flags(parse_spec(MINIMAL + "env: {OMP_NUM_THREADS: '4'}\n"), local=False)
+    assert own.count("OMP_NUM_THREADS") == 1
+    (job,) = render_objects(parse_spec(MINIMAL + "env: {OMP_NUM_THREADS: '4'}\n"))
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        env = replica["template"]["spec"]["containers"][0]["env"]
+        assert [e["value"] for e in env if e["name"] == "OMP_NUM_THREADS"] == ["4"]
     assert ["--bind-to", "none"] == pods[pods.index("--bind-to"):][:2]
+
+
+def test_mpi_settings_follow_kjobs_own_flags():
+    spec = parse_spec(MINIMAL + "mpi: {mca: {btl_tcp_if_include: eth0, pml_ucx_verbose: 1, btl_openib_allow_ib: true}, "
+                                "args: [--report-bindings, --bind-to, core]}\n")
+    flags = mpirun_flags(spec, local=False)
+    assert flags[:4] == ["--hostfile", "/etc/mpi/hostfile", "--map-by", "slot"]  # the spec's --bind-to replaces kjob's
+    assert flags[flags.index("--mca"):] == ["--mca", "btl_tcp_if_include", "eth0", "--mca", "pml_ucx_verbose", "1",
+                                            "--mca", "btl_openib_allow_ib", "true", "--report-bindings", "--bind-to", "core"]
+    assert flags.count("--bind-to") == 1 and "--mca" not in mpirun_flags(spec, local=True)
+    (job,) = render_objects(spec)
+    assert_valid_for_crd(job)
+    (lc,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    assert lc["args"][3:lc["args"].index("python")] == flags
+    # Unset (or empty), nothing changes: not the flags, not the spec's hash.
+    assert parse_spec(MINIMAL + "mpi: {}\n").spec_hash() == parse_spec(MINIMAL).spec_hash() != spec.spec_hash()
+    assert mpirun_flags(parse_spec(MINIMAL + "mpi: {}\n"), local=False) == mpirun_flags(parse_spec(MINIMAL), local=False)
 
 
 TEMPLATE_EXPR = re.compile(r"\{\{(.*?)\}\}", re.S)

@@ -32,7 +32,11 @@ BASE = {
     "resources": {"requests": {"cpu": "7777m", "memory": "33333Mi"}, "limits": {"cpu": "9999m", "memory": "35353Mi"}},
     "shmSize": "4444Mi",
     "train": {"config": "tokconfig", "resume": "/tokresume"},
-    "env": {"TOKENVKEY": "tokenvvalue"},
+    "env": {"TOKENVKEY": "tokenvvalue", "TOKSKRENV": {"secretKeyRef": {"name": "tokskrname", "key": "tokskrkey"}}},
+    "envFrom": ["tokenvfrom"],
+    "mpi": {"mca": {"tokmcakey": "tokmcavalue"}, "args": ["--tokmpiarg"]},
+    "capabilities": ["IPC_LOCK"],
+    "podAnnotations": {"tokannkey": "tokannvalue"},
     "nodeSelector": {"toklabelkey": "toklabelvalue"},
     "tolerations": [{"key": "toktolkey", "value": "toktolvalue", "effect": "NoSchedule"}],
     "priorityClassName": "tokpriority",
@@ -54,7 +58,13 @@ FIELDS = [
     (("tolerations", 0, "key"), "toktolkey"), (("tolerations", 0, "value"), "toktolvalue"),
     (("priorityClassName",), "tokpriority"), (("schedulerName",), "volcano"), (("queue",), "tokqueue"),
     (("local", "dataPath"), "toklocaldata"), (("data", "pvc"), "tokpvc"), (("data", "hostPath"), "/tokhostpath"),
+    (("env", "TOKSKRENV", "secretKeyRef", "name"), "tokskrname"), (("env", "TOKSKRENV", "secretKeyRef", "key"), "tokskrkey"),
+    (("envFrom", 0), "tokenvfrom"), (("mpi", "mca", "tokmcakey"), "tokmcavalue"), (("mpi", "mca", "[key]"), "tokmcakey"),
+    (("mpi", "args", 0), "--tokmpiarg"), (("capabilities", 0), "IPC_LOCK"),
+    (("podAnnotations", "tokannkey"), "tokannvalue"), (("podAnnotations", "[key]"), "tokannkey"),
 ]
+# The sections that are maps of user keys: their values are one field, '*'.
+MAPS = {("env",), ("nodeSelector",), ("podAnnotations",), ("mpi", "mca")}
 # The data source is one of three: the pvc and hostPath fields get their own baseline.
 VARIANTS = {"pvc": {"pvc": "tokpvc", "mountPath": "/tokdatamount"}, "hostPath": {"hostPath": "/tokhostpath", "mountPath": "/tokdatamount"}}
 
@@ -80,7 +90,7 @@ def _set(data: dict, path: tuple, value: str) -> None:
     for part in path[:-1]:
         node = node[part]
     if path[-1] == "[key]":
-        (old,) = node.keys()
+        old = next(k for k in node if k.startswith(("tok", "TOK")) and k != "TOKSKRENV")
         node[value] = node.pop(old)
     else:
         node[path[-1]] = value
@@ -129,8 +139,11 @@ def test_tokens_do_not_overlap():
 
 
 def test_fields_cover_every_string_field_of_the_models():
-    def generic(path):  # ("env", "TOKENVKEY") -> ("env", "*")
-        return path[:1] + ("*",) if path[0] in ("env", "nodeSelector") and path[1] != "[key]" else path
+    def generic(path):  # ("env", "TOKENVKEY") -> ("env", "*"); ("mpi", "mca", "k") -> ("mpi", "mca", "*")
+        for depth in (1, 2):
+            if path[:depth] in MAPS and path[depth] != "[key]":
+                return path[:depth] + ("*",) + path[depth + 1:]
+        return path
 
     assert _string_fields(JobSpec) == {generic(p) for p, _ in FIELDS}
 

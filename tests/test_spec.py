@@ -190,7 +190,9 @@ def test_every_model_field_has_an_alias_and_the_models_are_frozen():
     while todo:
         model = todo.pop()
         seen.add(model)
-        assert model.model_config.get("frozen") and model.model_config.get("extra") == "forbid"
+        # ResourceList alone takes more keys: extended resources, each checked by its annotation.
+        extra = "allow" if model.__name__ == "ResourceList" else "forbid"
+        assert model.model_config.get("frozen") and model.model_config.get("extra") == extra
         for field in model.model_fields.values():
             assert field.alias, model
             for arg in getattr(field.annotation, "__args__", (field.annotation,)):
@@ -244,3 +246,45 @@ def test_nesting_below_the_limit_is_read():
 
     doc = specfile.parse_yaml("a: " + "[" * 90 + "1" + "]" * 90 + "\n", "ok.yaml")
     assert doc.problems == []
+
+
+def test_with_a_config_file_only_written_keys_are_checked_against_each_other():
+    # epochs comes from the config file, which kjob does not read: the trainer checks it.
+    assert parse_spec(MINIMAL + "train: {config: resnest50, warmupEpochs: 100}\n").train.known("epochs") is None
+    assert problems(MINIMAL + "train: {config: resnest50, warmupEpochs: 100, epochs: 90}\n") == [
+        "s.yaml:5:42: train.warmupEpochs: must be less than epochs (90), got 100"]
+    assert problems(MINIMAL + "train: {checkpointSteps: 0, distTimeout: 0}\n") == [
+        "s.yaml:5:26: train.checkpointSteps: must be at least 1, got 0",
+        "s.yaml:5:42: train.distTimeout: must be greater than 0.0, got 0"]
+
+
+@pytest.mark.parametrize("extra, requests, limits, loaders", [
+    ("", {"cpu": "48", "memory": "192Gi"}, {"memory": "192Gi"}, 6),  # 8 GPUs: 6 cores and 24 GiB each
+    ("gpusPerWorker: 2\n", {"cpu": "12", "memory": "48Gi"}, {"memory": "48Gi"}, 6),
+    ("gpusPerWorker: 0\n", {"cpu": "8", "memory": "32Gi"}, {"memory": "32Gi"}, 8),  # a CPU job: one rank, the old sizes
+    ("resources: {requests: {cpu: 4}}\n", {"cpu": "4"}, {"memory": "192Gi"}, 1),  # at least one loader per rank
+    ("resources: {limits: {cpu: 30}}\ngpusPerWorker: 4\n", {"cpu": "24", "memory": "96Gi"}, {"cpu": "30"}, 6),
+    ("resources: {requests: {memory: 8Gi}}\nshmSize: 1Gi\n", {"memory": "8Gi"}, {"memory": "192Gi"}, 4),  # no CPU figure
+    ("train: {loaderWorkers: 3}\n", {"cpu": "48", "memory": "192Gi"}, {"memory": "192Gi"}, 3),
+])
+def test_pod_sizing_defaults_follow_the_gpus(extra, requests, limits, loaders):
+    spec = parse_spec(MINIMAL + extra)
+    assert spec.pod_requests.model_dump(exclude_none=True) == requests
+    assert spec.pod_limits.model_dump(exclude_none=True) == limits
+    assert spec.loader_workers == loaders
+
+
+def test_shm_must_stay_below_the_memory_limit():
+    message = ("shmSize: 32Gi is not below the memory limit (32Gi): /dev/shm is charged to the pod's memory, so the pod "
+               "is OOM-killed before it is full; give it at most half of the limit")
+    assert problems(MINIMAL + "gpusPerWorker: 0\nshmSize: 32Gi\n") == [f"s.yaml:6:10: {message}"]
+    assert parse_spec(MINIMAL + "gpusPerWorker: 0\nshmSize: 31Gi\n").shm_size == "31Gi"
+    # No memory limit: nothing to compare with.
+    assert parse_spec(MINIMAL + "resources: {limits: {cpu: 64}}\nshmSize: 1Ti\n").shm_size == "1Ti"
+
+
+def test_spec_hash_writes_the_sizing_defaults_out():
+    # The derived sizes hash as if written: the same pods, the same hash.
+    assert parse_spec(MINIMAL).spec_hash() == parse_spec(
+        MINIMAL + "resources: {requests: {cpu: '48', memory: 192Gi}, limits: {memory: 192Gi}}\ntrain: {loaderWorkers: 6}\n").spec_hash()
+    assert parse_spec(MINIMAL).spec_hash() != parse_spec(MINIMAL + "gpusPerWorker: 4\n").spec_hash()

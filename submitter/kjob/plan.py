@@ -24,6 +24,7 @@ from kjob.render.commands import mpirun_flags, trainer_command
 from kjob.render.manifests import render_objects
 from kjob.render.text import dump_objects
 from kjob.spec.model import JobSpec
+from kjob.spec.sizing import rank_threads_env
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,17 @@ def local_plan(spec: JobSpec, root: Path | str | None = None) -> LocalPlan:
     """The plan of a local run of `spec` in `root`/NAME (default ./kjob-runs/NAME).
     Raises InvalidInput when this environment has no mpirun or local.dataPath is missing."""
     run_dir = runs_root(root) / spec.name
-    # Rank output reaches train.log unbuffered, so `logs -f` shows progress as it happens.
-    env = {**spec.env, "PYTHONUNBUFFERED": "1"}
     launcher, trainer = _local_commands(spec, run_dir)
+    # Every rank on this machine: one intra-op thread each, as torchrun sets (unless the
+    # spec says). Rank output reaches train.log unbuffered, so `logs -f` shows progress.
+    env = {**rank_threads_env(int(launcher[2])), **spec.plain_env, "PYTHONUNBUFFERED": "1"}
+    # A local run cannot read a cluster's Secret: the variable comes from this shell, as
+    # every other variable of it does (and so is never printed with the plan).
+    missing = [name for name in spec.secret_env if name not in os.environ]
+    if missing:
+        ref = spec.secret_env[missing[0]]
+        raise InvalidInput(f"env.{missing[0]}: comes from Secret {ref.name} (key {ref.key}), which a local run cannot "
+                           f"read; export {', '.join(missing)} in this shell first")
     return LocalPlan(spec.name, launcher, trainer, env, run_dir, local_spec_hash(spec),
                      gpus_per_process=1 if spec.gpus_per_worker else 0)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import re
+from pathlib import Path
 
 import pytest
 
@@ -67,12 +68,37 @@ def expected_pods(kind: str, counts: dict[str, int], refused: set[str]) -> set[s
     return names
 
 
+# The network opt-ins (issue 22 point 1) on the smoke job: both levels refuse its workers.
+OPT_INS = {
+    "capabilities": ("capabilities: [IPC_LOCK]\n", '"IPC_LOCK"'),
+    "host-network": ("hostNetwork: true\n", "hostNetwork"),
+}
+
+
 @pytest.mark.parametrize("level", ["restricted", "baseline"])
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.split("/")[-1].removesuffix(".yaml"))
 def test_real_admission_refuses_exactly_what_kjob_submit_warns(real, run_kjob, level, example):
-    real.api.merge_patch(f"/api/v1/namespaces/{real.ns}", {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}})
     kind, job, counts = replicas(example)
     refused_want, reason_word = EXPECTED_REFUSALS.get((level, job), (set(), None))
+    admitted_as_warned(real, run_kjob, level, example, refused_want, reason_word)
+
+
+@pytest.mark.parametrize("level", ["restricted", "baseline"])
+@pytest.mark.parametrize("opt_in", sorted(OPT_INS))
+def test_real_admission_of_the_network_opt_ins_is_what_kjob_submit_warns(real, run_kjob, level, opt_in, tmp_path):
+    extra, reason_word = OPT_INS[opt_in]
+    spec = tmp_path / f"{opt_in}.yaml"
+    # One worker: mpi-operator marks the job Failed at its first refused worker and makes no other pod.
+    text = Path("examples/smoke.yaml").read_text().replace("name: smoke", f"name: smoke-{opt_in}")
+    spec.write_text(text.replace("workers: 2\n", "workers: 1\n") + extra)
+    admitted_as_warned(real, run_kjob, level, str(spec), {"worker-0"}, reason_word)
+
+
+def admitted_as_warned(real, run_kjob, level: str, example: str, refused_want: set[str], reason_word: str | None) -> None:
+    """Submit `example` into a namespace enforcing `level`: kjob warns exactly when the real
+    API server refuses pods, with the reason's word, and exactly `refused_want` are refused."""
+    real.api.merge_patch(f"/api/v1/namespaces/{real.ns}", {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}})
+    kind, job, counts = replicas(example)
 
     r = run_kjob("submit", example)
     assert r.code == 0, r

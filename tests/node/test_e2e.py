@@ -231,3 +231,75 @@ def test_fetch_helper_waiting_on_an_image_pull_says_so_and_its_timeout_names_it(
     assert re.search(rf'Error: helper pod e2e-pull-fetch-\w+ did not start within 20 s: pulling image "{re.escape(image)}"',
                      p.stderr), p.stderr
     assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())
+
+
+# What each rank of the pod-environment job runs instead of the trainer: it takes the worker
+# pod's variables as the trainer does first (kjob_trainer.common.worker_env), then records on the
+# checkpoint claim the worker-only variable and, for the Secrets' variables, only a digest
+# and whether the value is in any process's argv in its pod (`ps` without ps). It never
+# prints a value.
+POD_ENV_PROBE = """
+import hashlib, json, os
+from kjob_trainer.common.worker_env import adopt_worker_env
+adopt_worker_env()
+secrets = {k: os.environ.get(k) for k in ("KJOB_PROBE_SECRET", "KJOB_PROBE_FROM")}
+in_argv = False
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        continue
+    in_argv = in_argv or any(v and v in argv for v in secrets.values())
+rank = os.environ["OMPI_COMM_WORLD_RANK"]
+out = {"NCCL_KJOB_PROBE": os.environ.get("NCCL_KJOB_PROBE"), "in_argv": in_argv,
+       **{k: v and hashlib.sha256(v.encode()).hexdigest() for k, v in secrets.items()}}
+os.makedirs("/checkpoints/e2e-podenv/probe", exist_ok=True)
+with open(f"/checkpoints/e2e-podenv/probe/rank-{rank}.json", "w") as f:
+    json.dump(out, f)
+print(f"rank {rank} probed", flush=True)
+"""
+
+
+def test_worker_pod_variables_and_secrets_reach_every_rank_and_no_object_argv_or_log(namespace, tmp_path):
+    """Issue 22 points 2 and 3 on real pods: a variable set only on the worker pods (as a
+    device plugin or webhook would) reaches rank 1 (and 0); a Secret's value, by
+    secretKeyRef and by envFrom, reaches every rank, and appears in no object the API
+    server holds, no argv in the worker pods, no log line."""
+    import hashlib
+    import secrets
+
+    api, ns = namespace.cluster.plane.api, namespace.ns
+    token, other = secrets.token_hex(16), secrets.token_hex(16)
+    api.create(f"/api/v1/namespaces/{ns}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"},
+                                                    "stringData": {"token": token}})
+    api.create(f"/api/v1/namespaces/{ns}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe-from"},
+                                                    "stringData": {"KJOB_PROBE_FROM": other}})
+    spec = yaml.safe_load((SPECS / "mpi.yaml").read_text())
+    spec["name"] = "e2e-podenv"
+    spec["env"] = {"KJOB_PROBE_SECRET": {"secretKeyRef": {"name": "probe", "key": "token"}}}
+    spec["envFrom"] = ["probe-from"]
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    job = next(o for o in render_objects(load_spec(tmp_path / "job.yaml")) if o["kind"] == "MPIJob")
+    job["metadata"]["namespace"] = ns
+    replicas = job["spec"]["mpiReplicaSpecs"]
+    (worker,) = replicas["Worker"]["template"]["spec"]["containers"]
+    worker["env"].append({"name": "NCCL_KJOB_PROBE", "value": "worker-only"})  # on the workers alone
+    (launcher,) = replicas["Launcher"]["template"]["spec"]["containers"]
+    launcher["args"] = launcher["args"][:launcher["args"].index("python")] + ["python", "-c", POD_ENV_PROBE]
+    assert "NCCL_KJOB_PROBE" not in str(launcher) and "KJOB_PROBE_SECRET" not in str(launcher)
+    api.create(f"/apis/kubeflow.org/v2beta1/namespaces/{ns}/mpijobs", job)
+
+    logs = namespace.kjob("logs", "e2e-podenv", "-f", timeout=RUN_LIMIT)
+    assert logs.code == 0 and "rank 1 probed" in logs.out, f"{logs}\n{namespace.diagnosis()}"
+    every_log = namespace.kjob("logs", "e2e-podenv", "--all")
+    assert every_log.code == 0, every_log
+    for rank in (0, 1):
+        got = json.loads((namespace.volume / "e2e-podenv" / "probe" / f"rank-{rank}.json").read_text())
+        assert got == {"NCCL_KJOB_PROBE": "worker-only", "in_argv": False,
+                       "KJOB_PROBE_SECRET": hashlib.sha256(token.encode()).hexdigest(),
+                       "KJOB_PROBE_FROM": hashlib.sha256(other.encode()).hexdigest()}, (rank, got)
+    held = json.dumps([api.get(f"/apis/kubeflow.org/v2beta1/namespaces/{ns}/mpijobs/e2e-podenv"),
+                       api.items(f"/api/v1/namespaces/{ns}/pods"), api.items(f"/api/v1/namespaces/{ns}/events")])
+    assert "probe-from" in held and "KJOB_PROBE_SECRET" in held  # the references are there ...
+    for value in (token, other):  # ... the values nowhere
+        assert value not in held and value not in logs.out + logs.err + every_log.out + every_log.err

@@ -73,3 +73,15 @@ def test_sshd_serves_mpi_operator_key_as_uid_1000(sock, image, tmp_path):
     lines = out.splitlines()
     assert lines[:3] == ["1000", "/opt/venv/bin/prted", "/opt/venv"], out
     assert lines[3].startswith("mpiuser ") and "/usr/sbin/sshd -De -f /home/mpiuser/.sshd_config" in lines[3], out
+
+
+def test_nccl_can_load_the_verbs_library(sock, image):
+    """What NCCL's IB transport dlopens at its start (rdma-core's libibverbs.so.1, with the
+    providers of ibverbs-providers): loaded as the pods' user; without it NCCL would use
+    TCP sockets without a word. No NIC here: only the loading is proven."""
+    script = ("import ctypes, glob; lib = ctypes.CDLL('libibverbs.so.1'); print('loaded', lib._name); "
+              "print('providers', len(glob.glob('/usr/lib/*/libibverbs/lib*-rdmav*.so')))")
+    out = ok(run_in_image(sock, image, ["python", "-c", script]))
+    lines = out.splitlines()
+    assert lines[0] == "loaded libibverbs.so.1", out
+    assert int(lines[1].split()[1]) >= 5, out  # mlx4, mlx5, efa, bnxt_re, ... (Ubuntu's package ships ~20)

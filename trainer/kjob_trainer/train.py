@@ -21,6 +21,7 @@ from kjob_trainer.common.cli_args import parse_train_args
 from kjob_trainer.common.config import TrainConfig, make_config
 from kjob_trainer.common.distributed import DistEnv, dist_env
 from kjob_trainer.common.errors import BadInput, TrainerError, print_error
+from kjob_trainer.common.worker_env import adopt_worker_env
 
 
 def framework_runner(cfg: TrainConfig) -> Callable[[TrainConfig, DistEnv], int]:
@@ -67,6 +68,7 @@ def unwritable(path: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     dist = None
+    adopt_worker_env()  # before any framework reads NCCL_*, UCX_*, CUDA_*: a rank on a worker pod gets its variables
     try:
         dist = dist_env()
         config_file, overrides = parse_train_args(argv)

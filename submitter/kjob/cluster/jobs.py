@@ -220,6 +220,13 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 
 
+# Capabilities a container may add under Pod Security "baseline" (kubernetes.io/docs,
+# "Pod Security Standards": Capabilities) and "restricted" (NET_BIND_SERVICE only).
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+                         "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+RESTRICTED_CAPABILITIES = {"NET_BIND_SERVICE"}
+
+
 def pod_security_warnings(level: str | None, namespace: str, job: dict) -> list[str]:
     """Why Pod Security admission at `level` would refuse the job's pods, with the way
     around, or []. The operators create the pods, so a refusal shows only as a job that
@@ -234,6 +241,18 @@ def pod_security_warnings(level: str | None, namespace: str, job: dict) -> list[
         if kind == "hostPath" or (level == "restricted" and kind not in RESTRICTED_VOLUMES):
             found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses {kind} volumes '
                          f'(volume "{volume}"): the pods will not be created; use a PersistentVolumeClaim for the data')
+    pods = [spec["template"]["spec"] for spec in replicas.values()]
+    if any(pod.get("hostNetwork") for pod in pods):
+        found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses hostNetwork: the trainer '
+                     "pods will not be created; run the job in a namespace labelled "
+                     "pod-security.kubernetes.io/enforce=privileged, or use a secondary network (podAnnotations) instead")
+    added = sorted({cap for pod in pods for c in pod["containers"]
+                    for cap in c.get("securityContext", {}).get("capabilities", {}).get("add", [])
+                    if cap not in (BASELINE_CAPABILITIES if level == "baseline" else RESTRICTED_CAPABILITIES)})
+    if added:
+        found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses the capabilities '
+                     f'{", ".join(added)}: the trainer pods will not be created; run the job in a namespace labelled '
+                     "pod-security.kubernetes.io/enforce=privileged, or leave capabilities out")
     if level == "restricted" and job["kind"] == "PyTorchJob" and "Worker" in replicas:
         # training-operator v1.9 gives every worker pod of a job with a master an init
         # container that waits for the master's DNS name (pkg/controller.v1/pytorch/

@@ -17,7 +17,7 @@ from pathlib import Path
 from kjob import names, templates
 from kjob.errors import KjobError
 from kjob.names import LAUNCH_MODULE, TERMINATION_GRACE_S, TRAINER_MODULE, WORKER_HOLD_S
-from kjob.render.commands import mpirun_flags, trainer_command
+from kjob.render.commands import mpirun_flags, rank_env, trainer_command
 from kjob.spec.model import JobSpec
 
 # The trainer image runs as this non-root user (images/); mpi-operator mounts the SSH
@@ -96,25 +96,39 @@ def _volumes(spec: JobSpec) -> tuple[list[dict], list[dict]]:
 
 
 def _trainer_resources(spec: JobSpec) -> dict:
-    res = spec.resources
-    requests = {k: v for k, v in (("cpu", res.requests.cpu), ("memory", res.requests.memory)) if v}
-    limits = {k: v for k, v in (("cpu", res.limits.cpu), ("memory", res.limits.memory)) if v}
+    req, lim = spec.pod_requests, spec.pod_limits
+    requests = {k: v for k, v in (("cpu", req.cpu), ("memory", req.memory)) if v} | req.extended
+    limits = {k: v for k, v in (("cpu", lim.cpu), ("memory", lim.memory)) if v} | lim.extended
     if spec.gpus_per_worker:
         limits["nvidia.com/gpu"] = str(spec.gpus_per_worker)
     return {"requests": requests, "limits": limits}
 
 
-def _env(spec: JobSpec, defaults: dict[str, str] | None = None) -> list[dict]:
-    merged = {**DEFAULT_ENV, **(defaults or {}), **spec.env}
-    return [{"name": k, "value": v} for k, v in merged.items()]
+def _env(spec: JobSpec, defaults: dict[str, str] | None = None, *, secrets: bool = True) -> list[dict]:
+    """A container's env: kjob's defaults, then the spec's; a Secret's variable as its
+    reference only (the kubelet reads the value), and only where `secrets`."""
+    merged: dict = {**DEFAULT_ENV, **(defaults or {}), **spec.env}
+    out = []
+    for name, value in merged.items():
+        if isinstance(value, str):
+            out.append({"name": name, "value": value})
+        elif secrets:
+            ref = value.secret_key_ref
+            out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return out
 
 
 def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], env: list[dict],
          resources: dict, trainer: bool, readiness: dict | None = None) -> dict:
     """Values for one pod template (manifests/templates/_pod.yaml.j2)."""
     volumes, mounts = _volumes(spec) if trainer else ([], [])
+    capabilities: dict = {"drop": ["ALL"]}
+    if trainer and spec.capabilities:
+        capabilities["add"] = list(dict.fromkeys(spec.capabilities))
     return {
         "labels": labels(spec), "container": container, "command": command, "args": args, "env": env,
+        # Secrets reach the pods that run the trainer only.
+        "env_from": [{"secretRef": {"name": s}} for s in spec.env_from] if trainer else [],
         "readiness": readiness,
         "resources": resources, "volumes": volumes, "mounts": mounts,
         "termination_grace": TERMINATION_GRACE_S,
@@ -122,7 +136,11 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
         "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
                          "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
                          "seccompProfile": {"type": "RuntimeDefault"}},
-        "container_security": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "container_security": {"allowPrivilegeEscalation": False, "capabilities": capabilities},
+        # The network opt-ins are the trainer pods' (the launcher only runs mpirun): a Multus
+        # annotation there would take a device from the pool for nothing.
+        "annotations": dict(spec.pod_annotations) if trainer else {},
+        "host_network": spec.host_network and trainer,
         # GPU jobs get the node's GPUs; tolerations/selector apply to the launcher too so it
         # lands in the same pool (it is small).
         "node_selector": dict(spec.node_selector),
@@ -168,8 +186,8 @@ def _context(spec: JobSpec) -> dict:
     if spec.launcher == "mpi":
         mpirun = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False)
         launcher = _pod(spec, container="launcher", command=list(LAUNCHER_COMMAND), args=mpirun + train,
-                        env=_env(spec), resources=LAUNCHER_RESOURCES, trainer=False)
-        worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec),
+                        env=_env(spec, rank_env(spec), secrets=False), resources=LAUNCHER_RESOURCES, trainer=False)
+        worker = _pod(spec, container="worker", command=list(WORKER_COMMAND), args=list(SSHD_COMMAND), env=_env(spec, rank_env(spec)),
                       resources=_trainer_resources(spec), trainer=True, readiness=SSHD_READINESS)
         return {**common, "launcher": launcher, "worker": worker, "ssh_auth_mount_path": SSH_AUTH_MOUNT_PATH,
                 # Gang size = the workers only: with WaitForWorkersReady the launcher pod

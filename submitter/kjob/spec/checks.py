@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from decimal import Decimal, InvalidOperation
+
+from kjob.spec.network import extended_resources_problems
+from kjob.spec.quantity import parse_quantity
+from kjob.spec.sizing import sizing_problems, sizing_warnings
 
 # --- single values --------------------------------------------------------------------
 
@@ -20,12 +23,17 @@ _SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUALIFIED_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Kubernetes resource.Quantity: a decimal number with an optional SI/binary suffix.
-_QUANTITY_RE = re.compile(r"^(?P<num>[+]?(\d+(\.\d*)?|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
-_SUFFIX = {
-    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
-    "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+# An Open MPI MCA parameter: framework_component_name, lowercase.
+_MCA_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
+# mpirun options that would undo what kjob sets (the operator's hostfile, -np, the ranks'
+# rendezvous variable) or end mpirun's options early; spelled with one or two dashes.
+_MPIRUN_OWN = {
+    **dict.fromkeys(("np", "n", "c"), "-np is kjob's: workers x gpusPerWorker"),
+    **dict.fromkeys(("hostfile", "machinefile", "default-hostfile", "host", "H", "app"),
+                    "kjob passes the operator's hostfile (--hostfile /etc/mpi/hostfile)"),
+    **dict.fromkeys(("mca", "gmca", "prtemca", "pmixmca", "tune", "am"),
+                    "give Open MPI's MCA parameters under mpi.mca, where they are checked"),
 }
 # A container image reference as the distribution spec defines it (simplified):
 # [registry[:port]/]path[:tag][@sha256:digest], path components lowercase.
@@ -37,25 +45,10 @@ _IMAGE_RE = re.compile(
 )
 # Paths kjob itself mounts in the pods; user volumes must not shadow them.
 RESERVED_PATHS = ("/dev/shm", "/etc/mpi", "/home/mpiuser/.ssh")
+# What the launcher passes to every rank (kjob_trainer.distributed.RENDEZVOUS_VARIABLE).
+RESERVED_MPIRUN_VARIABLES = ("KJOB_RENDEZVOUS_HOST",)
 # Variables mpirun, PMIx and the training-operator set; a spec must not override them.
 RESERVED_ENV_PREFIXES = ("OMPI_", "PMIX_", "PRTE_", "PET_")
-
-
-def parse_quantity(text: str) -> Decimal:
-    """The value of a Kubernetes quantity ("500m" -> 0.5, "2Gi" -> 2147483648).
-
-    Raises ValueError when `text` is not a quantity Kubernetes accepts."""
-    m = _QUANTITY_RE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')")
-    suffix = m.group("suffix") or ""
-    try:
-        base = Decimal(m.group("num"))
-        if suffix[:1] in ("e", "E"):
-            return base * Decimal(10) ** int(suffix[1:])
-        return base * _SUFFIX[suffix]
-    except (InvalidOperation, OverflowError) as e:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity") from e
 
 
 def no_surrogates(value: str) -> str:
@@ -125,12 +118,52 @@ def check_label_key(key: str) -> str:
     return key
 
 
+def check_annotation_key(key: str) -> str:
+    if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
+        raise ValueError(f"{key!r} is not a valid annotation key ([prefix/]name, e.g. k8s.v1.cni.cncf.io/networks)")
+    return key
+
+
 def check_env_name(key: str) -> str:
     if not _ENV_NAME_RE.match(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
     if key.startswith(RESERVED_ENV_PREFIXES):
         raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
     return key
+
+
+def check_secret_key(value: str) -> str:
+    if not 0 < len(value) <= 253 or not _SECRET_KEY_RE.match(value) or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a valid Secret key (letters, digits, '-', '_' and '.')")
+    return value
+
+
+def check_mca_name(value: str) -> str:
+    if len(value) > 200 or not _MCA_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an Open MPI MCA parameter name (e.g. btl_tcp_if_include)")
+    if "hostfile" in value:
+        raise ValueError(f"{value!r} would replace the operator's hostfile, which kjob passes to mpirun")
+    return value
+
+
+def mca_value_text(value):
+    # YAML numbers and booleans as Open MPI reads them: 1 -> "1", true -> "true".
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return number_as_text(value)
+
+
+def check_mpirun_arg(value: str) -> str:
+    if not value.strip() or any(not c.isprintable() for c in value):
+        raise ValueError("must be a printable, non-blank word (one list item per word)")
+    option = value.lstrip("-").split("=", 1)[0] if value.startswith("-") else None
+    if option in _MPIRUN_OWN:
+        raise ValueError(f"{value!r}: {_MPIRUN_OWN[option]}")
+    if value in (":", "--"):
+        raise ValueError(f"{value!r} would end mpirun's options: the program is kjob's trainer")
+    if value.split("=", 1)[0] in RESERVED_MPIRUN_VARIABLES or value.startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"{value!r}: the launcher and mpirun set it for every rank")
+    return value
 
 
 def check_resume(value: str) -> str:
@@ -156,12 +189,15 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
         out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
                     f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
     for key in ("cpu", "memory"):
-        req, lim = getattr(spec.resources.requests, key), getattr(spec.resources.limits, key)
+        req, lim = getattr(spec.pod_requests, key), getattr(spec.pod_limits, key)
         if req and lim and parse_quantity(lim) < parse_quantity(req):
             out.append((("resources", "limits", key), f"{lim} is less than requests.{key} ({req})"))
+    out += extended_resources_problems(spec.pod_requests.extended, spec.pod_limits.extended)
     t = spec.train
-    if t.warmup_epochs >= t.epochs and t.warmup_epochs > 0:
-        out.append((("train", "warmupEpochs"), f"must be less than epochs ({t.epochs}), got {t.warmup_epochs:g}"))
+    # With a config file only what the spec writes is checked here; the trainer checks the rest.
+    warmup, epochs = t.known("warmup_epochs"), t.known("epochs")
+    if warmup is not None and epochs is not None and warmup >= epochs and warmup > 0:
+        out.append((("train", "warmupEpochs"), f"must be less than epochs ({epochs}), got {warmup:g}"))
     if spec.framework == "mindspore" and spec.launcher == "torchrun":
         out.append((("launcher",), "torchrun starts PyTorch only; use launcher: mpi with framework: mindspore"))
     if spec.train.compile and spec.framework != "pytorch":
@@ -179,11 +215,13 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
                 out.append((loc, f"{path!r} overlaps {reserved}, which kjob mounts itself"))
     if len(mounts) == 2 and _overlaps(mounts[0][1], mounts[1][1]):
         out.append((mounts[1][0], f"{mounts[1][1]!r} overlaps data.mountPath {mounts[0][1]!r}; use distinct, non-nested paths"))
+    if spec.mpi is not None and spec.launcher != "mpi":
+        out.append((("mpi",), "mpi settings are for mpirun (launcher: mpi); torchrun reads none of them"))
     if spec.queue and spec.scheduler_name not in (None, "volcano"):
         out.append((("queue",), "queue works with schedulerName: volcano or the default scheduler (Kueue)"))
-    if spec.gpus_per_worker == 0 and spec.train.amp == "fp16":
+    if spec.gpus_per_worker == 0 and t.known("amp") == "fp16":
         out.append((("train", "amp"), "fp16 needs GPUs; use bf16 or off for a CPU job"))
-    return out
+    return out + sizing_problems(spec)
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -197,10 +235,11 @@ CLUSTER_DNS_SUFFIXES = (".svc", ".cluster.local")
 
 def warnings(spec) -> list[str]:
     """What is valid but likely to fail on a cluster: `kjob validate` says it, nothing stops."""
+    out = sizing_warnings(spec)
     nfs = spec.data.nfs if spec.data is not None else None
     server = nfs.server.rstrip(".").lower() if nfs is not None else ""
     if server.endswith(CLUSTER_DNS_SUFFIXES) or ".svc." in server:
-        return [f"data.nfs.server: {nfs.server} is a cluster DNS name, but kubelet mounts NFS with the node's resolver, "
+        out.append(f"data.nfs.server: {nfs.server} is a cluster DNS name, but kubelet mounts NFS with the node's resolver, "
                 "which usually cannot resolve it (mount.nfs: Failed to resolve server); give the server's IP address "
-                "or a name the nodes resolve"]
-    return []
+                "or a name the nodes resolve")
+    return out

@@ -54,7 +54,7 @@ def parse_spec(text: str, filename: str = "<spec>") -> JobSpec:
     try:
         spec = JobSpec.model_validate(doc.data)
     except ValidationError as e:
-        errors = e.errors()
+        errors = [{**err, "loc": _untagged(err["loc"])} for err in e.errors()]
         problems += [_locate(doc.root, err["loc"], _message(err), at_key=err["type"] == "extra_forbidden") for err in errors]
         salvaged = _without(doc.data, [err["loc"] for err in errors])
         try:
@@ -71,6 +71,14 @@ def parse_spec(text: str, filename: str = "<spec>") -> JobSpec:
         problems.sort(key=lambda p: (p[0], p[1]))
         raise InvalidInput("invalid spec", problems=[f"{filename}:{line}:{col}: {text}" for line, col, text in problems])
     return spec
+
+
+def _untagged(loc: tuple) -> tuple:
+    """`loc` without the tag pydantic puts after an env variable's name (value | secret:
+    which of the two forms it was checked as); the spec has no such key."""
+    if len(loc) > 2 and loc[0] == "env" and loc[2] in ("value", "secret"):
+        return loc[:2] + loc[3:]
+    return loc
 
 
 def _split(problem: str) -> tuple[int, int, str]:

@@ -50,7 +50,7 @@ def _parser(prog: str) -> OneLineParser:
     a("--amp-level", "--amp_level", dest="amp_level", choices=("O0", "O1", "O2", "O3"), help="MindSpore AMP level")
     a("--loss-scale", "--loss_scale", dest="loss_scale", type=float, metavar="F", help="MindSpore fixed loss scale")
     a("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction)
-    a("--compile", action="store_true")
+    a("--compile", action=argparse.BooleanOptionalAction)
     a("--grad-accum", dest="grad_accum", type=int, metavar="N")
     a("--ckpt-interval", "--ckpt_interval", dest="ckpt_interval", type=int, metavar="EPOCHS")
     a("--ckpt-steps", dest="ckpt_steps", type=int, metavar="N", help="also checkpoint every N steps")
