@@ -2,7 +2,7 @@
 # `make test`: every tier, in the order that lets the slow builds overlap the tests.
 #
 #   1. the real control plane's binaries (tests/cluster/build.sh; seconds when cached);
-#   2. in the background, at low priority: the real node's binaries (tests/node/build.sh)
+#   2. in the background, at low priority: the real node's binaries (build.sh --set node)
 #      and both trainer images (images/build-local.sh), while
 #   3. the suite and the control-plane tier run (pytest -m "not node");
 #   4. once step 2 is done, the real-node tier (pytest -m node tests/node), whose fixtures
@@ -30,7 +30,7 @@ if ((real_tiers)); then
   log="$cache/make-test-builds.log"
   echo "make test: building the node's binaries and the trainer images in the background (log: $log)"
   # Its own process group, so an interrupted `make test` stops the builds too.
-  setsid bash -c 'nice -n 10 bash tests/node/build.sh >/dev/null && images/build-local.sh' >"$log" 2>&1 &
+  setsid bash -c 'nice -n 10 bash tests/cluster/build.sh --set node >/dev/null && images/build-local.sh' >"$log" 2>&1 &
   background=$!
 fi
 

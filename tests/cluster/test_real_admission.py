@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
 
