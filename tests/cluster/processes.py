@@ -36,6 +36,9 @@ def running(pid: int, created: float | None = None) -> bool:
 
 
 class Processes:
+    """The processes of one owner (a control plane, a kubelet, CoreDNS), started and
+    stopped together, under one watchdog started with the first of them."""
+
     def __init__(self, logs: Path, *, cwd: Path | None = None) -> None:
         self.logs_dir, self.cwd = logs, cwd
         self.procs: dict[str, subprocess.Popen] = {}
@@ -74,6 +77,8 @@ class Processes:
         """Every live process started here, and their descendants."""
         found = []
         for p in self.procs.values():
+            if p.poll() is not None:
+                continue  # ended and reaped: its pid may be another process's by now
             try:
                 proc = psutil.Process(p.pid)
                 found += [proc, *proc.children(recursive=True)]
