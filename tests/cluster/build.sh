@@ -91,6 +91,9 @@ prune() {
     local rel="${d#"$cache"/}" base="${d##*/}"
     [[ "$base" =~ ^[0-9a-f]{16}$ || "$base" == .pruned-* ]] || continue  # never node/containerd, or anything not ours
     [[ "$keep" == *" $rel "* ]] && continue
+    # Unfinished and touched within a day: maybe a build by a build.sh from before the
+    # locks (it holds none); an interrupted one goes a day later.
+    [[ "$base" != .pruned-* && ! -f "$d/complete" && -n "$(find "$d" -newermt '-1 day' -print -quit 2>/dev/null)" ]] && continue
     size="$(du -sb "$d" 2>/dev/null | cut -f1 || true)"
     if [[ "$base" != .pruned-* ]]; then
       # Moved aside under the lock, so that a user who opens the lock file a moment later

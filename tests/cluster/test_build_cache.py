@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,19 @@ def test_unused_folders_of_other_keys_go_the_held_and_current_ones_stay(cache):
     assert f"freed 5.1MiB in {cache}: node/{HELD} " in r.stderr
     r = run_build(cache, "--set", "node")
     assert "freed" not in r.stderr  # nothing left to free: no line
+
+
+def test_an_unfinished_folder_goes_only_after_a_day_untouched(cache):
+    # A build.sh from before the locks holds none while it builds: its folder, unfinished
+    # and recently written, stays; one untouched for a day is an interrupted build.
+    building = folder(cache / "cluster" / OLD, 1, complete=False)
+    interrupted = folder(cache / "node" / HELD, 1, complete=False)
+    for path in (interrupted, *interrupted.rglob("*")):
+        os.utime(path, (time.time() - 25 * 3600,) * 2)
+    r = run_build(cache, "--set", "cluster")
+    assert r.returncode == 0, r.stderr
+    assert building.exists() and not interrupted.exists()
+    assert f": node/{HELD} (other keys' builds, unused)" in r.stderr
 
 
 def test_prune_can_be_turned_off(cache):
