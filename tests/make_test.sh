@@ -2,7 +2,7 @@
 # `make test`: every tier, in the order that lets the slow builds overlap the tests.
 #
 #   1. the real control plane's binaries (tests/cluster/build.sh; seconds when cached);
-#   2. in the background, at low priority: the real node's binaries (tests/node/build.sh)
+#   2. in the background, at low priority: the real node's binaries (build.sh --set node)
 #      and both trainer images (images/build-local.sh), while
 #   3. the suite and the control-plane tier run (pytest -m "not node");
 #   4. once step 2 is done, the real-node tier (pytest -m node tests/node), whose fixtures
@@ -23,7 +23,7 @@ rm -rf "$times" && mkdir -p "$times" && date +%s >"$times/started"
 
 # timed NAME COMMAND...: runs COMMAND, appends "NAME seconds state" to builds.tsv, and
 # returns its status. A build script that found its cache says "cached" or "unchanged" on
-# stderr (tests/cluster/build.sh, tests/node/build.sh, images/build-local.sh).
+# stderr (tests/cluster/build.sh for either set, images/build-local.sh).
 timed() {
   local name="$1" t0=$SECONDS err state rc
   shift
@@ -55,7 +55,7 @@ if ((real_tiers)); then
   # Its own process group, so an interrupted `make test` stops the builds too. It runs
   # this script's timed() through an exported function.
   export -f timed && export times
-  setsid bash -c 'timed "node binaries" nice -n 10 bash tests/node/build.sh >/dev/null \
+  setsid bash -c 'timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null \
                   && timed "trainer images" images/build-local.sh' >"$log" 2>&1 &
   background=$!
 else

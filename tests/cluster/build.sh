@@ -1,72 +1,142 @@
 #!/usr/bin/env bash
-# Builds the control plane the cluster tests run (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kwok, mpi-operator, training-operator) from the
-# versions pinned in tests/cluster/tools/*/go.mod, and copies the CRDs those same module
-# versions ship. Everything lands outside the clone, in
-#   ${KJOB_CACHE:-$HOME/.cache/kjob}/cluster/<key>/{bin,crds}
-# where <key> hashes the go.mod/go.sum files, this script and the Go version: a machine
-# that built once skips the whole build until one of them changes. Prints that directory
-# on its last line of stdout (the harness reads it with --print-dir).
+# Builds the binaries the real tiers run, one set at a time, from the versions pinned in
+# tests/<set>/tools/*/go.mod:
+#   --set cluster (the default): etcd, kube-apiserver, kube-controller-manager,
+#     kube-scheduler, kwok, mpi-operator, training-operator (tests/cluster), kubectl (for
+#     bench/ only), and the CRDs those same module versions ship;
+#   --set node: the kubelet (the control plane's release), CoreDNS and crictl (tests/node).
+# Everything lands outside the clone, in
+#   ${KJOB_CACHE:-$HOME/.cache/kjob}/<set>/<key>/{bin,crds,clobber}
+# where <key> hashes the set's go.mod/go.sum files, this script and the Go version: a
+# machine that built once skips the whole build until one of them changes. Prints that
+# directory on its last line of stdout (--print-dir prints it without building).
+#
+# The cache does not grow forever: every run (but --print-dir) removes the folders of
+# other keys, <cache>/{cluster,node}/<other key>, that nobody uses. A user holds a shared
+# flock on <folder>/in-use.lock while running its binaries (builds.py `hold`; a build in
+# progress holds one too); a folder is removed only under an exclusive lock taken without
+# waiting, and what was freed is said in one line on stderr. KJOB_CACHE_PRUNE=0 keeps
+# every folder.
 #
 # One go.mod per tool: the operators and kwok require k8s.io/* v0.35/v0.36 while
 # k8s.io/kubernetes v1.34 needs its staging modules at v0.34, so one module cannot hold
 # them all (minimal version selection would lift the apiserver's libraries to v0.36).
+# All builds share the one Go build cache (go env GOCACHE) with the same flags, so a
+# package built for one binary, set or key is compiled once.
 #
-# Adding a binary (the kubelet, say) is one line in TOOLS below and, for another
-# k8s.io/kubernetes command, one `tool` line in tools/kubernetes/go.mod.
+# Adding a binary (a controller, say) is one line in TOOLS (and one in CRDS per CRD it
+# needs) with its tools/<name>/go.mod; another k8s.io/kubernetes command is one `tool`
+# line in tools/kubernetes/go.mod.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-tools="$here/tools"
+script="$here/$(basename "${BASH_SOURCE[0]}")"
+tests="$(dirname "$here")"
+cache="${KJOB_CACHE:-$HOME/.cache/kjob}"
 
-# name of the binary | tool folder | Go package
+# set | name of the binary | tool folder (tests/<set>/tools/) | Go package
+# In the order they are built; kubectl is only for bench/, so it comes last.
 TOOLS=(
-  "etcd|etcd|go.etcd.io/etcd/server/v3"
-  "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver"
-  "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager"
-  "kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler"
-  "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl"
-  "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok"
-  "mpi-operator|mpi-operator|github.com/kubeflow/mpi-operator/cmd/mpi-operator"
-  "training-operator|training-operator|github.com/kubeflow/training-operator/cmd/training-operator.v1"
+  "cluster|etcd|etcd|go.etcd.io/etcd/server/v3"
+  "cluster|kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver"
+  "cluster|kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager"
+  "cluster|kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler"
+  "cluster|kwok|kwok|sigs.k8s.io/kwok/cmd/kwok"
+  "cluster|mpi-operator|mpi-operator|github.com/kubeflow/mpi-operator/cmd/mpi-operator"
+  "cluster|training-operator|training-operator|github.com/kubeflow/training-operator/cmd/training-operator.v1"
+  "cluster|kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl"
+  "node|kubelet|kubelet|k8s.io/kubernetes/cmd/kubelet"
+  "node|coredns|coredns|github.com/coredns/coredns"
+  "node|crictl|crictl|sigs.k8s.io/cri-tools/cmd/crictl"
 )
 
-# CRD file (under crds/: the harness installs them all) | tool folder | module | path inside the module
+# set | CRD file (under crds/: the harness installs them all) | tool folder | module | path inside the module
 # training-operator ships an MPIJob kubeflow.org/v1 CRD as well; installed, it replaces
 # mpi-operator's v2beta1 one (kubeflow/trainer#1930, #1972). It goes to clobber/, where
 # only the test of that mistake takes it from.
 CRDS=(
-  "../clobber/kubeflow.org_mpijobs.v1.yaml|training-operator|github.com/kubeflow/training-operator|manifests/base/crds/kubeflow.org_mpijobs.yaml"
-  "kubeflow.org_mpijobs.yaml|mpi-operator|github.com/kubeflow/mpi-operator|manifests/base/kubeflow.org_mpijobs.yaml"
-  "kubeflow.org_pytorchjobs.yaml|training-operator|github.com/kubeflow/training-operator|manifests/base/crds/kubeflow.org_pytorchjobs.yaml"
+  "cluster|../clobber/kubeflow.org_mpijobs.v1.yaml|training-operator|github.com/kubeflow/training-operator|manifests/base/crds/kubeflow.org_mpijobs.yaml"
+  "cluster|kubeflow.org_mpijobs.yaml|mpi-operator|github.com/kubeflow/mpi-operator|manifests/base/kubeflow.org_mpijobs.yaml"
+  "cluster|kubeflow.org_pytorchjobs.yaml|training-operator|github.com/kubeflow/training-operator|manifests/base/crds/kubeflow.org_pytorchjobs.yaml"
   # kwok's per-pod log and exec rules (nodeside.py creates one of each for every pod).
-  "kwok.x-k8s.io_logs.yaml|kwok|sigs.k8s.io/kwok|kustomize/crd/bases/kwok.x-k8s.io_logs.yaml"
-  "kwok.x-k8s.io_execs.yaml|kwok|sigs.k8s.io/kwok|kustomize/crd/bases/kwok.x-k8s.io_execs.yaml"
+  "cluster|kwok.x-k8s.io_logs.yaml|kwok|sigs.k8s.io/kwok|kustomize/crd/bases/kwok.x-k8s.io_logs.yaml"
+  "cluster|kwok.x-k8s.io_execs.yaml|kwok|sigs.k8s.io/kwok|kustomize/crd/bases/kwok.x-k8s.io_execs.yaml"
 )
+SETS=(cluster node)
 
-key="$( { cat "$tools"/*/go.mod "$tools"/*/go.sum "$0"; go env GOVERSION; } | sha256sum | cut -c1-16)"
-out="${KJOB_CACHE:-$HOME/.cache/kjob}/cluster/$key"
+set_name=cluster action=build
+while (($#)); do
+  case "$1" in
+    --set) set_name="${2:-}"; shift $(($# > 1 ? 2 : 1)) ;;
+    --print-dir) action=print; shift ;;
+    *) echo "usage: $0 [--set cluster|node] [--print-dir]" >&2; exit 2 ;;
+  esac
+done
+if [[ " ${SETS[*]} " != *" $set_name "* ]]; then
+  echo "build.sh: --set must be one of: ${SETS[*]} (not '$set_name')" >&2
+  exit 2
+fi
 
-if [[ "${1:-}" == "--print-dir" ]]; then
+key_of() { { cat "$tests/$1/tools"/*/go.mod "$tests/$1/tools"/*/go.sum "$script"; go env GOVERSION; } | sha256sum | cut -c1-16; }
+out="$cache/$set_name/$(key_of "$set_name")"
+
+# Removes <cache>/<set>/<key> of every key but the current ones (of every set) that no one
+# holds in use; leftovers of an interrupted removal (.pruned-*) go too.
+prune() {
+  [[ "${KJOB_CACHE_PRUNE:-1}" == 0 ]] && return 0
+  local keep=" " s d size freed=0 gone=()
+  for s in "${SETS[@]}"; do keep+="$s/$(key_of "$s") "; done
+  for d in "$cache"/{cluster,node}/* "$cache"/{cluster,node}/.pruned-*; do
+    [[ -d "$d" && ! -L "$d" ]] || continue
+    local rel="${d#"$cache"/}" base="${d##*/}"
+    [[ "$base" =~ ^[0-9a-f]{16}$ || "$base" == .pruned-* ]] || continue  # never node/containerd, or anything not ours
+    [[ "$keep" == *" $rel "* ]] && continue
+    # Unfinished and touched within a day: maybe a build by a build.sh from before the
+    # locks (it holds none); an interrupted one goes a day later.
+    [[ "$base" != .pruned-* && ! -f "$d/complete" && -n "$(find "$d" -newermt '-1 day' -print -quit 2>/dev/null)" ]] && continue
+    size="$(du -sb "$d" 2>/dev/null | cut -f1 || true)"
+    if [[ "$base" != .pruned-* ]]; then
+      # Moved aside under the lock, so that a user who opens the lock file a moment later
+      # finds the folder gone (builds.py `hold` checks) rather than half removed.
+      flock -xn "$d/in-use.lock" mv "$d" "${d%/*}/.pruned-$base-$$" 2>/dev/null || continue
+      d="${d%/*}/.pruned-$base-$$"
+    fi
+    rm -rf "$d" 2>/dev/null || true  # another build.sh may be removing the same leftovers
+    freed=$((freed + ${size:-0})) && gone+=("$rel")
+  done
+  if ((${#gone[@]})); then
+    echo "build.sh: freed $(numfmt --to=iec-i --suffix=B "$freed") in $cache: ${gone[*]} (other keys' builds, unused)" >&2
+  fi
+}
+
+if [[ "$action" == print ]]; then
   echo "$out"
   exit 0
 fi
 
 if [[ -f "$out/complete" ]]; then
-  echo "cluster binaries: cached in $out" >&2
+  echo "$set_name binaries: cached in $out" >&2
+  prune
   echo "$out"
   exit 0
 fi
 
-mkdir -p "$out/bin" "$out/crds" "$out/clobber"
+mkdir -p "$out/bin"
+# In use while it builds: another checkout's build.sh must not remove it half-made.
+exec 9>>"$out/in-use.lock"
+flock -s 9
 start=$SECONDS
 export GOFLAGS="-mod=readonly -trimpath"
-# kube-apiserver reports this as its version (/version); without it, v0.0.0-master.
-k8s_version="$(cd "$tools/kubernetes" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
-k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
-k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version"
-k8s_ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor"
-k8s_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+
+# A k8s.io/kubernetes command reports this as its version (/version, the Node's
+# nodeInfo; the API server's version skew rules compare them); without it, v0.0.0-master.
+k8s_ldflags() {
+  local version minor
+  version="$(cd "$1" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+  minor="$(echo "$version" | cut -d. -f2)"
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1" \
+       "-X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$version"
+}
 
 # mpi-operator serves its health check on port 8080 of every address, a constant with no
 # flag (cmd/mpi-operator/app/server.go healthCheckPort), so two clusters on one machine
@@ -75,44 +145,49 @@ k8s_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
 # a `replace` in a go.mod of its own (-modfile): the committed go.mod and the module cache
 # stay untouched. The harness waits on the operator's leader lease, not on /healthz.
 mpi_operator_modfile() {
-  local mod="github.com/kubeflow/mpi-operator" src copy="$out/src/mpi-operator" modfile="$out/src/mpi-operator.mod"
-  (cd "$tools/mpi-operator" && go mod download "$mod")
-  src="$(cd "$tools/mpi-operator" && go list -m -f '{{.Dir}}' "$mod")"
+  local tooldir="$1" mod="github.com/kubeflow/mpi-operator" src copy="$out/src/mpi-operator" modfile="$out/src/mpi-operator.mod"
+  (cd "$tooldir" && go mod download "$mod")
+  src="$(cd "$tooldir" && go list -m -f '{{.Dir}}' "$mod")"
   rm -rf "$copy" && mkdir -p "$out/src" && cp -r "$src" "$copy" && chmod -R u+w "$copy"
   sed -i 's/^\(\s*healthCheckPort\s*=\s*\)8080$/\10/' "$copy/cmd/mpi-operator/app/server.go"
   if ! grep -qE '^\s*healthCheckPort\s*=\s*0$' "$copy/cmd/mpi-operator/app/server.go"; then
     echo "build.sh: $mod no longer sets healthCheckPort = 8080; look at this patch again" >&2
     exit 1
   fi
-  cp "$tools/mpi-operator/go.mod" "$modfile" && cp "$tools/mpi-operator/go.sum" "${modfile%.mod}.sum"
-  (cd "$tools/mpi-operator" && go mod edit -modfile="$modfile" -replace "$mod=$copy")
+  cp "$tooldir/go.mod" "$modfile" && cp "$tooldir/go.sum" "${modfile%.mod}.sum"
+  (cd "$tooldir" && go mod edit -modfile="$modfile" -replace "$mod=$copy")
   echo "-modfile=$modfile"
 }
 
 for t in "${TOOLS[@]}"; do
-  IFS='|' read -r name dir pkg <<<"$t"
-  [[ -x "$out/bin/$name" ]] && continue
+  IFS='|' read -r s name dir pkg <<<"$t"
+  [[ "$s" == "$set_name" && ! -x "$out/bin/$name" ]] || continue
+  tooldir="$tests/$s/tools/$dir"
   ldflags="-s -w"
-  [[ "$dir" == kubernetes ]] && ldflags="$k8s_ldflags"
+  [[ "$pkg" == k8s.io/kubernetes/* ]] && ldflags="$(k8s_ldflags "$tooldir")"
   extra=()
-  [[ "$name" == mpi-operator ]] && extra=("$(mpi_operator_modfile)")
+  [[ "$name" == mpi-operator ]] && extra=("$(mpi_operator_modfile "$tooldir")")
   echo "building $name ($pkg)" >&2
   t0=$SECONDS
-  (cd "$tools/$dir" && nice -n 10 go build "${extra[@]}" -ldflags "$ldflags" -o "$out/bin/$name.tmp" "$pkg")
+  (cd "$tooldir" && nice -n 10 go build "${extra[@]}" -ldflags "$ldflags" -o "$out/bin/$name.tmp" "$pkg")
   mv "$out/bin/$name.tmp" "$out/bin/$name"
   echo "built $name in $((SECONDS - t0))s" >&2
 done
 
 for c in "${CRDS[@]}"; do
-  IFS='|' read -r file dir mod path <<<"$c"
-  moddir="$(cd "$tools/$dir" && go list -m -f '{{.Dir}}' "$mod")"
+  IFS='|' read -r s file dir mod path <<<"$c"
+  [[ "$s" == "$set_name" ]] || continue
+  tooldir="$tests/$s/tools/$dir"
+  moddir="$(cd "$tooldir" && go list -m -f '{{.Dir}}' "$mod")"
   if [[ -z "$moddir" || ! -d "$moddir" ]]; then
-    (cd "$tools/$dir" && go mod download "$mod")
-    moddir="$(cd "$tools/$dir" && go list -m -f '{{.Dir}}' "$mod")"
+    (cd "$tooldir" && go mod download "$mod")
+    moddir="$(cd "$tooldir" && go list -m -f '{{.Dir}}' "$mod")"
   fi
+  mkdir -p "$(dirname "$out/crds/$file")"
   install -m 0644 "$moddir/$path" "$out/crds/$file"
 done
 
-echo "cluster binaries: built in $((SECONDS - start))s into $out" >&2
+echo "$set_name binaries: built in $((SECONDS - start))s into $out" >&2
 touch "$out/complete"
+prune
 echo "$out"

@@ -18,9 +18,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane import CLAIMS, ControlPlane, build_dir, create_bound_claims, pv_name, wait_for  # noqa: E402
+from builds import build_dir  # noqa: E402
+from controlplane import CLAIMS, ControlPlane, create_bound_claims, pv_name  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 _startup: list[float] = []
@@ -32,7 +34,9 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory):
+def cluster_build() -> Path:
+    """The folder of the control plane's binaries and CRDs (build.sh, cached); without root
+    or Go a skip saying so (a failure under CI)."""
     missing = [why for why, lacking in (("root (kwok runs in its own PID namespace: unshare)", os.geteuid() != 0),
                                          ("Go (the binaries are built from the Go module proxy)", shutil.which("go") is None)) if lacking]
     if missing:
@@ -40,7 +44,12 @@ def control_plane(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(f"{why}; CI must run this tier")
         pytest.skip(why)
-    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), build_dir())
+    return build_dir()
+
+
+@pytest.fixture(scope="session")
+def control_plane(cluster_build, tmp_path_factory):
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), cluster_build)
     plane.start()
     _startup.append(plane.startup_s)
     try:

@@ -37,12 +37,16 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from builds import build_dir, hold  # noqa: E402
 from nodeside import NodeSide  # noqa: E402
-from pki import SERVICE_CIDR, make_pki  # noqa: E402
+from pki import SERVICE_CIDR, make_pki, write_kubeconfig  # noqa: E402
+from processes import ProcessDied, Processes  # noqa: E402
 from rest import Api, ApiError  # noqa: E402
 from stages import NODE_COUNT, kwok_config  # noqa: E402
+from waiting import time_scale, wait_for  # noqa: E402
 
-BUILD = HERE / "build.sh"
+# Names the tests and bench/ import from here.
+__all__ = ["CLAIMS", "ControlPlane", "ProcessDied", "build_dir", "create_bound_claims", "pv_name", "time_scale", "wait_for"]
 # The claims kjob's examples mount; each test namespace gets them, bound (conftest.py).
 CLAIMS = ("kjob-checkpoints", "kjob-checkpoints-rwx", "imagenet")
 
@@ -78,48 +82,15 @@ OPERATOR_NAMESPACES = ("mpi-operator", "kubeflow")
 TRAINING_OPERATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 
-def time_scale() -> float:
-    return float(os.environ.get("KJOB_TEST_TIME_SCALE", "1"))
-
-
-def wait_for(what: str, check, timeout: float, *, proc_check=None, interval: float = 0.1):
-    """Call check() until it returns something truthy (returned); raise TimeoutError after
-    timeout * KJOB_TEST_TIME_SCALE seconds, or at once when proc_check() raises."""
-    deadline = time.monotonic() + timeout * time_scale()
-    last = None
-    while True:
-        if proc_check:
-            proc_check()
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as e:  # not up yet: connection refused, 404, ...
-            last = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout * time_scale():g} s" + (f" (last error: {last})" if last else ""))
-        time.sleep(interval)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def build_dir() -> Path:
-    """Build (or find cached) binaries and CRDs; returns the directory holding bin/ and crds/."""
-    out = subprocess.run(["bash", str(BUILD)], check=True, stdout=subprocess.PIPE, text=True).stdout
-    return Path(out.strip().splitlines()[-1])
-
-
 def kubernetes_version() -> str:
     text = (HERE / "tools" / "kubernetes" / "go.mod").read_text()
     return re.search(r"k8s\.io/kubernetes (v\S+)", text).group(1)
-
-
-class ProcessDied(RuntimeError):
-    pass
 
 
 class ControlPlane:
@@ -138,9 +109,9 @@ class ControlPlane:
         self.root = root.resolve()
         self.bin = built / "bin"
         self.crds = built / "crds"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, Path] = {}
+        self.processes = Processes(self.root / "logs", cwd=self.root)
         self.argv: dict[str, tuple[list[str], dict | None]] = {}
+        self.build_lock: int | None = None  # a shared lock on the build folder while running (builds.hold)
         self.ports: dict[str, int] = {}
         self.kubeconfig = self.root / "kubeconfig"
         self.signals = self.root / "pid1-signals.log"
@@ -151,32 +122,15 @@ class ControlPlane:
     # -- processes --------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
         self.argv[name] = (argv, env)
-        argv = argv + self.extra_args.get(name, [])
-        path = self.root / "logs" / f"{name}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(path, "ab")
-        self.logs[name] = path
-        self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env={**os.environ, **(env or {})}, cwd=self.root)
-        out.close()
+        self.processes.spawn(name, argv + self.extra_args.get(name, []), env)
 
     def check_alive(self) -> None:
         """Raise ProcessDied naming the first component that exited, with its log's tail."""
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                tail = self.logs[name].read_text(errors="replace")[-3000:]
-                raise ProcessDied(f"{name} exited with {p.returncode}; the end of {self.logs[name]}:\n{tail}")
+        self.processes.alive()
 
     def pids(self) -> list[psutil.Process]:
         """Every live process this control plane started, and their descendants."""
-        found = []
-        for p in self.procs.values():
-            try:
-                proc = psutil.Process(p.pid)
-                found += [proc, *proc.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        return found
+        return self.processes.pids()
 
     # -- start ------------------------------------------------------------------------------------
     def start(self) -> "ControlPlane":
@@ -185,7 +139,8 @@ class ControlPlane:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
-        self.procs, self.logs, self.argv = {}, {}, {}
+        self.processes, self.argv = Processes(self.root / "logs", cwd=self.root), {}
+        self.build_lock = hold(self.bin.parent)
         self.ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok",
                                                       "training-metrics", "training-health", "training-webhook")}
         try:
@@ -206,7 +161,7 @@ class ControlPlane:
                              "--listen-peer-urls", f"http://127.0.0.1:{p['etcd-peer']}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p['etcd-peer']}",
                              "--initial-cluster", f"kjob=http://127.0.0.1:{p['etcd-peer']}", "--unsafe-no-fsync", "--log-level", "warn"])
         wait_for("etcd /health", lambda: requests.get(f"http://127.0.0.1:{p['etcd']}/health", timeout=2).json().get("health") == "true",
-                 30, proc_check=self.check_alive)
+                 30, alive=self.check_alive)
         self._spawn("kube-apiserver", [
             str(b / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
             "--bind-address=127.0.0.1", f"--secure-port={p['apiserver']}", "--advertise-address=127.0.0.1",
@@ -220,7 +175,7 @@ class ControlPlane:
             # The Service "kubernetes" would get 127.0.0.1 as endpoint, which Endpoints refuse.
             "--endpoint-reconciler-type=none", "--profiling=false"])
         wait_for("kube-apiserver /readyz", lambda: self.api.session.get(self.api.server + "/readyz", timeout=5).status_code == 200,
-                 90, proc_check=self.check_alive, interval=0.25)
+                 90, alive=self.check_alive, interval=0.25)
         self._install_crds()
         for ns in OPERATOR_NAMESPACES:
             self.api.create("/api/v1/namespaces", {"metadata": {"name": ns}}, exist_ok=True)
@@ -255,9 +210,9 @@ class ControlPlane:
         for i in range(self.kwok_nodes):
             self.api.create("/api/v1/nodes", {"metadata": {"name": f"kwok-node-{i}", "labels": {"kubernetes.io/hostname": f"kwok-node-{i}", "type": "kwok"}}}, exist_ok=True)
         if not self.with_operators:
-            wait_for(f"{self.kwok_nodes} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
+            wait_for(f"{self.kwok_nodes} kwok nodes Ready", self._nodes_ready, 60, alive=self.check_alive, interval=0.25)
             wait_for("the default ServiceAccount", lambda: self.api.get("/api/v1/namespaces/default/serviceaccounts/default"), 60,
-                     proc_check=self.check_alive)
+                     alive=self.check_alive)
             return
         self._spawn("mpi-operator", [str(b / "mpi-operator"), f"--kubeConfig={kc}", "--lock-namespace=mpi-operator"])
         certs = self.root / "training-operator-certs"
@@ -272,15 +227,15 @@ class ControlPlane:
         for name in ("controller-manager", "scheduler"):
             url = f"https://127.0.0.1:{p[name]}/healthz"
             wait_for(f"kube-{name} /healthz", lambda url=url: requests.get(url, verify=str(pki.ca_crt), timeout=2).status_code == 200,
-                     60, proc_check=self.check_alive)
-        wait_for(f"{self.kwok_nodes} kwok nodes Ready", self._nodes_ready, 60, proc_check=self.check_alive, interval=0.25)
+                     60, alive=self.check_alive)
+        wait_for(f"{self.kwok_nodes} kwok nodes Ready", self._nodes_ready, 60, alive=self.check_alive, interval=0.25)
         wait_for("mpi-operator leads", lambda: (self.api.get("/apis/coordination.k8s.io/v1/namespaces/mpi-operator/leases/mpi-operator") or {})
-                 .get("spec", {}).get("holderIdentity"), 60, proc_check=self.check_alive, interval=0.25)
+                 .get("spec", {}).get("holderIdentity"), 60, alive=self.check_alive, interval=0.25)
         self._mount_webhook_cert()
         url = f"http://127.0.0.1:{p['training-health']}/readyz"
-        wait_for("training-operator /readyz", lambda: requests.get(url, timeout=2).status_code == 200, 60, proc_check=self.check_alive, interval=0.25)
+        wait_for("training-operator /readyz", lambda: requests.get(url, timeout=2).status_code == 200, 60, alive=self.check_alive, interval=0.25)
         wait_for("the default ServiceAccount", lambda: self.api.get("/api/v1/namespaces/default/serviceaccounts/default"), 60,
-                 proc_check=self.check_alive)
+                 alive=self.check_alive)
 
     def _mount_webhook_cert(self) -> None:
         """Play the kubelet's secret volume for training-operator: it waits until the
@@ -288,7 +243,7 @@ class ControlPlane:
         (pkg/cert/cert.go certDir), which its Deployment mounts from that Secret."""
         secret = "/api/v1/namespaces/kubeflow/secrets/training-operator-webhook-cert"
         data = wait_for("training-operator's webhook certificates", lambda: (lambda d: d if "tls.crt" in d else None)(
-            (self.api.get(secret) or {}).get("data") or {}), 60, proc_check=self.check_alive, interval=0.25)
+            (self.api.get(secret) or {}).get("data") or {}), 60, alive=self.check_alive, interval=0.25)
         for name, value in data.items():
             (self.root / "training-operator-certs" / name).write_bytes(base64.b64decode(value))
 
@@ -300,7 +255,7 @@ class ControlPlane:
                     self.api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc, exist_ok=True)
                     names.append(doc["metadata"]["name"])
         for name in names:
-            wait_for(f"CRD {name} Established", lambda name=name: self._crd_established(name), 30, proc_check=self.check_alive)
+            wait_for(f"CRD {name} Established", lambda name=name: self._crd_established(name), 30, alive=self.check_alive)
 
     def _crd_established(self, name: str) -> bool:
         crd = self.api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
@@ -315,14 +270,7 @@ class ControlPlane:
 
     def _write_kubeconfig(self, path: Path, *, namespace: str = "default", token: str | None = None, name: str = "kjob-test") -> Path:
         user = {"token": token} if token else {"client-certificate": str(self.pki.admin_crt), "client-key": str(self.pki.admin_key)}
-        cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": name,
-            "clusters": [{"name": "kjob-test", "cluster": {"server": self.api.server, "certificate-authority": str(self.pki.ca_crt)}}],
-            "users": [{"name": name, "user": user}],
-            "contexts": [{"name": name, "context": {"cluster": "kjob-test", "user": name, "namespace": namespace}}],
-        }
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        return path
+        return write_kubeconfig(path, server=self.api.server, ca_crt=self.pki.ca_crt, user=user, name=name, namespace=namespace)
 
     def kubeconfig_for(self, path: Path, *, namespace: str, token: str | None = None) -> Path:
         """A kubeconfig for this cluster whose context's namespace is `namespace`; with
@@ -335,42 +283,23 @@ class ControlPlane:
         lease = "/apis/coordination.k8s.io/v1/namespaces/mpi-operator/leases/mpi-operator"
         holder = lambda: (self.api.get(lease) or {}).get("spec", {}).get("holderIdentity")  # noqa: E731
         before = holder()
-        p = self.procs[name]
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(30)
+        self.processes.stop_one(name, 30)
         self._spawn(name, *self.argv[name])
         if name == "mpi-operator":
-            wait_for("the new mpi-operator leads", lambda: holder() not in (None, before), 60, proc_check=self.check_alive, interval=0.25)
+            wait_for("the new mpi-operator leads", lambda: holder() not in (None, before), 60, alive=self.check_alive, interval=0.25)
 
     # -- stop -------------------------------------------------------------------------------------
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every component (operators first, etcd last), SIGKILL what is left after
-        `timeout` seconds, then kill any descendant still alive."""
+        `timeout` seconds, then kill any descendant still alive (processes.py)."""
         if self.nodeside:
             self.nodeside.stop()
         if self.api:
             self.api.session.close()
-        everyone = self.pids()
-        for name in reversed(list(self.procs)):
-            p = self.procs[name]
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for name in reversed(list(self.procs)):
-            p = self.procs[name]
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for proc in everyone:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(everyone, timeout=10)
+        self.processes.stop(timeout)
+        if self.build_lock is not None:
+            os.close(self.build_lock)
+            self.build_lock = None
 
 
 # -- make cluster-up / cluster-down ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
 

@@ -1,13 +1,16 @@
 """The harness itself: kwok's stages, logs and exec work through the real API server, an
 exec'd `kill -USR1 1` reaches the stand-in PID 1 and never this machine's, and stopping
-the control plane leaves no process behind."""
+the control plane leaves no process behind, its watchdog included, and lets go of its
+build folder (in use while it runs, so build.sh does not remove it)."""
 
 from __future__ import annotations
+
+import subprocess
 
 import psutil
 import pytest
 
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300 * time_scale())]
 
@@ -56,7 +59,14 @@ def test_exec_runs_here_in_the_pods_directory_and_pid_1_is_the_stand_in(real):
 def test_stopping_leaves_no_process_and_the_plane_starts_again(control_plane):
     started = control_plane.pids()
     assert {p.name() for p in started} >= {"etcd", "kube-apiserver", "kwok", "mpi-operator", "training-operator"}
+    watchdog = control_plane.processes.watchdog
+    assert watchdog.poll() is None
+    # Its build folder is in use while it runs: build.sh's exclusive lock (before pruning) fails.
+    lock = control_plane.bin.parent / "in-use.lock"
+    assert subprocess.run(["flock", "-xn", str(lock), "true"]).returncode == 1
     control_plane.stop()
+    assert watchdog.poll() is not None  # it went with a normal stop (stop() waits for it)
+    assert subprocess.run(["flock", "-xn", str(lock), "true"]).returncode == 0
     alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     # Every component's arguments name a file under the plane's own folder.

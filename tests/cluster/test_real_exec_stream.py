@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300 * time_scale())]
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ckpt_helpers import write_checkpoints
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
 

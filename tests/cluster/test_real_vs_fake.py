@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300 * time_scale())]
 

@@ -2,7 +2,7 @@
 processes as tier 3: etcd, kube-apiserver, controller-manager, scheduler, mpi-operator,
 training-operator, kwok), with kwok restricted to nodes labelled `type=kwok` and none of
 them made, so that every pod lands on the one real kubelet (kubelet.py) beside CoreDNS
-(joined.py). One per test session (conftest.py `node_cluster`); each test gets its own
+(coredns.py). One per test session (conftest.py `node_cluster`); each test gets its own
 namespace (`namespace()`): Pod Security `restricted` enforced, with the checkpoint claim
 kjob's specs mount bound to a hostPath directory owned by uid 1000."""
 
@@ -18,8 +18,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "cluster"))
 
 from controlplane import ControlPlane, build_dir  # noqa: E402
-from joined import CoreDNS, node_credentials  # noqa: E402
-from kubelet import NODE_IP, Kubelet, wait_for  # noqa: E402
+from coredns import CoreDNS  # noqa: E402
+from kubelet import NODE_IP, Kubelet  # noqa: E402
+from pki import node_credentials  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 NODE = "kjob-node"
 CLAIM = "kjob-checkpoints"
@@ -57,12 +59,12 @@ class NodeCluster:
         try:
             self.plane.start()
             pki = self.plane.pki
-            kubeconfig, serving = node_credentials(self.root / "node-pki", name=NODE, server=self.plane.api.server,
-                                                   ca_crt=pki.ca_crt, ca_key=pki.ca_key)
+            kubeconfig, serving = node_credentials(self.root / "node-pki", name=NODE, node_ip=NODE_IP, server=self.plane.api.server,
+                                                   ca=(pki.ca_crt, pki.ca_key))
             self.dns = CoreDNS(self.root / "coredns", self.node_bins / "coredns", self.plane.kubeconfig).start()
             self.kubelet = Kubelet(self.root / "kubelet", self.node_bins, name=NODE, kubeconfig=kubeconfig, client_ca=pki.ca_crt,
                                    serving_cert=serving, cluster_dns=NODE_IP).start()
-            wait_for(f"Node {NODE} Ready", self._ready, 180, alive=self.alive)
+            wait_for(f"Node {NODE} Ready", self._ready, 180, alive=self.alive, interval=0.25)
         except BaseException:
             self.stop()
             raise

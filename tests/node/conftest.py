@@ -1,10 +1,11 @@
-"""Fixtures of the real-node tier (marker `node`): the node's binaries (build.sh) and the
-trainer images (images/build-local.sh), both cached outside the clone."""
+"""Fixtures of the real-node tier (marker `node`): the node's binaries
+(tests/cluster/build.sh --set node) and the trainer images (images/build-local.sh), both
+cached outside the clone. The harness (process supervision, waiting, PKI, builds) is
+tests/cluster's."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "cluster"))
 sys.path.insert(0, str(HERE))
 
+from builds import build_dir, hold  # noqa: E402
 from runtime import IMAGES, build_images  # noqa: E402
 
 
@@ -26,11 +29,16 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def node_bins() -> Path:
-    """bin/ holding kubelet, coredns and crictl."""
+    """bin/ holding kubelet, coredns and crictl; its build folder is held in use (so no
+    other checkout's build removes it) until the session ends."""
     if os.geteuid() != 0:
         pytest.fail("the node tier runs containerd, podman and a kubelet: it needs root (make e2e as root)")
-    out = subprocess.run(["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
-    return Path(out.strip().splitlines()[-1]) / "bin"
+    built = build_dir("node")
+    lock = hold(built)
+    try:
+        yield built / "bin"
+    finally:
+        os.close(lock)
 
 
 @pytest.fixture(scope="session")

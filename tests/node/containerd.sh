@@ -7,6 +7,9 @@
 #   tests/node/containerd.sh stop
 # Images and snapshots live outside the clone, in ${KJOB_CACHE:-$HOME/.cache/kjob}/node/
 # containerd, so images loaded once (images/build-local.sh) stay loaded across runs.
+# It is a long-lived daemon shared by the image builds and every node-tier session, so it
+# outlives them on purpose (nohup, no watchdog): unlike the kubelet and CoreDNS, which
+# tests/cluster/processes.py ends with their session, killed or not.
 set -euo pipefail
 
 cache="${KJOB_CACHE:-$HOME/.cache/kjob}/node"

@@ -1,5 +1,5 @@
-"""A real kubelet (tests/node/build.sh) on the node's containerd (containerd.sh), as a
-process of the test session.
+"""A real kubelet (tests/cluster/build.sh --set node) on the node's containerd
+(containerd.sh), as a process of the test session, under the watchdog of processes.py.
 
 Standalone (no API server): it runs the static pods in `<root>/manifests`. Joined: it
 registers Node NAME with the API server of a kubeconfig and runs what the scheduler gives
@@ -14,46 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
 
+from processes import Processes
 from runtime import containerd
+from waiting import wait_for
 
 # The CNI bridge's gateway (containerd.sh): the node's address. The kubelet refuses a
 # loopback node IP, and on this address both the API server (on the host) and the pods
 # reach it. CoreDNS listens here too.
 NODE_IP = os.environ.get("KJOB_NODE_IP", "10.244.0.1")
 CLUSTER_DOMAIN = "cluster.local"
-
-
-def time_scale() -> float:
-    return float(os.environ.get("KJOB_TEST_TIME_SCALE", "1"))
-
-
-def wait_for(what: str, check, timeout: float, *, alive=None, interval: float = 0.25):
-    """check() until truthy (returned); TimeoutError after timeout x KJOB_TEST_TIME_SCALE."""
-    deadline = time.monotonic() + timeout * time_scale()
-    last = None
-    while True:
-        if alive:
-            alive()
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as e:  # not there yet
-            last = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout * time_scale():g} s" + (f" (last error: {last})" if last else ""))
-        time.sleep(interval)
-
-
-class KubeletDied(RuntimeError):
-    pass
 
 
 class Kubelet:
@@ -65,7 +39,7 @@ class Kubelet:
         self.port, self.cluster_dns, self.labels = port, cluster_dns, labels or {}
         self.manifests = self.root / "manifests"
         self.log = self.root / "kubelet.log"
-        self.proc: subprocess.Popen | None = None
+        self.processes = Processes(self.root, cwd=None)
         self.sock = ""
 
     # -- CRI ----------------------------------------------------------------------------------------
@@ -115,9 +89,8 @@ class Kubelet:
         return cfg
 
     def alive(self) -> None:
-        if self.proc and self.proc.poll() is not None:
-            raise KubeletDied(f"kubelet exited with {self.proc.returncode}; the end of {self.log}:\n"
-                              + self.log.read_text(errors="replace")[-4000:])
+        """Raise ProcessDied if the kubelet exited, with the tail of kubelet.log."""
+        self.processes.alive()
 
     def start(self) -> "Kubelet":
         self.sock = containerd()
@@ -131,11 +104,10 @@ class Kubelet:
             argv.append(f"--kubeconfig={self.kubeconfig}")
             if self.labels:
                 argv.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in self.labels.items()))
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.processes.spawn("kubelet", argv)
         try:
             wait_for("kubelet's CRI sync", lambda: "Starting kubelet main sync loop" in self.log.read_text(errors="replace"),
-                     120, alive=self.alive)
+                     120, alive=self.alive, interval=0.25)
         except BaseException:
             self.stop()
             raise
@@ -144,13 +116,7 @@ class Kubelet:
     def stop(self, timeout: float = 60) -> None:
         """End the kubelet, then stop and remove every pod it made (through the CRI, so the
         CNI plugin releases their addresses) and unmount what it mounted."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        self.processes.stop(timeout)
         if self.sock:
             # Only this kubelet's pods: the sandbox name carries the node's pod names, and a
             # node tier runs one kubelet at a time on this containerd.

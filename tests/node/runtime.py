@@ -23,7 +23,12 @@ DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CA
 
 
 def containerd() -> str:
-    """Start the node's containerd if it is not running; returns its socket."""
+    """Start the node's containerd if it is not running; returns its socket.
+
+    It is a machine-wide daemon by design, not a process of the test session, and so not
+    under a watchdog (processes.py): images/build-local.sh loads the trainer images into it
+    (GBs, minutes) and later sessions find them there; its pods are the kubelet's to
+    remove (Kubelet.stop). `tests/node/containerd.sh stop` ends it."""
     out = subprocess.run(["bash", str(CONTAINERD_SH), "start"], check=True, stdout=subprocess.PIPE, text=True).stdout
     return out.strip().splitlines()[-1]
 

@@ -26,7 +26,7 @@ from ckpt_helpers import write_checkpoints
 from cluster import NodeCluster
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
-from kubelet import wait_for
+from waiting import wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(3600)]
 

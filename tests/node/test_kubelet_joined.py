@@ -14,7 +14,7 @@ from kubernetes import client, config
 from kubernetes.stream import stream
 
 from cluster import NODE
-from kubelet import wait_for
+from waiting import wait_for
 
 pytestmark = [
     pytest.mark.node, pytest.mark.timeout(1800),

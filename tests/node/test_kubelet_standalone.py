@@ -10,7 +10,8 @@ import json
 import pytest
 import yaml
 
-from kubelet import Kubelet, wait_for
+from kubelet import Kubelet
+from waiting import wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
 
@@ -43,7 +44,7 @@ def test_static_pod_runs_the_trainer(node_bins, images, tmp_path):
             got = kubelet.containers(**{"io.kubernetes.container.name": "trainer"})
             return got if got and got[0]["state"] == "CONTAINER_EXITED" else None
 
-        (container,) = wait_for("the static pod's container to exit", exited, 300, alive=kubelet.alive)
+        (container,) = wait_for("the static pod's container to exit", exited, 300, alive=kubelet.alive, interval=0.25)
         status = json.loads(kubelet.crictl("inspect", container["id"]))["status"]
         logs = kubelet.crictl("logs", container["id"])
         assert status["exitCode"] == 0, (status, logs[-2000:])
