@@ -53,7 +53,7 @@ def control_plane(cluster_dir: str | None, *, with_operators: bool) -> Iterator[
 
 def fresh_namespace(api, name: str) -> None:
     """Delete `name` if a previous run left it, then create it."""
-    from controlplane import wait_for
+    from waiting import wait_for
 
     if api.get(f"/api/v1/namespaces/{name}"):
         api.delete(f"/api/v1/namespaces/{name}")

@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
     variants = [v for v in args.variants.split(",") if v]
     sys.path.insert(0, str(ROOT / "tests" / "cluster"))
     from cluster_kit import control_plane, fresh_namespace
-    from controlplane import wait_for
+    from waiting import wait_for
     from nodeside import pod_dir
 
     import kubernetes

@@ -114,7 +114,8 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from ckpt_helpers import write_checkpoints
     from cluster_kit import control_plane, fresh_namespace
-    from controlplane import CLAIMS, build_dir, create_bound_claims, pv_name, wait_for
+    from controlplane import CLAIMS, build_dir, create_bound_claims, pv_name
+    from waiting import wait_for
     from nodeside import append_log
 
     built = build_dir()

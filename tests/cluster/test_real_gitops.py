@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane import time_scale
+from waiting import time_scale
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120 * time_scale())]
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ckpt_helpers import write_checkpoints
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240 * time_scale())]
 
