@@ -52,6 +52,10 @@ AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
                 "omitStages": ["ResponseStarted", "ResponseComplete", "Panic"],  # one event per request, on arrival
                 "rules": [{"level": "Metadata"}]}
 STEADY_FROM_S = 15.0  # the follow's start-up (imports, first connections) is over by then
+# kwok serves the log follows of every node from one process, and each follow holds an
+# inotify instance (the kubelet's log reader, k8s.io/cri-client): past this limit, which
+# is per user and often 128, the follows end at once, which no kubelet does.
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
 
 
 class Audit:
@@ -225,6 +229,12 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT / "tests" / "cluster"))
     from cluster_kit import control_plane
 
+    most = max(int(w) for w in args.workers.split(","))
+    limit = int(INOTIFY_LIMIT.read_text()) if INOTIFY_LIMIT.exists() else None
+    if limit is not None and limit < 2 * (most + 1):
+        print(f"warning: {INOTIFY_LIMIT} is {limit}: kwok's log follows past it end at once, so logs -f at {most} workers "
+              f"measures that; raise it first (sysctl fs.inotify.max_user_instances={max(1024, 4 * most)})", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="kjob-bench-scale-") as tmp:
         tmp = Path(tmp)
         (tmp / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
@@ -233,7 +243,8 @@ def main(argv: list[str]) -> int:
         t0 = time.monotonic()
         with control_plane(None, with_operators=True, kwok_nodes=NODES, extra_args={"kube-apiserver": flags}) as plane:
             print(f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; control plane with {NODES} kwok nodes "
-                  f"up in {time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+                  f"up in {time.monotonic() - t0:.0f} s; inotify instances {limit}; load average {os.getloadavg()[0]:.1f}; "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
                   flush=True)
             audit = Audit(audit_log)
             rows = []

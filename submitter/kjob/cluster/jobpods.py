@@ -4,11 +4,12 @@ shared by the session's main loop and every follower.
 A follower per replica that lists the job's pods for itself makes the API requests of a
 session grow with the number of replicas: at 128 workers, each silent worker's stream is
 reconnected every few seconds, and each reconnect listed all 129 pods. Here a listing is
-made again only when the one in hand is older than a poll (or older than what the caller
-has to see: a stream that ended may mean that its container ended), and callers that ask
-while a listing is on its way wait for it instead of making their own. So a session makes
-at most about one pod LIST per poll, and one Event LIST per poll, and the latter only
-while a follower asks why its pod is not running, whatever the number of replicas.
+made again only when the one in hand is older than a poll, or older than what the caller
+has to see (a stream that ended may mean that its container ended: that caller waits for
+the next poll's listing), and callers that ask while a listing is on its way wait for it
+instead of making their own. So a session makes at most one pod LIST per poll, and at
+most one Event LIST per poll, the latter only while a follower asks why its pod is not
+running, whatever the number of replicas.
 
 A watch would lower the count further; a list per poll was kept because the followers
 act on a poll anyway, and a listing has no stream to lose, resume or expire (410 Gone).
@@ -21,10 +22,6 @@ import time
 
 from kjob.cluster.jobs import job_events, job_pods
 from kjob.errors import KjobError
-
-# A listing asked for with `since` comes at least this part of a poll after the previous
-# one: at most four such listings a poll, however many streams end at once.
-SINCE_GAP = 0.25
 
 
 class JobPods:
@@ -41,18 +38,19 @@ class JobPods:
 
     def pods(self, *, since: float | None = None) -> list[dict]:
         """The job's pods, as listed at most a poll ago; with `since` (a time.monotonic()
-        value), as listed after that moment. One caller lists; the others wait for it."""
+        value), as listed after that moment, which may mean waiting for the next poll. One
+        caller lists; the others wait for it."""
         with self._pods_lock:
             now = time.monotonic()
             oldest = now - self.poll if since is None else since
             if self._pods_asked < oldest:
-                # Streams that end together (a job's pods ending) share one listing.
-                gap = self._pods_asked + self.poll * SINCE_GAP - now
-                if gap > 0:
-                    time.sleep(gap)
-                    now = time.monotonic()
+                # At most one listing a poll, whoever asks: the streams that end together (a
+                # job's pods ending) share one, and so do streams that a server keeps ending.
+                wait = self._pods_asked + self.poll - now
+                if wait > 0:
+                    time.sleep(wait)
+                self._pods_asked = time.monotonic()
                 self._pods = job_pods(self.kube, self.job)
-                self._pods_asked = now
             return self._pods
 
     def events(self) -> list[dict]:
