@@ -39,19 +39,20 @@ class JobPods:
     def pods(self, *, since: float | None = None) -> list[dict]:
         """The job's pods, as listed at most a poll ago; with `since` (a time.monotonic()
         value), as listed after that moment, which may mean waiting for the next poll. One
-        caller lists; the others wait for it."""
-        with self._pods_lock:
-            now = time.monotonic()
-            oldest = now - self.poll if since is None else since
-            if self._pods_asked < oldest:
+        caller lists while the others wait for it; nobody sleeps holding the lock."""
+        while True:
+            with self._pods_lock:
+                now = time.monotonic()
+                if self._pods_asked >= (now - self.poll if since is None else since):
+                    return self._pods
                 # At most one listing a poll, whoever asks: the streams that end together (a
                 # job's pods ending) share one, and so do streams that a server keeps ending.
                 wait = self._pods_asked + self.poll - now
-                if wait > 0:
-                    time.sleep(wait)
-                self._pods_asked = time.monotonic()
-                self._pods = job_pods(self.kube, self.job)
-            return self._pods
+                if wait <= 0:
+                    self._pods_asked = now
+                    self._pods = job_pods(self.kube, self.job)
+                    return self._pods
+            time.sleep(wait)
 
     def events(self) -> list[dict]:
         """Warning Events of the job and its pods, listed at most once a poll. A failed
