@@ -31,7 +31,9 @@ class Running:
 
 
 @contextmanager
-def control_plane(cluster_dir: str | None, *, with_operators: bool) -> Iterator[Running]:
+def control_plane(cluster_dir: str | None, *, with_operators: bool, **plane_args) -> Iterator[Running]:
+    """plane_args (kwok_nodes, extra_args, ...) go to the ControlPlane started here; a running
+    one (cluster_dir) is taken as it is."""
     from controlplane import ControlPlane, build_dir
     from rest import Api
 
@@ -43,7 +45,7 @@ def control_plane(cluster_dir: str | None, *, with_operators: bool) -> Iterator[
                       d / "plane", d / "kubeconfig")
         return
     with tempfile.TemporaryDirectory(prefix="kjob-bench-plane-") as tmp:
-        plane = ControlPlane(Path(tmp) / "plane", build_dir(), with_operators=with_operators)
+        plane = ControlPlane(Path(tmp) / "plane", build_dir(), with_operators=with_operators, **plane_args)
         plane.start()
         try:
             yield Running(plane.api, plane.root, plane.kubeconfig)

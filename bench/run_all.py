@@ -22,9 +22,10 @@ BENCHES = [
     ("bench_status.py", [], []),
     ("bench_logs.py", ["--lines", "100000", "--cuts", "5"], ["--lines", "100000", "--cuts", "5"]),
     ("bench_fetch.py", ["--mb", "200"], ["--mb", "200"]),
-    # These two start the real control plane of tests/cluster (root, one per machine at a time).
+    # These three start the real control plane of tests/cluster (root, one per machine at a time).
     ("exec_stream_vs_client.py", ["--mb", "1024", "--runs", "3", "--variants", "kjob"], ["--mb", "1024", "--runs", "3", "--variants", "kjob"]),
     ("kjob_vs_kubectl.py", ["--runs", "2", "--status-runs", "6"], ["--runs", "2", "--status-runs", "6"]),
+    ("scale.py", [], []),  # 129 kwok nodes, 2/32/128 workers: about 15 minutes
     ("bench_trainer.py", [], ["--device", "gpu", "--amp", "bf16", "--image-size", "224", "--batch-size", "128"]),
     ("bench_trainer_mindspore.py", [], []),
     ("bench_input.py", ["--images", "300"], ["--images", "1000"]),

@@ -9,7 +9,9 @@ before — several lines can share one timestamp. No line is lost or repeated.
 
 A follower waits for its pod to start (saying why it is pending), follows the container
 through restarts, moves to a newer pod of the same replica (a retried launcher), and
-stops when the job has ended; the caller prints the job's final state.
+stops when the job has ended; the caller prints the job's final state. The followers
+and the loop that starts them share one listing of the job's pods and events
+(kjob.cluster.jobpods), so the requests of a session do not grow with its replicas.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Callable
 from kjob import settings
 from kjob.backend import FINAL_STATES, LogOptions
 from kjob.cluster import requests
-from kjob.cluster.jobs import get_job, job_events, job_pods
+from kjob.cluster.jobpods import JobPods
+from kjob.cluster.jobs import get_job
 from kjob.cluster.pods import container_of, newest, pod_reason, replica_name, restarts, started, terminated
 from kjob.cluster.status import job_state
 from kjob.errors import ClusterUnavailable, InvalidInput, KjobError, NotFound
@@ -89,11 +92,13 @@ class Session:
         self.lock = threading.Lock()
         self._write = write
         self.final: str | None = None
+        self.final_since: float | None = None  # when `final` was set: what followers see must be newer
         current = settings.current()
         self.poll = current.poll_seconds
         self.idle = current.log_idle_seconds  # reconnect a silent stream this often
         self.wanted = {options.replica or default_replica(job)} if not options.all_replicas else None
         self.colors: dict[str, str] = {}
+        self.listing = JobPods(self.kube, job, self.poll)
 
     def shows(self, replica: str) -> bool:
         return self.wanted is None or replica in self.wanted or (replica == f"{MASTER}-0" and MASTER in self.wanted)
@@ -117,8 +122,9 @@ class Session:
                 lines = [f"{prefix} {line}" for line in lines]
             self._write("\n".join(lines))
 
-    def pods(self) -> list[dict]:
-        return job_pods(self.kube, self.job)
+    def pods(self, *, since: float | None = None) -> list[dict]:
+        """The job's pods, listed at most a poll ago (or after `since`, a monotonic time)."""
+        return self.listing.pods(since=since)
 
 
 class Follower:
@@ -133,20 +139,20 @@ class Follower:
         self.failures = 0
         self.error: KjobError | None = None
         self.saver = None
+        self.stale_since: float | None = None  # what this follower saw may have changed since then
         if session.options.save_dir is not None:
             Path(session.options.save_dir).mkdir(parents=True, exist_ok=True)
 
     def pod(self) -> dict | None:
-        return newest([p for p in self.s.pods() if replica_name(p) == self.replica])
+        since = max((t for t in (self.stale_since, self.s.final_since) if t is not None), default=None)
+        self.stale_since = None
+        return newest([p for p in self.s.pods(since=since) if replica_name(p) == self.replica])
 
     def say_waiting(self, pod: dict | None) -> None:
         # The launcher of an MPIJob appears only once the workers are ready, so a missing
         # pod is explained by the first troubled pod of the job.
         pods = [pod] if pod is not None else self.s.pods()
-        try:
-            events = job_events(self.s.kube, self.s.job, pods)
-        except KjobError:
-            events = []
+        events = self.s.listing.events()
         why = next((f"{replica_name(p)}: {r}" if pod is None else r for p in pods if (r := pod_reason(p, events))), None)
         if pod is None:
             line = f"waiting for the {self.replica} pod of {self.s.name} to be created" + (f" ({why})" if why else "")
@@ -168,16 +174,17 @@ class Follower:
 
     def _run(self) -> None:
         while True:
+            final = self.s.final  # read before the listing, so that the listing is newer (pod())
             pod = self.pod()
             if pod is None or not started(pod):
-                if self.s.final:
+                if final:
                     return
                 self.say_waiting(pod)
                 time.sleep(self.s.poll)
                 continue
             key = (pod["metadata"]["uid"], restarts(pod))
             if key in self.done:
-                if self.s.final:
+                if final:
                     return
                 time.sleep(self.s.poll)
                 continue
@@ -186,6 +193,7 @@ class Follower:
             if was_over and complete:
                 self.done.add(key)  # a finished container's log, read to its end
             elif self.s.final:
+                self.stale_since = time.monotonic()
                 pod = self.pod()
                 if pod is not None and started(pod) and not terminated(pod):
                     return  # still running after the job ended (workers after a launcher)
@@ -210,6 +218,7 @@ class Follower:
             idle = min(self.s.idle, ENDED_IDLE_SECONDS) if ended else self.s.idle
             resp = self.s.kube.send(requests.pod_log(self.s.namespace, name, query), stream=True, timeout=(self.s.kube.timeout[0], idle))
         except (InvalidInput, NotFound):
+            self.stale_since = time.monotonic()
             time.sleep(self.s.poll)  # not started after all / gone: look at the pod again
             return False
         except ClusterUnavailable:
@@ -229,6 +238,8 @@ class Follower:
             return ended
         finally:
             resp.release_conn()
+        if not ended:
+            self.stale_since = time.monotonic()  # the server ended the stream: its container may have ended
         return True
 
     def broke(self) -> None:
@@ -277,6 +288,7 @@ def show_logs(backend, job: dict, options: LogOptions, write: Callable[[str], No
                 followers[replica] = (f, t)
                 t.start()
         if state in FINAL_STATES:
+            session.final_since = time.monotonic()  # before `final`: a follower that sees one sees both
             session.final = state
             for f, t in followers.values():
                 t.join()
@@ -286,6 +298,7 @@ def show_logs(backend, job: dict, options: LogOptions, write: Callable[[str], No
             return state
         errors = [f.error for f, t in followers.values() if f.error]
         if errors:
+            session.final_since = time.monotonic()  # before `final`: a follower that sees one sees both
             session.final = "Unknown"
             raise errors[0]
         time.sleep(session.poll)
