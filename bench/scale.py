@@ -147,7 +147,8 @@ def run_at(plane, audit: Audit, workers: int, args, tmp: Path) -> list[dict]:
     sys.path.insert(0, str(ROOT / "tests"))
     from ckpt_helpers import write_checkpoints
     from cluster_kit import fresh_namespace
-    from controlplane import CLAIMS, create_bound_claims, pv_name, wait_for
+    from controlplane import CLAIMS, create_bound_claims, pv_name
+    from waiting import wait_for
     from kjob_vs_kubectl import run_timed
     from nodeside import append_log
 

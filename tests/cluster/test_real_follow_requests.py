@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane import time_scale, wait_for
+from waiting import time_scale, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300 * time_scale())]
 
