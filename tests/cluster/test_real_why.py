@@ -125,7 +125,7 @@ def test_an_eviction_through_the_eviction_api_says_evicted(real, run_kjob):
     once, so kwok is paused while status looks (SIGSTOP, seconds: far inside its 40 s lease)."""
     assert run_kjob("submit", "examples/smoke.yaml").code == 0
     real.wait_pods("smoke", 3)
-    group = real.plane.procs["kwok"].pid
+    group = real.plane.processes.procs["kwok"].pid
     os.killpg(group, signal.SIGSTOP)
     try:
         real.api.create(real.path("pods", "smoke-worker-1") + "/eviction", {
@@ -149,14 +149,14 @@ def test_a_lost_node_names_the_node_and_since_when(real, run_kjob):
     and records NodeNotReady on each pod."""
     assert run_kjob("submit", "examples/smoke.yaml").code == 0
     real.wait_pods("smoke", 3)
-    group = real.plane.procs["kwok"].pid
+    group = real.plane.processes.procs["kwok"].pid
     os.killpg(group, signal.SIGSTOP)
     try:
         wait_for("NodeNotReady on smoke-worker-0", lambda: any(e["involvedObject"]["name"] == "smoke-worker-0" for e in events(real, "NodeNotReady")),
-                 150 * time_scale(), interval=0.5)
+                 150, interval=0.5)
         out = status(run_kjob, "smoke")
         assert re.search(r"Message: (launcher|worker-\d): its node kwok-node-\d NotReady since \S+Z \(the node stopped reporting: Node is not ready\)", out), out
         assert re.search(r"worker-0 smoke-worker-0 Running no 0 kwok-node-\d its node kwok-node-\d NotReady since", out), out
     finally:
         os.killpg(group, signal.SIGCONT)
-        wait_for("the nodes Ready again, untainted", lambda: _nodes_back(real), 120 * time_scale(), interval=0.5)
+        wait_for("the nodes Ready again, untainted", lambda: _nodes_back(real), 120, interval=0.5)
