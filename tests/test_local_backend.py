@@ -172,7 +172,7 @@ def test_smoke_example_end_to_end(runs):
 
 @pytest.mark.timeout(240)
 def test_killed_run_is_failed_not_running_forever(runs):
-    spec = tiny_spec(runs, "victim", maxSteps=100000)
+    spec = tiny_spec(runs, "victim", maxSteps=100000, epochs=1000)
     assert kjob(runs, "submit", str(spec), "--local").returncode == 0
     assert wait_for(runs, "victim", ("Running",), timeout=60) == "Running"
 
@@ -196,7 +196,7 @@ def test_killed_run_is_failed_not_running_forever(runs):
 
 @pytest.mark.timeout(240)
 def test_ctrl_c_detaches_from_follow_and_replace_restarts(runs):
-    spec = tiny_spec(runs, "detach", maxSteps=100000)
+    spec = tiny_spec(runs, "detach", maxSteps=100000, epochs=1000)
     follower = subprocess.Popen([str(KJOB), "submit", str(spec), "--local", "--follow"], cwd=runs,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     printed: list[str] = []
@@ -224,7 +224,7 @@ def test_ctrl_c_detaches_from_follow_and_replace_restarts(runs):
     assert status_json(runs, "detach")["state"] == "Running"
 
     # --replace with another spec: the old session is stopped, a new one runs.
-    other = tiny_spec(runs, "detach", maxSteps=99999)
+    other = tiny_spec(runs, "detach", maxSteps=99999, epochs=1000)
     replaced = kjob(runs, "submit", str(other), "--local", "--replace", timeout=120)
     assert replaced.returncode == 0, replaced.stderr
     second = json.loads((runs / "kjob-runs/detach/run.json").read_text())
@@ -236,7 +236,7 @@ def test_ctrl_c_detaches_from_follow_and_replace_restarts(runs):
 
 @pytest.mark.timeout(240)
 def test_delete_stops_every_process_of_a_running_run(runs):
-    spec = tiny_spec(runs, "longrun", maxSteps=100000)
+    spec = tiny_spec(runs, "longrun", maxSteps=100000, epochs=1000)
     assert kjob(runs, "submit", str(spec), "--local").returncode == 0
     assert wait_for(runs, "longrun", ("Running",), timeout=60) == "Running"
     sid = wait_for_ranks(runs, "longrun", 2)

@@ -49,6 +49,10 @@ def test_following_every_replica_lists_the_pods_once_a_poll(real, run_kjob, tmp_
     def pod_lists() -> int:
         return requests_total(real.api, "LIST", "pods", "namespace")
 
+    # The namespace controller lists the pods of a namespace it deletes (earlier tests' own):
+    # count once none is left terminating, so that only kjob lists pods within a namespace.
+    wait_for("no namespace terminating", lambda: not [n for n in real.api.items("/api/v1/namespaces")
+                                                       if n.get("status", {}).get("phase") == "Terminating"], 120, interval=0.5)
     polls_before, lists_before = polls(), pod_lists()
 
     def end_after_polls():

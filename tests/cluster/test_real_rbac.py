@@ -40,6 +40,14 @@ def checkpoints(real) -> dict:
     return write_checkpoints(real.checkpoints() / "smoke" / "checkpoints", [100_000])
 
 
+def end_and_clean_up(real, run_kjob, launcher: str) -> None:
+    """The launcher exits 0; wait until the job is Succeeded and mpi-operator has cleaned up
+    its workers (until then fetch-ckpt would exec into one of them and need no new pod)."""
+    real.end_pod(launcher, 0)
+    wait_for("smoke Succeeded, its workers cleaned up", lambda: "State:     Succeeded" in run_kjob("status", "smoke").out
+             and not [p for p in real.pods("smoke") if p.get("status", {}).get("phase") == "Running"], 60, interval=0.2)
+
+
 def _later(fn) -> None:
     threading.Thread(target=fn, daemon=True).start()
 
@@ -53,6 +61,8 @@ def test_every_command_works_with_exactly_the_shipped_role(real, run_kjob, tmp_p
     launcher = real.pod("smoke", "launcher")
     real.wait_pods("smoke", 3)
     real.append_log(launcher, ["epoch 1 top1 12.5"])
+    # mpi-operator marks the job Running a moment after its pods are (seconds, under load).
+    wait_for("smoke Running", lambda: "State:     Running" in run_kjob("status", "smoke").out, 60, interval=0.2)
     st = run_kjob("status", "smoke", *kc)
     assert st.code == 0 and "State:     Running" in st.out and "Warning" not in st.out, st
     r = run_kjob("list", *kc)
@@ -71,9 +81,7 @@ def test_every_command_works_with_exactly_the_shipped_role(real, run_kjob, tmp_p
     # A job that ended has no running pod: fetch-ckpt makes its helper pod; resubmitting is
     # exit 6 until --replace deletes and recreates it.
     assert run_kjob("submit", "examples/smoke.yaml", *kc).code == 0
-    real.end_pod(real.pod("smoke", "launcher"), 0)
-    wait_for("smoke Succeeded, its workers cleaned up", lambda: "State:     Succeeded" in run_kjob("status", "smoke").out
-             and not [p for p in real.pods("smoke") if p.get("status", {}).get("phase") == "Running"], 60, interval=0.2)
+    end_and_clean_up(real, run_kjob, real.pod("smoke", "launcher"))
     r = run_kjob("fetch-ckpt", "smoke", "--list", *kc)
     assert r.code == 0 and index["latest"] in r.out, r
     scheduled = real.api.items(real.path("events"), fieldSelector="reason=Scheduled")
@@ -110,8 +118,7 @@ def test_without_one_rule_the_command_that_needs_it_names_it(real, run_kjob, tmp
     assert run_kjob("submit", "examples/smoke.yaml").code == 0  # as the admin
     launcher = real.pod("smoke", "launcher")
     if when == "ended":
-        real.end_pod(launcher, 0)
-        wait_for("smoke Succeeded", lambda: "State:     Succeeded" in run_kjob("status", "smoke").out, 60, interval=0.2)
+        end_and_clean_up(real, run_kjob, launcher)
     kc = as_kjob_user(real, tmp_path, _without(verbs, resources))
     r = run_kjob(*command, "--kubeconfig", kc)
     err = " ".join(r.err.split())
