@@ -113,7 +113,9 @@ inputs_hash() {
   } | sha256sum | cut -c1-16
 }
 
-containerd_sock() { "$repo/tests/node/containerd.sh" start; }
+# fd 9 (the build lock, main) is closed for it: containerd outlives this script, and a
+# containerd holding the lock left every later build waiting on it for ever.
+containerd_sock() { "$repo/tests/node/containerd.sh" start 9>&-; }
 
 in_containerd() {  # image tag -> true when the node's containerd has it
   # Listed first, then searched: `ctr ... | grep -q` fails under pipefail whenever grep

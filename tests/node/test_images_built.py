@@ -7,8 +7,11 @@ and the trainer's --help."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
+import psutil
 import pytest
 
 from runtime import containerd, run_in_image
@@ -29,6 +32,24 @@ def image(request, images) -> str:
 def ok(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
     return proc.stdout
+
+
+def test_the_build_lock_is_free_once_the_images_are_built(sock):
+    """build-local.sh starts the node's containerd (a daemon that outlives it) while it
+    holds its lock: containerd must not inherit that lock, or the next build waits for ever."""
+    lock = Path(os.environ.get("KJOB_CACHE", Path.home() / ".cache" / "kjob")) / "images" / ".lock"
+    assert lock.exists()
+    free = subprocess.run(["flock", "--nonblock", str(lock), "true"], capture_output=True, text=True, timeout=60)
+    if free.returncode != 0:
+        holders = [f"{p.pid} {p.name()}" for p in psutil.process_iter() if _has_open(p, lock)]
+        pytest.fail(f"{lock} is held by {holders}")
+
+
+def _has_open(proc, path: Path) -> bool:
+    try:
+        return any(f.path == str(path) for f in proc.open_files())
+    except psutil.Error:
+        return False
 
 
 def test_runs_as_mpiuser_uid_1000(sock, image):
