@@ -260,6 +260,9 @@ print(f"rank {rank} probed", flush=True)
 """
 
 
+PROBED = ("NCCL_KJOB_PROBE", "KJOB_PROBE_SECRET", "KJOB_PROBE_FROM")
+
+
 def test_worker_pod_variables_and_secrets_reach_every_rank_and_no_object_argv_or_log(namespace, tmp_path):
     """Issue 22 points 2 and 3 on real pods: a variable set only on the worker pods (as a
     device plugin or webhook would) reaches rank 1 (and 0); a Secret's value, by
@@ -285,8 +288,11 @@ def test_worker_pod_variables_and_secrets_reach_every_rank_and_no_object_argv_or
     (worker,) = replicas["Worker"]["template"]["spec"]["containers"]
     worker["env"].append({"name": "NCCL_KJOB_PROBE", "value": "worker-only"})  # on the workers alone
     (launcher,) = replicas["Launcher"]["template"]["spec"]["containers"]
-    launcher["args"] = launcher["args"][:launcher["args"].index("python")] + ["python", "-c", POD_ENV_PROBE]
-    assert "NCCL_KJOB_PROBE" not in str(launcher) and "KJOB_PROBE_SECRET" not in str(launcher)
+    mpirun = launcher["args"][:launcher["args"].index("python")]  # mpirun and its flags (-x NAME ...)
+    launcher["args"] = mpirun + ["python", "-c", POD_ENV_PROBE]
+    # Nothing of the probe's variables on the launcher: its env, envFrom and mpirun's -x list.
+    assert not launcher.get("envFrom") and not {e["name"] for e in launcher.get("env", [])} & set(PROBED)
+    assert not [a for a in mpirun if any(name in a for name in PROBED)], mpirun
     api.create(f"/apis/kubeflow.org/v2beta1/namespaces/{ns}/mpijobs", job)
 
     logs = namespace.kjob("logs", "e2e-podenv", "-f", timeout=RUN_LIMIT)
