@@ -35,6 +35,7 @@ $(DEMO_VENV)/bin/python:
 	$(PY) -m venv $(DEMO_VENV)
 
 demo-install: $(UV) $(DEMO_VENV)/bin/python
+	@rm -rf build/lib  # setuptools never empties it: a moved module would still ship
 	$(UV) pip install -q -p $(DEMO_VENV)/bin/python -c $(LOCK) --reinstall-package kjob ".[pytorch,mpi]"
 
 # Tests: everything, MindSpore, DALI (its CPU mode) and the test tools included.

@@ -13,6 +13,7 @@ on every call (a wheel build, seconds), so the figures are always of the current
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -32,6 +33,9 @@ def plain_kjob() -> Path:
         venv.create(VENV, with_pip=False)
     if not UV.exists():
         raise SystemExit(f"{UV} is missing: run `make test` or `make demo` first (they install it)")
+    # setuptools builds the wheel through build/lib and never empties it: a module moved or
+    # removed since the last build would still ship.
+    shutil.rmtree(ROOT / "build" / "lib", ignore_errors=True)
     done = subprocess.run([str(UV), "pip", "install", "-q", "-p", str(python), "-c", str(ROOT / "requirements.lock"),
                            "--reinstall-package", "kjob", f"{ROOT}[mpi]"], capture_output=True, text=True)
     if done.returncode != 0:
