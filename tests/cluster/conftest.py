@@ -121,6 +121,15 @@ class RealCluster:
     def job(self, kind_plural: str, name: str, version: str) -> dict | None:
         return self.api.get(self.path(kind_plural, name, group=f"kubeflow.org/{version}"))
 
+    def wait_job_condition(self, kind_plural: str, name: str, version: str, condition: str, timeout: float = 60) -> dict:
+        """The job once its operator has set `condition` True; the operator writes it a
+        reconcile after the pods change, which under load is seconds after they do."""
+        def met():
+            job = self.job(kind_plural, name, version) or {}
+            conds = job.get("status", {}).get("conditions", [])
+            return job if any(c["type"] == condition and c["status"] == "True" for c in conds) else None
+        return wait_for(f"{kind_plural}/{name} {condition}", met, timeout, interval=0.2)
+
 
 _counter = itertools.count(1)
 

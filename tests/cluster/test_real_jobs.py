@@ -69,6 +69,7 @@ def test_mpijob_submit_status_logs_replicas_and_success(real, run_kjob):
     assert "smoke-worker-0.smoke" in hostfile and "smoke-worker-1.smoke" in hostfile
     assert real.api.get(real.path("secrets", "smoke-ssh"))["type"] == "kubernetes.io/ssh-auth"
 
+    real.wait_job_condition("mpijobs", "smoke", "v2beta1", "Running")
     st = run_kjob("status", "smoke")
     assert st.code == 0 and "State:     Running" in st.out, st
     for replica in ("launcher", "worker-0", "worker-1"):
