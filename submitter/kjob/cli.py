@@ -66,11 +66,13 @@ def format_option(func):
 
 
 def _render_all(paths, namespace: str | None = None) -> list[dict]:
-    """Load every spec (all problems reported together), then render them all."""
-    from kjob.render.manifests import render_objects
+    """Load every spec (all problems reported together), then render them all: kjob's
+    ClusterTrainingRuntimes that their TrainJobs use first (each once), then the jobs."""
+    from kjob.render.manifests import render_objects, runtime_objects
     from kjob.spec.load import load_specs, with_namespace
 
-    return [obj for spec in load_specs(paths) for obj in render_objects(with_namespace(spec, namespace))]
+    specs = [with_namespace(spec, namespace) for spec in load_specs(paths)]
+    return runtime_objects(specs) + [obj for spec in specs for obj in render_objects(spec)]
 
 
 @cli.command()
@@ -79,7 +81,7 @@ def _render_all(paths, namespace: str | None = None) -> list[dict]:
 @format_option
 @click.option("-n", "--namespace", help="Set metadata.namespace (overrides the specs').")
 def render(specs, output_dir, format, namespace) -> None:  # noqa: A002 - the option's name
-    """Render job specs to MPIJob/PyTorchJob manifests.
+    """Render job specs to MPIJob/PyTorchJob/TrainJob manifests.
 
     Prints multi-document YAML (or a JSON List), or with -o writes a kustomize-ready
     directory for GitOps (Argo CD, Flux). Nothing is written if any spec is invalid.
