@@ -31,7 +31,7 @@ RUNTIMES_DIR = ROOT / "manifests" / "runtimes"
 SCHEMA = ROOT / "manifests" / "kjob-spec.schema.json"
 ARGOCD = ROOT / "manifests" / "argocd"
 # Argo CD reads custom health checks from argocd-cm, one key per group_Kind.
-HEALTH_KINDS = ("kubeflow.org_MPIJob", "kubeflow.org_PyTorchJob")
+HEALTH_KINDS = ("kubeflow.org_MPIJob", "kubeflow.org_PyTorchJob", "trainer.kubeflow.org_TrainJob")
 README = ROOT / "README.md"
 
 
@@ -63,7 +63,7 @@ def expected_runtime_files() -> dict[Path, str]:
 
 
 def argocd_patch_text() -> str:
-    """argocd-cm patch carrying health.lua for both kinds (a strategic-merge patch)."""
+    """argocd-cm patch carrying health.lua for the three kinds (a strategic-merge patch)."""
     lua = (ARGOCD / "health.lua").read_text(encoding="utf-8")
     cm = {"apiVersion": "v1", "kind": "ConfigMap",
           "metadata": {"name": "argocd-cm", "namespace": "argocd",
