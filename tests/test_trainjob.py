@@ -350,9 +350,6 @@ def test_rank_0s_host_is_node_0(tmp_path):
     assert command[:3] == ["mpirun", "-x", "KJOB_RENDEZVOUS_HOST=tj-node-0-0.tj"]
 
 
-@pytest.mark.xfail(strict=True, reason="trainer/kjob_trainer/launch/ssh_hosts.py compares hostfile names with the "
-                   "pod's hostname whole: node 0 (tj-node-0-0) does not know its entry tj-node-0-0.tj and waits "
-                   "WAIT_LIMIT_S for ssh on itself (fix proposed in the trainjob-render report)")
 def test_the_launcher_does_not_wait_for_ssh_on_its_own_hostfile_entry(monkeypatch):
     from kjob_trainer.launch import ssh_hosts
 
