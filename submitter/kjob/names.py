@@ -13,6 +13,13 @@ GROUP = "kubeflow.org"
 # kind -> (apiVersion, plural): the versions the targeted operators serve
 # (mpi-operator v0.8: v2beta1 MPIJob; training-operator v1.9: v1 PyTorchJob).
 JOB_KINDS = {"MPIJob": (f"{GROUP}/v2beta1", "mpijobs"), "PyTorchJob": (f"{GROUP}/v1", "pytorchjobs")}
+# Kubeflow Trainer v2 (kubeflow/trainer v2.3.0, pkg/apis/trainer/v1alpha1): one kind, TrainJob,
+# run from a ClusterTrainingRuntime on top of JobSet; kjob targets v2.2 and later
+# (spec.runtimePatches).
+TRAINER_GROUP = "trainer.kubeflow.org"
+JOB_KINDS["TrainJob"] = (f"{TRAINER_GROUP}/v1alpha1", "trainjobs")
+# kjob's own ClusterTrainingRuntimes, by the spec's launcher.
+RUNTIMES = {"mpi": "kjob-openmpi", "torchrun": "kjob-torch"}
 
 # --- labels kjob puts on a job and its pods -----------------------------------------------
 LABEL_NAME = "app.kubernetes.io/name"
@@ -60,15 +67,23 @@ JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 # lowercased) and index.
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+# JobSet v0.12 (api/jobset/v1alpha2/jobset_types.go: JobSetNameKey, ReplicatedJobNameKey)
+# labels the pods of a TrainJob's JobSet (named as the TrainJob) with its name and the
+# replicated job (node, launcher, dataset-initializer, ...); the Job controller gives
+# each pod of an Indexed Job its completion index (batch/v1 JobCompletionIndexAnnotation).
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"  # which child Job of its replicated job (JobIndexKey)
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# Trainer v2's trainer container and replicated job (pkg/constants: Node), and its MPI
+# launcher's replicated job (Launcher).
+TRAINJOB_CONTAINER = "node"
 
 # --- replica names, as `kjob logs --replica` and `kjob status` show them ------------------
 LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index)
 WORKER = "worker"  # workers of both kinds: worker-0, worker-1, ...
 MASTER = "master"  # the PyTorchJob's master: master-0
-# Which replica a command reads when the user names none.
-DEFAULT_REPLICA = {"MPIJob": LAUNCHER, "PyTorchJob": f"{MASTER}-0"}
-# The replica whose exit code is the job's.
-LEADERS = (LAUNCHER, f"{MASTER}-0")
+NODE = "node"  # a TrainJob's trainer pods: node-0, node-1, ... (node-0 runs torch's rank 0)
 
 # --- the trainer's programs ---------------------------------------------------------------
 TRAINER_MODULE = "kjob_trainer.train"
