@@ -38,6 +38,45 @@ def submitted(kube, runtime: str = "kjob-torch", name: str = "tj") -> str:
     return name
 
 
+# -- the adapter, pure ------------------------------------------------------------------------
+def jobset_pod(rjob: str, job_index: str = "0", completion: str = "0") -> dict:
+    return {"metadata": {"name": f"tj-{rjob}-{job_index}-{completion}-x7k2p", "labels": {
+        "jobset.sigs.k8s.io/jobset-name": "tj", "jobset.sigs.k8s.io/replicatedjob-name": rjob,
+        "jobset.sigs.k8s.io/job-index": job_index, "batch.kubernetes.io/job-completion-index": completion}}}
+
+
+def test_replica_names_from_jobsets_labels_and_from_a_gone_pods_name():
+    from kjob.cluster.kinds import kind_of
+    from kjob.cluster.pods import replica_name
+
+    assert [replica_name(jobset_pod(*a)) for a in (("node", "0", "3"), ("launcher",), ("dataset-initializer",), ("node", "1", "0"), ("node", "x"))] == [
+        "node-3", "launcher", "dataset-initializer", "node-1-0", "tj-node-x-0-x7k2p"]
+    gone = kind_of("TrainJob").gone_replica
+    assert [gone("tj", n) for n in ("tj-node-0-3-x7k2p", "tj-launcher-0-0-b2c4d", "tj-2-node-0-0-b2c4d", "tj2-node-0-0-b2c4d", "tj-node-0-3")] == [
+        "node-3", "launcher", None, None, None]
+
+
+@pytest.mark.parametrize(("jobs", "conditions", "state", "message"), [
+    ([], [], "Pending", "no jobs status yet: waiting for the trainer controller and JobSet to create the jobs"),
+    ([{"name": "dataset-initializer", "succeeded": 1}, {"name": "node", "active": 1}], [], "Pending", "replicated job(s) not ready yet: node"),
+    ([{"name": "dataset-initializer", "succeeded": 1}, {"name": "node", "active": 1, "ready": 1}], [], "Running",
+     "every replicated job is ready or done: dataset-initializer done, node ready"),
+    ([{"name": "node", "ready": 1}], [("Suspended", "False", "TrainJob is resumed")], "Running", "every replicated job is ready or done: node ready"),
+    ([{"name": "node", "suspended": 1}], [("Suspended", "True", "TrainJob is suspended")], "Suspended", "TrainJob is suspended"),
+    ([{"name": "node", "failed": 1}], [("Failed", "True", "jobset failed due to one or more job failures")], "Failed",
+     "jobset failed due to one or more job failures"),
+    ([{"name": "node", "succeeded": 1}], [("Complete", "True", "jobset completed successfully")], "Succeeded", "jobset completed successfully"),
+    ([], [("Failed", "True", "TrainJob exceeded its active deadline"), ("Suspended", "True", "x")], "Failed", "TrainJob exceeded its active deadline"),
+])
+def test_trainjob_state_from_conditions_and_jobs_status(jobs, conditions, state, message):
+    from kjob.cluster.status import ended, job_state
+
+    job = {"kind": "TrainJob", "metadata": {"name": "tj"}, "spec": {}, "status": {
+        "jobsStatus": jobs, "conditions": [{"type": t, "status": st, "message": m, "lastTransitionTime": "2026-12-07T10:00:00Z"} for t, st, m in conditions]}}
+    assert job_state(job) == (state, message)
+    assert ended(job) == ((state, "2026-12-07T10:00:00Z") if state in ("Succeeded", "Failed") else (None, None))
+
+
 # -- submit ------------------------------------------------------------------------------------
 def test_submit_without_trainer_v2_is_exit_5_naming_its_install(kube, run_kjob):
     kube.remove_crd("TrainJob")
@@ -240,6 +279,28 @@ def test_logs_follow_a_trainjob_to_complete_saving_every_pod(trainer, run_kjob, 
     assert (r.code, r.out, r.err.splitlines()[-1]) == (0, "epoch 1\nepoch 2\n", "job tj Succeeded")
     assert (tmp_path / "logs" / f"{pods[0]}.log").read_text() == "epoch 1\nepoch 2\n"
     assert (tmp_path / "logs" / f"{pods[2]}.log").read_text() == "sshd on node-1\n"
+
+
+def test_logs_tail_since_previous_and_follow_across_a_restart_of_node_0(trainer, run_kjob):
+    submitted(trainer, "kjob-torch")
+    pods = trainer.run_job("tj")
+    trainer.append_log(pods[1], [f"n1 {i}" for i in range(10)])
+    assert run_kjob("logs", "tj", "--replica", "node-1", "--tail", "3").out.splitlines() == ["n1 7", "n1 8", "n1 9"]
+    assert run_kjob("logs", "tj", "--replica", "node-1", "--since", "1h").out.count("\n") == 10
+    trainer.append_log(pods[0], [f"first {i}" for i in range(20)])
+
+    def crash_and_restart():
+        trainer.wait_for_requests("get", "pods/log", 3)  # the two above, then -f on node-0
+        time.sleep(0.1)
+        trainer.restart_container(pods[0], exit_code=137)
+        trainer.append_log(pods[0], [f"second {i}" for i in range(20)])
+        time.sleep(0.3)
+        trainer.finish_job("tj")
+
+    threading.Thread(target=crash_and_restart, daemon=True).start()
+    r = run_kjob("logs", "tj", "-f")
+    assert r.out.splitlines() == [f"first {i}" for i in range(20)] + [f"second {i}" for i in range(20)]
+    assert run_kjob("logs", "tj", "--previous").out.splitlines() == [f"first {i}" for i in range(20)]
 
 
 # -- delete ------------------------------------------------------------------------------------
