@@ -77,6 +77,21 @@ def test_trainjob_state_from_conditions_and_jobs_status(jobs, conditions, state,
     assert ended(job) == ((state, "2026-12-07T10:00:00Z") if state in ("Succeeded", "Failed") else (None, None))
 
 
+def test_pod_security_warnings_read_the_trainjobs_runtime_patches():
+    from kjob.cluster.jobs import pod_security_warnings
+
+    job = trainjob()
+    pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "data", "hostPath": {"path": "/data"}})
+    pod["containers"][0]["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
+    assert pod_security_warnings("baseline", "team", job) == [
+        'namespace "team" enforces Pod Security "baseline", which refuses hostPath volumes (volume "data"): the pods will not be '
+        "created; use a PersistentVolumeClaim for the data",
+        'namespace "team" enforces Pod Security "baseline", which refuses the capabilities IPC_LOCK: the trainer pods will not be '
+        "created; run the job in a namespace labelled pod-security.kubernetes.io/enforce=privileged, or leave capabilities out"]
+    assert pod_security_warnings("privileged", "team", job) == []
+
+
 # -- submit ------------------------------------------------------------------------------------
 def test_submit_without_trainer_v2_is_exit_5_naming_its_install(kube, run_kjob):
     kube.remove_crd("TrainJob")

@@ -4,6 +4,8 @@ import)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from kjob import names
 from kjob.backend import FINAL_STATES, JobStatus, PodInfo
 from kjob.cluster.gitops import gitops_owner
@@ -47,23 +49,32 @@ def _ready(status: dict, statuses: list[dict]) -> bool:
     return bool(statuses) and all(cs.get("ready") for cs in statuses)
 
 
-def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str, str, str]]:
-    """(when, who, why) of every current trouble of the job, earliest first: its pods'
-    (an OOMKilled that is over is not one), the job's own Warning Events (mpi-operator's
-    "worker pod created failed: ... exceeded quota"), and what the Events of its pods that
-    are gone say took them (events outlive pods: cleanPodPolicy removed the workers)."""
-    md, adapter = job["metadata"], kind_of(job)
+class Found(NamedTuple):
+    """One current trouble of a job: when it began, who has it, why; `own`: it is about
+    one of the job's own objects (the job, a TrainJob's JobSet or child Job), not a pod."""
+
+    when: str
+    who: str
+    why: str
+    own: bool = False
+
+
+def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[Found]:
+    """Every current trouble of the job, earliest first: its pods' (an OOMKilled that is
+    over is not one), the Warning Events of the job's own objects (mpi-operator's "worker
+    pod created failed: ... exceeded quota", a TrainJob's child Job's FailedCreate), and
+    what the Events of its pods that are gone say took them (events outlive pods:
+    cleanPodPolicy removed the workers)."""
+    adapter = kind_of(job)
     found = []
     for p in pods:
         t = pod_trouble(p, events)
         if t and not t.over:
-            found.append((t.when, replica_name(p), t.text))
-    own = set()
+            found.append(Found(t.when, replica_name(p), t.text))
     for e in events:
         who = adapter.job_level_event(job, e)
         if who and e.get("type") == "Warning":
-            own.add(who)
-            found.append((first_time(e), who, f"{e.get('reason')}: {e.get('message', '')}".rstrip(": ")))
+            found.append(Found(first_time(e), who, f"{e.get('reason')}: {e.get('message', '')}".rstrip(": "), own=True))
     names = {p["metadata"]["name"] for p in pods}
     gone: dict[str, list[dict]] = {}
     for e in events:
@@ -73,16 +84,11 @@ def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str,
     for name, evs in gone.items():
         t = gone_pod_trouble(evs)
         if t:
-            found.append((t.when, f"{gone_replica(job, name)} (gone)", t.text))
+            found.append(Found(t.when, f"{gone_replica(job, name)} (gone)", t.text))
     # Unknown times go last: a failure with a time is known to be first. In the same second
     # a pod's trouble comes before the job's Event (mpi-operator's "1/2 workers are
     # evicted" follows the eviction).
-    return sorted(found, key=lambda f: (not f[0], f[0], f[1] in own))
-
-
-def job_level(job: dict, who: str) -> bool:
-    """Whether a trouble's `who` is one of the job's own objects, not one of its pods."""
-    return who in (job["kind"], "JobSet") or who.startswith("Job ")
+    return sorted(found, key=lambda f: (not f.when, f.when, f.own))
 
 
 def gone_replica(job: dict, pod: str) -> str:
@@ -109,7 +115,7 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
         # The job's own Warning Events last an hour: one older than the job's last change
         # of state (the quota was raised, the job runs now) is over.
         changed = max((c.get("lastTransitionTime") or "" for c in st.get("conditions") or [] if c.get("status") == "True"), default="")
-        found = [f for f in found if not job_level(job, f[1]) or f[0] >= changed]
+        found = [f for f in found if not f.own or f.when >= changed]
     out = JobStatus(
         name=md["name"], namespace=md.get("namespace"), kind=job["kind"], state=state, message=message,
         workers=int(ann.get(names.WORKERS, 0) or 0), gpus_per_worker=int(ann.get(names.GPUS_PER_WORKER, 0) or 0),
