@@ -236,8 +236,9 @@ def test_a_child_jobs_warning_explains_pods_that_never_came(trainer):
     # (not on the TrainJob, which has no pods to show).
     submitted(trainer, "kjob-torch")
     message = 'pods "tj-node-0-0-x7k2p" is forbidden: exceeded quota: gpu, requested: nvidia.com/gpu=8, used: nvidia.com/gpu=0, limited: nvidia.com/gpu=4'
+    trainer.object_event("Job", "tj2-node-0", "FailedCreate", "another job's")  # other jobs' first: they would come first
+    trainer.object_event("Job", "tj-2-node-0", "FailedCreate", "job tj-2's")
     trainer.object_event("Job", "tj-node-0", "FailedCreate", message)
-    trainer.object_event("Job", "tj2-node-0", "FailedCreate", "another job's")
     st = ClusterBackend().status("tj")
     assert (st.state, st.message) == ("Pending", f"Job tj-node-0: FailedCreate: {message}")
 

@@ -253,9 +253,9 @@ class TrainJobKind(JobKind):
     # (pkg/runtime/framework/plugins/jobset/jobset.go, Status).
     final_conditions = {"Complete": "Succeeded", "Failed": "Failed"}
     COUNTS = ("active", "ready", "succeeded", "failed", "suspended")
-    # The replicated jobs a gone pod's name is read for: the Trainer's own steps
-    # (pkg/constants: Node, Launcher, DatasetInitializer, ModelInitializer). A name alone
-    # cannot tell <job>-a-node-0-0-x (job "<job>-a") from a replicated job "a-node".
+    # The replicated jobs a gone pod's or a child Job's name is read for: the Trainer's
+    # own steps (pkg/constants: Node, Launcher, DatasetInitializer, ModelInitializer). A
+    # name alone cannot tell <job>-a-node-0 (job "<job>-a") from a replicated job "a-node".
     REPLICATED_JOBS = (names.NODE, names.LAUNCHER, "dataset-initializer", "model-initializer")
 
     def pod_selector(self, job_name: str) -> str:
@@ -266,9 +266,11 @@ class TrainJobKind(JobKind):
         """JobSet's child Job <jobset>-<replicated job>-<job index>, whose Indexed pods the
         Job controller names <job>-<completion index>-<5 characters>: node-1 of
         <name>-node-0-1-x7k2p, launcher of <name>-launcher-0-0-x7k2p."""
-        rjobs = "|".join(map(re.escape, self.REPLICATED_JOBS))
-        m = re.fullmatch(rf"{re.escape(job_name)}-({rjobs})-(\d+)-(\d+)-[a-z0-9]{{5}}", pod_name)
+        m = re.fullmatch(rf"{re.escape(job_name)}-({self._rjobs()})-(\d+)-(\d+)-[a-z0-9]{{5}}", pod_name)
         return replica_of(m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
+    def _rjobs(self) -> str:
+        return "|".join(map(re.escape, self.REPLICATED_JOBS))
 
     def _runtime_name(self, job: dict) -> str:
         return ((job.get("spec") or {}).get("runtimeRef") or {}).get("name") or ""
@@ -321,7 +323,7 @@ class TrainJobKind(JobKind):
         name, kind = job["metadata"]["name"], obj.get("kind")
         if kind in (self.kind, "JobSet") and obj.get("name") == name:
             return kind
-        if kind == "Job" and re.fullmatch(rf"{re.escape(name)}-[a-z0-9-]+-\d+", obj.get("name", "")):
+        if kind == "Job" and re.fullmatch(rf"{re.escape(name)}-({self._rjobs()})-\d+", obj.get("name", "")):
             return f"Job {obj['name']}"
         return None
 
