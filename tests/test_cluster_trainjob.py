@@ -186,6 +186,26 @@ def test_submit_wait_ends_with_the_trainjobs_state(trainer, capsys):
     assert lines[-2:] == ["TrainJob tj: Failed — jobset failed due to one or more job failures", "job tj Failed"]
 
 
+def test_submit_follow_streams_the_default_replica_until_complete(trainer):
+    backend = ClusterBackend()
+    lines: list[str] = []
+    backend.notify = lines.append
+
+    def run():
+        trainer.wait_for_requests("create", "trainjobs", 1)
+        pods = trainer.run_job("tj")
+        trainer.append_log(pods[0], ["launcher says hi"])
+        trainer.append_log(pods[1], ["sshd on node-0"])
+        trainer.wait_for_requests("get", "pods/log", 1)
+        time.sleep(0.3)
+        trainer.finish_job("tj")
+
+    threading.Thread(target=run, daemon=True).start()
+    assert backend.submit(ClusterPlan([trainjob(runtime="kjob-openmpi")]), follow=True, write=lines.append) == 0
+    assert lines[0] == "TrainJob default/tj created"
+    assert "launcher says hi" in lines and "sshd on node-0" not in lines and lines[-1] == "job tj Succeeded"
+
+
 # -- status ------------------------------------------------------------------------------------
 def test_status_from_jobs_status_and_conditions_with_replicas_named_by_jobset(trainer, run_kjob):
     submitted(trainer, "kjob-openmpi")
