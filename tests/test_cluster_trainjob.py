@@ -287,6 +287,21 @@ def test_logs_default_to_the_launcher_on_openmpi_and_node_0_on_torch(trainer, ru
     assert (r.code, r.err) == (5, 'Error: job "torch" has no pod for launcher (replicas: node-0, node-1)\n')
 
 
+def test_on_a_runtime_not_kjobs_a_launcher_pod_makes_it_the_default_and_the_one_signalled(trainer, run_kjob):
+    from trainjobs import RUNTIMES
+
+    trainer.install_runtime("team-mpi", RUNTIMES["kjob-openmpi"])
+    ClusterBackend().create_job([trainjob(runtime="team-mpi")])
+    pods = trainer.run_job("tj")
+    for pod in pods:
+        trainer.append_log(pod, [f"from {pod}"])
+    assert run_kjob("logs", "tj").out == f"from {pods[0]}\n"
+    signals: list[list[str]] = []
+    stops_on(trainer, pods[0], 0.1, signals)
+    r = run_kjob("delete", "tj")
+    assert signals == [["kill", "-USR1", "1"]] and "(SIGUSR1 to mpirun)" in r.out, r
+
+
 def test_logs_read_the_trainer_container_node_whatever_its_place(trainer, run_kjob):
     # A runtime with a sidecar first: the trainer container is the one named node.
     trainer.install_runtime("sidecar-torch", [{"name": "node", "template": {"metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},

@@ -209,7 +209,8 @@ def exec_pod(kube, job_obj: dict, target: Target, say: Callable[[str], None]):
     """Yield `target` with .pod/.container set: a Running pod of the job, or a helper pod
     that is deleted on the way out whatever happens (success, error, Ctrl-C)."""
     job_pods = kube.send(requests.list_job_pods(job_obj)).get("items") or []
-    found = find_running_pod(job_pods, target, kind_of(job_obj).default_replica(job_obj))
+    writer = kind_of(job_obj).default_replica(job_obj, lambda: {replica_name(p) for p in job_pods})
+    found = find_running_pod(job_pods, target, writer)
     if found:
         target.pod, target.container = found
         yield target

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from kjob import names
 from kjob.errors import InvalidInput
@@ -53,6 +54,10 @@ class SchemaField:
     since: str  # "Kubeflow Trainer v2.2"
 
 
+# The replicas a job has pods for, asked for only when needed (it may list the pods).
+Replicas = Callable[[], set[str]]
+
+
 class JobKind:
     """The adapter's interface, with the parts the kinds share."""
 
@@ -82,16 +87,17 @@ class JobKind:
         it), from its name alone; None when the name is not one of this job's pods."""
         raise NotImplementedError
 
-    def default_replica(self, job: dict) -> str:
+    def default_replica(self, job: dict, replicas: Replicas = set) -> str:
         """The replica `kjob logs` shows when none is named; it also writes the
-        checkpoints, so fetch-ckpt reads from it first."""
+        checkpoints, so fetch-ckpt reads from it first. `replicas` gives those the job
+        has pods for, asked only where the job's object does not tell."""
         raise NotImplementedError
 
-    def leaders(self, job: dict) -> tuple[str, ...]:
+    def leaders(self, job: dict, replicas: Replicas = set) -> tuple[str, ...]:
         """The replicas whose exit code is the job's."""
-        return (self.default_replica(job),)
+        return (self.default_replica(job, replicas),)
 
-    def checkpoint(self, job: dict, replicas: set[str]) -> Checkpoint | None:
+    def checkpoint(self, job: dict, replicas: Replicas) -> Checkpoint | None:
         """How to ask the running trainer for a checkpoint before a delete (`replicas`:
         those the job has pods for); None when the deletion's own SIGTERM does it."""
         return None
@@ -167,7 +173,7 @@ class KubeflowJob(JobKind):
     def pod_selector(self, job_name: str) -> str:
         return f"{names.JOB_NAME_LABEL}={job_name}"
 
-    def default_replica(self, job: dict) -> str:
+    def default_replica(self, job: dict, replicas: Replicas = set) -> str:
         return self.leader
 
     def gone_replica(self, job_name: str, pod_name: str) -> str | None:
@@ -224,7 +230,7 @@ class MPIJobKind(KubeflowJob):
     replica_key = "mpiReplicaSpecs"
     leader = names.LAUNCHER
 
-    def checkpoint(self, job: dict, replicas: set[str]) -> Checkpoint | None:
+    def checkpoint(self, job: dict, replicas: Replicas) -> Checkpoint | None:
         # mpirun's own SIGTERM kills the ranks within a second: SIGUSR1 is passed on.
         return Checkpoint(names.LAUNCHER, "USR1", "mpirun")
 
@@ -275,17 +281,18 @@ class TrainJobKind(JobKind):
     def _runtime_name(self, job: dict) -> str:
         return ((job.get("spec") or {}).get("runtimeRef") or {}).get("name") or ""
 
-    def _mpi(self, job: dict, replicas: set[str] | None = None) -> bool:
-        """kjob's Open MPI runtime, or another one with a launcher."""
+    def _mpi(self, job: dict, replicas: Replicas) -> bool:
+        """kjob's Open MPI runtime, or another runtime whose job has a launcher pod (the
+        runtime's name says which of kjob's it is; another's pods say the rest)."""
         name = self._runtime_name(job)
         if name in names.RUNTIMES.values():
             return name == names.RUNTIMES["mpi"]
-        return names.LAUNCHER in (replicas or set())
+        return names.LAUNCHER in replicas()
 
-    def default_replica(self, job: dict) -> str:
-        return names.LAUNCHER if self._mpi(job) else f"{names.NODE}-0"
+    def default_replica(self, job: dict, replicas: Replicas = set) -> str:
+        return names.LAUNCHER if self._mpi(job, replicas) else f"{names.NODE}-0"
 
-    def checkpoint(self, job: dict, replicas: set[str]) -> Checkpoint | None:
+    def checkpoint(self, job: dict, replicas: Replicas) -> Checkpoint | None:
         if self._mpi(job, replicas):
             return Checkpoint(names.LAUNCHER, "USR1", "mpirun")
         # torchrun (PID 1 of node-0) passes SIGTERM on to its ranks; the trainer's ranks

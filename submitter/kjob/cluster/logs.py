@@ -78,10 +78,11 @@ class Cursor:
         return False
 
 
-def default_replica(job: dict) -> str:
+def default_replica(job: dict, listing: JobPods) -> str:
     """The launcher of an MPIJob (or of a TrainJob on an Open MPI runtime), master-0 of
-    a PyTorchJob, node-0 of a torch TrainJob."""
-    return kind_of(job).default_replica(job)
+    a PyTorchJob, node-0 of a torch TrainJob; the job's pods are listed only for a
+    TrainJob on a runtime not kjob's (a launcher pod says it is an MPI one)."""
+    return kind_of(job).default_replica(job, lambda: {replica_name(p) for p in listing.pods()})
 
 
 class Session:
@@ -98,9 +99,9 @@ class Session:
         current = settings.current()
         self.poll = current.poll_seconds
         self.idle = current.log_idle_seconds  # reconnect a silent stream this often
-        self.wanted = {options.replica or default_replica(job)} if not options.all_replicas else None
-        self.colors: dict[str, str] = {}
         self.listing = JobPods(self.kube, job, self.poll)
+        self.wanted = {options.replica or default_replica(job, self.listing)} if not options.all_replicas else None
+        self.colors: dict[str, str] = {}
 
     def shows(self, replica: str) -> bool:
         """Whether lines of `replica` are shown; `master` or `node` names its pod -0."""

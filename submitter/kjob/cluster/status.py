@@ -133,7 +133,7 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
     elif state == "Created" and infos and all(i.phase == "Pending" for i in infos):
         out.state = "Pending"
     if state == "Failed":
-        leaders = [p for p in pods or [] if replica_name(p) in adapter.leaders(job)]
+        leaders = [p for p in pods or [] if replica_name(p) in adapter.leaders(job, lambda: {i.replica for i in infos})]
         out.exit_code = next((c for c in map(exit_code, leaders) if c is not None), None)
     running_workers = [i for i in infos if i.replica.startswith("worker") and i.phase == "Running"]
     if state == "Succeeded" and running_workers:

@@ -66,7 +66,7 @@ def checkpoint_before_delete(kube, job: dict, grace: float, say: Callable[[str],
         pods = job_pods(kube, job)
     except KjobError as e:
         return f"no checkpoint requested (cannot list the job's pods: {e.message})"
-    plan = kind_of(job).checkpoint(job, {replica_name(p) for p in pods})
+    plan = kind_of(job).checkpoint(job, lambda: {replica_name(p) for p in pods})
     if not pods or plan is None:
         return None
     who = "the launcher" if plan.replica == LAUNCHER else plan.replica
