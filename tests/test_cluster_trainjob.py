@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ from kjob.errors import Conflict, NotFound
 from kjob.plan import ClusterPlan
 
 from kubefake.exec import ExecReply
-from trainjobs import CLAIM, LAUNCH, install_runtimes, trainjob
+from trainjobs import CLAIM, LAUNCH, MPI_LAYOUTS, NODE_SCRIPT, install_runtimes, trainjob
 
 pytestmark = pytest.mark.timeout(180)  # a bound against hangs, scaled by KJOB_TEST_TIME_SCALE
 
@@ -31,6 +32,21 @@ def trainer(kube):
     """The fake with kjob's two runtimes installed."""
     install_runtimes(kube)
     return kube
+
+
+@pytest.fixture(params=list(MPI_LAYOUTS))
+def mpi(request, kube):
+    """The fake with kjob's runtimes, kjob-openmpi in each layout (tests/trainjobs.py):
+    .kube, .launcher (the replica running mpirun), .rjobs (the runtime's replicated
+    jobs), .submit(name) (a TrainJob on kjob-openmpi, created)."""
+    rjobs, launcher, patched = MPI_LAYOUTS[request.param]
+    install_runtimes(kube, request.param)
+
+    def submit(name: str = "tj") -> str:
+        ClusterBackend().create_job([trainjob(name, "kjob-openmpi", patched=patched)])
+        return name
+
+    return SimpleNamespace(kube=kube, launcher=launcher, rjobs=[r["name"] for r in rjobs], submit=submit, patched=patched)
 
 
 def submitted(kube, runtime: str = "kjob-torch", name: str = "tj") -> str:
@@ -186,8 +202,8 @@ def test_submit_wait_ends_with_the_trainjobs_state(trainer, capsys):
     assert lines[-2:] == ["TrainJob tj: Failed — jobset failed due to one or more job failures", "job tj Failed"]
 
 
-def test_submit_follow_streams_the_default_replica_until_complete(trainer):
-    backend = ClusterBackend()
+def test_submit_follow_streams_the_mpirun_replica_until_complete(mpi):
+    trainer, backend = mpi.kube, ClusterBackend()
     lines: list[str] = []
     backend.notify = lines.append
 
@@ -195,31 +211,35 @@ def test_submit_follow_streams_the_default_replica_until_complete(trainer):
         trainer.wait_for_requests("create", "trainjobs", 1)
         pods = trainer.run_job("tj")
         trainer.append_log(pods[0], ["launcher says hi"])
-        trainer.append_log(pods[1], ["sshd on node-0"])
+        trainer.append_log(pods[-1], ["sshd on node-1"])
         trainer.wait_for_requests("get", "pods/log", 1)
         time.sleep(0.3)
         trainer.finish_job("tj")
 
     threading.Thread(target=run, daemon=True).start()
-    assert backend.submit(ClusterPlan([trainjob(runtime="kjob-openmpi")]), follow=True, write=lines.append) == 0
+    job = trainjob(runtime="kjob-openmpi", patched=mpi.patched)
+    assert backend.submit(ClusterPlan([job]), follow=True, write=lines.append) == 0
     assert lines[0] == "TrainJob default/tj created"
-    assert "launcher says hi" in lines and "sshd on node-0" not in lines and lines[-1] == "job tj Succeeded"
+    assert "launcher says hi" in lines and "sshd on node-1" not in lines and lines[-1] == "job tj Succeeded"
 
 
 # -- status ------------------------------------------------------------------------------------
-def test_status_from_jobs_status_and_conditions_with_replicas_named_by_jobset(trainer, run_kjob):
-    submitted(trainer, "kjob-openmpi")
+def test_status_from_jobs_status_and_conditions_with_replicas_named_by_jobset(mpi, run_kjob):
+    trainer = mpi.kube
+    mpi.submit()
     st = ClusterBackend().status("tj")
     assert (st.kind, st.state, st.message) == ("TrainJob", "Pending", "no jobs status yet: waiting for the trainer controller and JobSet to create the jobs")
     trainer.start_job("tj")
     st = ClusterBackend().status("tj")
-    assert (st.state, st.message) == ("Pending", "replicated job(s) not ready yet: launcher, node")
-    assert [(p.replica, p.phase) for p in st.pods] == [("launcher", "Pending"), ("node-0", "Pending"), ("node-1", "Pending")]
+    assert (st.state, st.message) == ("Pending", f"replicated job(s) not ready yet: {', '.join(mpi.rjobs)}")
+    replicas = ["launcher", "node-0", "node-1"] if "launcher" in mpi.rjobs else ["node-0", "node-1"]
+    assert [(p.replica, p.phase) for p in st.pods] == [(r, "Pending") for r in replicas]
     assert all(re.fullmatch(r"tj-(launcher-0-0|node-0-[01])-[a-z0-9]{5}", p.name) for p in st.pods)
     trainer.run_job("tj")
     st = ClusterBackend().status("tj")
-    assert (st.state, st.message, st.image) == ("Running", "every replicated job is ready or done: launcher ready, node ready", "kjob/trainer:1")
-    assert st.replicas == {"launcher": {"active": 1, "ready": 1}, "node": {"active": 1, "ready": 1}}
+    ready = ", ".join(f"{r} ready" for r in mpi.rjobs)
+    assert (st.state, st.message, st.image) == ("Running", f"every replicated job is ready or done: {ready}", "kjob/trainer:1")
+    assert st.replicas == {r: {"active": 1, "ready": 1} for r in mpi.rjobs}
     trainer.finish_job("tj")
     st = ClusterBackend().status("tj")
     assert (st.state, st.message, st.exit_code) == ("Succeeded", "jobset completed successfully", None)
@@ -273,24 +293,25 @@ def test_a_gone_pods_preemption_is_named_by_its_replica(trainer):
 
 
 # -- logs --------------------------------------------------------------------------------------
-def test_logs_default_to_the_launcher_on_openmpi_and_node_0_on_torch(trainer, run_kjob):
-    for runtime, name in (("kjob-openmpi", "mpi"), ("kjob-torch", "torch")):
-        submitted(trainer, runtime, name=name)
+def test_logs_default_to_mpiruns_replica_on_openmpi_and_node_0_on_torch(mpi, run_kjob):
+    trainer = mpi.kube
+    mpi.submit("mpi")
+    submitted(trainer, "kjob-torch", name="torch")
+    for name in ("mpi", "torch"):
         for pod in trainer.run_job(name):
             trainer.append_log(pod, [f"from {pod}"])
-    mpi, torch = trainer.pods("mpi"), trainer.pods("torch")
-    assert run_kjob("logs", "mpi").out == f"from {mpi[0]}\n"
+    mpi_pods, torch = trainer.pods("mpi"), trainer.pods("torch")
+    assert run_kjob("logs", "mpi").out == f"from {mpi_pods[0]}\n"
     assert run_kjob("logs", "torch").out == f"from {torch[0]}\n"
     assert run_kjob("logs", "torch", "--replica", "node-1").out == f"from {torch[1]}\n"
-    assert run_kjob("logs", "mpi", "--all").out.splitlines() == [f"[launcher] from {mpi[0]}", f"[node-0] from {mpi[1]}", f"[node-1] from {mpi[2]}"]
+    replicas = ["launcher", "node-0", "node-1"] if mpi.launcher == "launcher" else ["node-0", "node-1"]
+    assert run_kjob("logs", "mpi", "--all").out.splitlines() == [f"[{r}] from {p}" for r, p in zip(replicas, mpi_pods)]
     r = run_kjob("logs", "torch", "--replica", "launcher")
     assert (r.code, r.err) == (5, 'Error: job "torch" has no pod for launcher (replicas: node-0, node-1)\n')
 
 
 def test_on_a_runtime_not_kjobs_a_launcher_pod_makes_it_the_default_and_the_one_signalled(trainer, run_kjob):
-    from trainjobs import RUNTIMES
-
-    trainer.install_runtime("team-mpi", RUNTIMES["kjob-openmpi"])
+    trainer.install_runtime("team-mpi", MPI_LAYOUTS["launcher-job"][0])
     ClusterBackend().create_job([trainjob(runtime="team-mpi")])
     pods = trainer.run_job("tj")
     for pod in pods:
@@ -313,15 +334,16 @@ def test_logs_read_the_trainer_container_node_whatever_its_place(trainer, run_kj
     assert run_kjob("logs", "tj", "--replica", "node-0").out == "trainer line\n"
 
 
-def test_logs_follow_a_trainjob_to_complete_saving_every_pod(trainer, run_kjob, tmp_path):
-    submitted(trainer, "kjob-openmpi")
+def test_logs_follow_a_trainjob_to_complete_saving_every_pod(mpi, run_kjob, tmp_path):
+    trainer = mpi.kube
+    mpi.submit()
     pods = trainer.run_job("tj")
     trainer.append_log(pods[0], ["epoch 1"])
 
     def finish():
         trainer.wait_for_requests("get", "pods/log", 3)
         trainer.append_log(pods[0], ["epoch 2"])
-        trainer.append_log(pods[2], ["sshd on node-1"])
+        trainer.append_log(pods[-1], ["sshd on node-1"])
         time.sleep(0.3)
         trainer.finish_job("tj")
 
@@ -329,7 +351,7 @@ def test_logs_follow_a_trainjob_to_complete_saving_every_pod(trainer, run_kjob, 
     r = run_kjob("logs", "tj", "-f", "--save", str(tmp_path / "logs"))
     assert (r.code, r.out, r.err.splitlines()[-1]) == (0, "epoch 1\nepoch 2\n", "job tj Succeeded")
     assert (tmp_path / "logs" / f"{pods[0]}.log").read_text() == "epoch 1\nepoch 2\n"
-    assert (tmp_path / "logs" / f"{pods[2]}.log").read_text() == "sshd on node-1\n"
+    assert (tmp_path / "logs" / f"{pods[-1]}.log").read_text() == "sshd on node-1\n"
 
 
 def test_logs_tail_since_previous_and_follow_across_a_restart_of_node_0(trainer, run_kjob):
@@ -365,12 +387,14 @@ def stops_on(kube, pod: str, after: float, signals: list[list[str]]):
     kube.exec.serve("default", pod, kill)
 
 
-@pytest.mark.parametrize(("runtime", "replica", "argv", "asked"), [
-    ("kjob-openmpi", "launcher", ["kill", "-USR1", "1"], "asked the trainer to checkpoint (SIGUSR1 to mpirun)"),
-    ("kjob-torch", "node-0", ["kill", "-TERM", "1"], "asked the trainer to checkpoint (SIGTERM to torchrun)"),
+@pytest.mark.parametrize(("runtime", "argv", "asked"), [
+    ("kjob-openmpi", ["kill", "-USR1", "1"], "asked the trainer to checkpoint (SIGUSR1 to mpirun)"),
+    ("kjob-torch", ["kill", "-TERM", "1"], "asked the trainer to checkpoint (SIGTERM to torchrun)"),
 ])
-def test_delete_asks_for_a_checkpoint_first_then_deletes(trainer, run_kjob, runtime, replica, argv, asked):
-    submitted(trainer, runtime)
+def test_delete_asks_for_a_checkpoint_first_then_deletes(mpi, run_kjob, runtime, argv, asked):
+    trainer = mpi.kube
+    mpi.submit() if runtime == "kjob-openmpi" else submitted(trainer, runtime)
+    replica = mpi.launcher if runtime == "kjob-openmpi" else "node-0"
     pods = trainer.run_job("tj")
     signals: list[list[str]] = []
     stops_on(trainer, pods[0], 0.2, signals)
@@ -382,6 +406,16 @@ def test_delete_asks_for_a_checkpoint_first_then_deletes(trainer, run_kjob, runt
     assert r.err == f"{asked} in pod {pods[0]}; waiting up to 120 s for {who} to stop\n"
     assert signals == [argv] and [c.container for c in trainer.exec.calls_for(pods[0])] == ["node"]
     assert trainer.get("TrainJob", "tj") is None and trainer.pods("tj") == [] and trainer.list("JobSet") == []
+
+
+def test_mpirun_under_kjobs_node_script_is_recognised():
+    from kjob.cluster.kinds import Checkpoint
+    from kjob.cluster.stopping import passes_on
+
+    usr1, term = Checkpoint("node-0", "USR1", "mpirun"), Checkpoint("node-0", "TERM", "torchrun")
+    assert passes_on(usr1, NODE_SCRIPT + LAUNCH[4:]) and not passes_on(term, NODE_SCRIPT + LAUNCH[4:])
+    assert not passes_on(usr1, ["/bin/sh", "-c", "exec python train.py"]) and not passes_on(usr1, ["/bin/sh", "-c", "mpirun -np 2 x"])
+    assert passes_on(term, ["torchrun", "--module", "x"]) and passes_on(term, ["python3", "-m", "torch.distributed.run"])
 
 
 def test_delete_of_a_node_not_running_torchrun_asks_nothing(trainer, run_kjob):
@@ -404,11 +438,12 @@ def test_delete_of_an_ended_trainjob_says_its_pods_were_gone(trainer, run_kjob):
 
 
 # -- fetch-ckpt --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("runtime", "writer"), [("kjob-openmpi", 0), ("kjob-torch", 0)], ids=["launcher", "node-0"])
-def test_fetch_reads_from_the_pod_that_writes_the_checkpoints(trainer, run_kjob, tmp_path, runtime, writer):
+@pytest.mark.parametrize("runtime", ["kjob-openmpi", "kjob-torch"])
+def test_fetch_reads_from_the_pod_that_writes_the_checkpoints(mpi, run_kjob, tmp_path, runtime):
     from ckpt_helpers import write_checkpoints
 
-    submitted(trainer, runtime)
+    trainer, writer = mpi.kube, 0  # the launcher, or node-0: first of the job's pods
+    mpi.submit() if runtime == "kjob-openmpi" else submitted(trainer, runtime)
     pods = trainer.run_job("tj")
     pvc = tmp_path / "pvc"
     index = write_checkpoints(pvc / "tj" / "checkpoints", [1000, 2000])
@@ -424,7 +459,7 @@ def test_fetch_reads_from_the_pod_that_writes_the_checkpoints(trainer, run_kjob,
 def test_fetch_of_an_ended_trainjob_mounts_the_claim_in_a_helper_with_the_trainer_image(trainer, tmp_path):
     from kjob.cluster.fetch import helper_pod, locate
 
-    ClusterBackend().create_job([trainjob(runtime="kjob-openmpi")])
+    ClusterBackend().create_job([trainjob(runtime="kjob-openmpi", patched=("launcher",))])
     job = trainer.get("TrainJob", "tj")
     target = locate(job)
     assert (target.claim, target.ckpt_dir, target.mount_path) == (CLAIM, "/checkpoints/tj/checkpoints", "/checkpoints")

@@ -281,20 +281,39 @@ class TrainJobKind(JobKind):
     def _runtime_name(self, job: dict) -> str:
         return ((job.get("spec") or {}).get("runtimeRef") or {}).get("name") or ""
 
-    def _mpi(self, job: dict, replicas: Replicas) -> bool:
-        """kjob's Open MPI runtime, or another runtime whose job has a launcher pod (the
-        runtime's name says which of kjob's it is; another's pods say the rest)."""
+    def _patch_rjobs(self, job: dict) -> list[dict]:
+        """The replicated jobs of every runtimePatches entry of the TrainJob."""
+        return [rjob for patch in (job.get("spec") or {}).get("runtimePatches") or []
+                for rjob in ((((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []]
+
+    def _patched(self, job: dict) -> set[str]:
+        """The names of the replicated jobs the TrainJob's runtimePatches patch."""
+        return {rjob.get("name") for rjob in self._patch_rjobs(job)}
+
+    def _has_launcher(self, job: dict, replicas: Replicas) -> bool:
+        """The runtime has a launcher replicated job: the TrainJob patches one, or it has a
+        pod (asked last: it may list the pods)."""
+        return names.LAUNCHER in self._patched(job) or names.LAUNCHER in replicas()
+
+    def _mpi_launcher(self, job: dict, replicas: Replicas) -> str | None:
+        """The replica whose PID 1 runs mpirun, or None for a job that is not an MPI one.
+        On kjob-openmpi: the launcher replicated job's pod where the runtime has one,
+        else node-0 (a runtime of `node` only runs mpirun in node-0 and sshd in the other
+        nodes). On a runtime not kjob's, a launcher makes it an MPI job."""
         name = self._runtime_name(job)
-        if name in names.RUNTIMES.values():
-            return name == names.RUNTIMES["mpi"]
-        return names.LAUNCHER in replicas()
+        if name == names.RUNTIMES["mpi"]:
+            return names.LAUNCHER if self._has_launcher(job, replicas) else f"{names.NODE}-0"
+        if name == names.RUNTIMES["torchrun"]:
+            return None
+        return names.LAUNCHER if self._has_launcher(job, replicas) else None
 
     def default_replica(self, job: dict, replicas: Replicas = set) -> str:
-        return names.LAUNCHER if self._mpi(job, replicas) else f"{names.NODE}-0"
+        return self._mpi_launcher(job, replicas) or f"{names.NODE}-0"
 
     def checkpoint(self, job: dict, replicas: Replicas) -> Checkpoint | None:
-        if self._mpi(job, replicas):
-            return Checkpoint(names.LAUNCHER, "USR1", "mpirun")
+        launcher = self._mpi_launcher(job, replicas)
+        if launcher is not None:
+            return Checkpoint(launcher, "USR1", "mpirun")
         # torchrun (PID 1 of node-0) passes SIGTERM on to its ranks; the trainer's ranks
         # agree on the stop, and rank 0, on node-0, writes the checkpoint.
         return Checkpoint(f"{names.NODE}-0", "TERM", "torchrun")
@@ -342,15 +361,13 @@ class TrainJobKind(JobKind):
         image = (spec.get("trainer") or {}).get("image")
         first = self.default_replica(job).split("-")[0]
         found = []
-        for patch in spec.get("runtimePatches") or []:
-            rjobs = ((((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs")) or []
-            for rjob in rjobs:
-                tspec = ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec"))
-                if not tspec:
-                    continue
-                tspec = {**tspec, "containers": [{**c, "image": c.get("image") or image} if c.get("name") == names.TRAINJOB_CONTAINER else c
-                                                 for c in tspec.get("containers") or []]}
-                found.append((rjob.get("name") != first, tspec))
+        for rjob in self._patch_rjobs(job):
+            tspec = ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec"))
+            if not tspec:
+                continue
+            tspec = {**tspec, "containers": [{**c, "image": c.get("image") or image} if c.get("name") == names.TRAINJOB_CONTAINER else c
+                                             for c in tspec.get("containers") or []]}
+            found.append((rjob.get("name") != first, tspec))
         return [t for _, t in sorted(found, key=lambda f: f[0])]
 
     def image(self, job: dict) -> str | None:

@@ -30,6 +30,8 @@ away) becomes the reason, in delete's line, why no checkpoint was asked for.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import time
 from typing import Callable
 
@@ -46,6 +48,8 @@ EXEC_TIMEOUT_S = 30.0
 # torchrun as a container's PID 1: the script, or the module it runs.
 TORCHRUN = ("torchrun",)
 TORCHRUN_MODULE = "torch.distributed.run"
+# Shells whose `-c SCRIPT` PID 1 is read for what it execs.
+SHELLS = ("sh", "bash", "dash")
 
 
 def signal_argv(plan: Checkpoint) -> list[str]:
@@ -104,9 +108,10 @@ def checkpoint_before_delete(kube, job: dict, grace: float, say: Callable[[str],
 
 
 def passes_on(plan: Checkpoint, argv: list[str]) -> bool:
-    """Whether a container's PID 1 (argv: its command, then its args) passes the plan's
-    signal on to the ranks."""
-    return forwards_sigusr1(argv) if plan.program == "mpirun" else runs_torchrun(argv)
+    """Whether a container's PID 1 (argv: its command, then its args, or what a shell
+    script among them execs) passes the plan's signal on to the ranks."""
+    check = forwards_sigusr1 if plan.program == "mpirun" else runs_torchrun
+    return any(check(command) for command in [argv, *shell_execs(argv)] if command)
 
 
 def forwards_sigusr1(argv: list[str]) -> bool:
@@ -119,9 +124,26 @@ def forwards_sigusr1(argv: list[str]) -> bool:
 
 def runs_torchrun(argv: list[str]) -> bool:
     """Whether PID 1 is torchrun (which passes SIGTERM on to its workers and waits for
-    them): the script, `python -m torch.distributed.run`, or under kjob_trainer.launch."""
+    them): the script, or `python -m torch.distributed.run`."""
     name = os.path.basename(argv[0])
-    return name in TORCHRUN or (name.startswith("python") and argv[1:3] in (["-m", TORCHRUN_MODULE], ["-m", LAUNCH_MODULE]))
+    return name in TORCHRUN or (name.startswith("python") and argv[1:3] == ["-m", TORCHRUN_MODULE])
+
+
+def shell_execs(argv: list[str]) -> list[list[str]]:
+    """What PID 1 becomes when it is `sh -c SCRIPT NAME ARGS...`: the command of each
+    `exec` in SCRIPT, "$@" standing for ARGS. kjob's Open MPI runtime starts its nodes so
+    (node-0 execs `python -m kjob_trainer.launch -- "$@"`, mpirun and its arguments; the
+    other nodes exec sshd under the wrapper). [] for any other argv."""
+    if len(argv) < 3 or os.path.basename(argv[0]) not in SHELLS or argv[1] != "-c":
+        return []
+    out = []
+    for m in re.finditer(r"\bexec\s+([^;&|\n]+)", argv[2]):
+        try:
+            words = shlex.split(m.group(1))
+        except ValueError:
+            continue
+        out.append([w for word in words for w in (argv[4:] if word == "$@" else [word])])
+    return out
 
 
 def _signal(kube, namespace: str, pod: str, container: str, argv: list[str]) -> None:
