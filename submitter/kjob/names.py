@@ -75,15 +75,16 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"  # which child Job of its replicated job (JobIndexKey)
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-# Trainer v2's trainer container and replicated job (pkg/constants: Node), and its MPI
-# launcher's replicated job (Launcher).
+# Trainer v2's trainer container and replicated job (pkg/constants: Node): a TrainJob's
+# trainer pods are shown as node-0, node-1, ... (node-0 runs torch's rank 0, and mpirun on
+# a runtime without a launcher replicated job).
 TRAINJOB_CONTAINER = "node"
+TRAINJOB_NODE = "node"
 
 # --- replica names, as `kjob logs --replica` and `kjob status` show them ------------------
-LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index)
+LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index); a TrainJob's launcher replicated job
 WORKER = "worker"  # workers of both kinds: worker-0, worker-1, ...
 MASTER = "master"  # the PyTorchJob's master: master-0
-NODE = "node"  # a TrainJob's trainer pods: node-0, node-1, ... (node-0 runs torch's rank 0)
 
 # --- the trainer's programs ---------------------------------------------------------------
 TRAINER_MODULE = "kjob_trainer.train"

@@ -262,7 +262,7 @@ class TrainJobKind(JobKind):
     # The replicated jobs a gone pod's or a child Job's name is read for: the Trainer's
     # own steps (pkg/constants: Node, Launcher, DatasetInitializer, ModelInitializer). A
     # name alone cannot tell <job>-a-node-0 (job "<job>-a") from a replicated job "a-node".
-    REPLICATED_JOBS = (names.NODE, names.LAUNCHER, "dataset-initializer", "model-initializer")
+    REPLICATED_JOBS = (names.TRAINJOB_NODE, names.LAUNCHER, "dataset-initializer", "model-initializer")
 
     def pod_selector(self, job_name: str) -> str:
         # The JobSet is named as the TrainJob (plugins/jobset builder).
@@ -302,13 +302,13 @@ class TrainJobKind(JobKind):
         nodes). On a runtime not kjob's, a launcher makes it an MPI job."""
         name = self._runtime_name(job)
         if name == names.RUNTIMES["mpi"]:
-            return names.LAUNCHER if self._has_launcher(job, replicas) else f"{names.NODE}-0"
+            return names.LAUNCHER if self._has_launcher(job, replicas) else f"{names.TRAINJOB_NODE}-0"
         if name == names.RUNTIMES["torchrun"]:
             return None
         return names.LAUNCHER if self._has_launcher(job, replicas) else None
 
     def default_replica(self, job: dict, replicas: Replicas = set) -> str:
-        return self._mpi_launcher(job, replicas) or f"{names.NODE}-0"
+        return self._mpi_launcher(job, replicas) or f"{names.TRAINJOB_NODE}-0"
 
     def checkpoint(self, job: dict, replicas: Replicas) -> Checkpoint | None:
         launcher = self._mpi_launcher(job, replicas)
@@ -316,7 +316,7 @@ class TrainJobKind(JobKind):
             return Checkpoint(launcher, "USR1", "mpirun")
         # torchrun (PID 1 of node-0) passes SIGTERM on to its ranks; the trainer's ranks
         # agree on the stop, and rank 0, on node-0, writes the checkpoint.
-        return Checkpoint(f"{names.NODE}-0", "TERM", "torchrun")
+        return Checkpoint(f"{names.TRAINJOB_NODE}-0", "TERM", "torchrun")
 
     def state(self, job: dict) -> tuple[str, str | None]:
         st = job.get("status") or {}
@@ -393,8 +393,8 @@ def replica_of(replicated_job: str, job_index: int, completion_index: int) -> st
     """A JobSet pod's replica name: node-<completion index> for the trainer's nodes
     (kjob's runtimes have one node Job of N Indexed pods), the replicated job's name for
     one-pod jobs (launcher, dataset-initializer), else <name>-<job index>-<completion index>."""
-    if replicated_job == names.NODE and job_index == 0:
-        return f"{names.NODE}-{completion_index}"
+    if replicated_job == names.TRAINJOB_NODE and job_index == 0:
+        return f"{names.TRAINJOB_NODE}-{completion_index}"
     if job_index == 0 and completion_index == 0:
         return replicated_job
     return f"{replicated_job}-{job_index}-{completion_index}"
