@@ -1,7 +1,9 @@
 """`kjob delete` of a running job: ask the trainer for a checkpoint before the job goes.
 Which pod is signalled, with what, is the job kind's (kinds.JobKind.checkpoint): an
-MPIJob's launcher, or a TrainJob's on kjob's Open MPI runtime, gets SIGUSR1; a
-TrainJob's node-0 on kjob's torch runtime gets SIGTERM.
+MPIJob's launcher, or the pod that runs mpirun of a TrainJob on kjob's Open MPI runtime
+(its launcher replicated job's, or node-0 where the runtime has nodes only and node-0's
+`sh -c` execs mpirun under kjob_trainer.launch), gets SIGUSR1; a TrainJob's node-0 on
+kjob's torch runtime gets SIGTERM.
 
 OpenMPI's mpirun answers SIGTERM by killing the ranks within about a second: too soon for
 a checkpoint. SIGUSR1, though, mpirun forwards to every rank untouched, and the trainer
