@@ -89,6 +89,7 @@ REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"  # which child Job of its replicated job (JobIndexKey)
 # Trainer's replicated jobs and trainer container (pkg/constants/constants.go: Node,
 # Launcher): trainer.image/command/args/env/resourcesPerNode reach the container named
 # `node` of the replicated jobs labelled trainjob-ancestor-step: trainer
@@ -114,13 +115,9 @@ MPI_HOSTFILE_SUFFIX = "-mpi-hostfile"
 TORCH_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
 # --- replica names, as `kjob logs --replica` and `kjob status` show them ------------------
-LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index)
+LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index); a TrainJob's launcher replicated job
 WORKER = "worker"  # workers of both kinds: worker-0, worker-1, ...
 MASTER = "master"  # the PyTorchJob's master: master-0
-# Which replica a command reads when the user names none.
-DEFAULT_REPLICA = {"MPIJob": LAUNCHER, "PyTorchJob": f"{MASTER}-0"}
-# The replica whose exit code is the job's.
-LEADERS = (LAUNCHER, f"{MASTER}-0")
 
 # --- the trainer's programs ---------------------------------------------------------------
 TRAINER_MODULE = "kjob_trainer.train"
