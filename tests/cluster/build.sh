@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Builds the binaries the real tiers run, one set at a time, from the versions pinned in
-# tests/<set>/tools/*/go.mod:
+# the go.mod of each tool folder its TOOLS lines name:
 #   --set cluster (the default): etcd, kube-apiserver, kube-controller-manager,
 #     kube-scheduler, kwok, mpi-operator, training-operator (tests/cluster), kubectl (for
 #     bench/ only), and the CRDs those same module versions ship;
-#   --set node: the kubelet (the control plane's release), CoreDNS and crictl (tests/node).
+#   --set node: the kubelet (the control plane's release), CoreDNS and crictl (tests/node);
+#   --set trainer: Kubeflow Trainer v2's trainer-controller-manager, JobSet and lua-health
+#     (a gopher-lua runner of Argo CD health checks; tests/cluster/tools), their CRDs and
+#     their webhook configurations.
 # Everything lands outside the clone, in
-#   ${KJOB_CACHE:-$HOME/.cache/kjob}/<set>/<key>/{bin,crds,clobber}
-# where <key> hashes the set's go.mod/go.sum files, this script and the Go version: a
-# machine that built once skips the whole build until one of them changes. Prints that
-# directory on its last line of stdout (--print-dir prints it without building).
+#   ${KJOB_CACHE:-$HOME/.cache/kjob}/<set>/<key>/{bin,crds,clobber,webhooks}
+# where <key> hashes the set's tool folders (go.mod, go.sum, *.go), this script and the Go
+# version: a machine that built once skips the whole build until one of them changes.
+# Prints that directory on its last line of stdout (--print-dir prints it without building).
+# One build of a key runs at a time: a second build.sh of it waits on the folder's
+# build.lock and then finds it built.
 #
 # The cache does not grow forever: every run (but --print-dir) removes the folders of
-# other keys, <cache>/{cluster,node}/<other key>, that nobody uses. A user holds a shared
+# other keys, <cache>/<set>/<other key>, that nobody uses. A user holds a shared
 # flock on <folder>/in-use.lock while running its binaries (builds.py `hold`; a build in
 # progress holds one too); a folder is removed only under an exclusive lock taken without
 # waiting, and what was freed is said in one line on stderr. KJOB_CACHE_PRUNE=0 keeps
@@ -26,7 +31,7 @@
 #
 # Adding a binary (a controller, say) is one line in TOOLS (and one in CRDS per CRD it
 # needs) with its tools/<name>/go.mod; another k8s.io/kubernetes command is one `tool`
-# line in tools/kubernetes/go.mod.
+# line in tools/kubernetes/go.mod; another set is its lines and its name in SETS.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
