@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -66,6 +67,10 @@ CASES = [p for name, fn in vars(cases).items() if name.startswith("test_") and i
 
 @pytest.fixture(scope="module")
 def lua_health() -> Path:
+    if shutil.which("go") is None:  # build.sh's cache key names the Go version
+        if os.environ.get("CI"):
+            pytest.fail("the gopher-lua runner is built with Go, which is not on PATH; CI must run these tests")
+        pytest.skip("the gopher-lua runner is built with Go, which is not on PATH")
     folder = cached_dir("trainer")
     if folder is None and (os.environ.get("CI") or building("trainer")):
         folder = build_dir("trainer")
