@@ -2,9 +2,12 @@
 # `make test`: every tier, in the order that lets the slow builds overlap the tests.
 #
 #   1. the real control plane's binaries (tests/cluster/build.sh; seconds when cached);
-#   2. in the background, at low priority: the real node's binaries (build.sh --set node)
-#      and both trainer images (images/build-local.sh), while
-#   3. the suite and the control-plane tier run (pytest -m "not node");
+#   2. in the background, at low priority: Kubeflow Trainer v2, JobSet and the Lua runner
+#      (build.sh --set trainer), the real node's binaries (build.sh --set node) and both
+#      trainer images (images/build-local.sh), while
+#   3. the suite and the control-plane tier run (pytest -m "not node"); its Trainer v2
+#      tests run last (tests/cluster/conftest.py orders them), and their fixture waits
+#      for the trainer set's build if it is still going (build.sh's build lock);
 #   4. once step 2 is done, the real-node tier (pytest -m node tests/node), whose fixtures
 #      find the builds cached, or run a failed one again and report its error;
 #   5. a one-screen summary: each tier's tests and time, each build's, the slowest tests.
@@ -51,11 +54,14 @@ if ((real_tiers)); then
   timed "control plane binaries" bash tests/cluster/build.sh >/dev/null || { summary; exit 1; }
   mkdir -p "$cache"
   log="$cache/make-test-builds.log"
-  echo "make test: building the node's binaries and the trainer images in the background (log: $log)"
+  echo "make test: building Trainer v2 and JobSet, the node's binaries and the trainer images in the background (log: $log)"
   # Its own process group, so an interrupted `make test` stops the builds too. It runs
   # this script's timed() through an exported function.
   export -f timed && export times
-  setsid bash -c 'timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null \
+  # The trainer set first: the suite's last tests need it. Its failure does not stop the
+  # others (the Trainer v2 tests' fixture runs it again and shows the error).
+  setsid bash -c 'timed "trainer v2 binaries" nice -n 10 bash tests/cluster/build.sh --set trainer >/dev/null; \
+                  timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null \
                   && timed "trainer images" images/build-local.sh' >"$log" 2>&1 &
   background=$!
 else

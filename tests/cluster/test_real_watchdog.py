@@ -2,7 +2,8 @@
 (marker `cluster`): a child process holding a real ControlPlane (etcd, kube-apiserver,
 controller-manager, scheduler, kwok; no operators, to keep it cheap) is killed the two ways
 a session dies unasked, and within 10 s every process it recorded is gone, its watchdog
-(watchdog.py) too."""
+(watchdog.py) too. The same with Trainer v2 and JobSet started into the plane
+(start_trainer): they were started later, by the same supervision, and go the same way."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ SESSION = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from controlplane import ControlPlane
     plane = ControlPlane(Path(sys.argv[2]), Path(sys.argv[3]), with_operators=False, kwok_nodes=1).start()
+    if len(sys.argv) > 4:
+        plane.start_trainer(Path(sys.argv[4]))
     started = [[p.pid, p.create_time()] for p in plane.pids()]
     print(json.dumps({"started": started, "watchdog": plane.processes.watchdog.pid}), flush=True)
     sys.stdin.read()
@@ -48,9 +51,18 @@ def kill_its_process_group_as_timeout_does(session: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("kill", [kill_the_process, kill_its_process_group_as_timeout_does])
 def test_a_killed_session_leaves_no_process(kill, cluster_build, tmp_path):
+    killed_session_leaves_nothing(kill, [str(cluster_build)], set(), tmp_path)
+
+
+def test_a_killed_session_leaves_no_trainer_or_jobset(cluster_build, trainer_build, tmp_path):
+    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), str(trainer_build)],
+                                  {"jobset", "trainer-controller-manager"}, tmp_path)
+
+
+def killed_session_leaves_nothing(kill, builds: list[str], more: set[str], tmp_path: Path) -> None:
     errors = tmp_path / "session.err"
     with open(errors, "w") as err, subprocess.Popen(
-            [sys.executable, "-c", SESSION, str(HERE), str(tmp_path / "plane"), str(cluster_build)],
+            [sys.executable, "-c", SESSION, str(HERE), str(tmp_path / "plane"), *builds],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True) as session:
         started = []
         try:
@@ -59,7 +71,7 @@ def test_a_killed_session_leaves_no_process(kill, cluster_build, tmp_path):
             got = json.loads(line)
             started += [tuple(p) for p in got["started"]]
             names = {psutil.Process(pid).name() for pid, _ in started}
-            assert names >= {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+            assert names >= {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", *more}
             assert running(got["watchdog"])
 
             kill(session)
