@@ -105,11 +105,14 @@ class KubeHandle:
         operator's: Trainer v2.1's TrainJob had podTemplateOverrides, not runtimePatches)."""
         self._call(lambda s: s.spec_fields.__setitem__(_plural(kind), tuple(fields)))
 
-    def install_runtime(self, name: str, replicated_jobs: list[dict]) -> None:
+    def install_runtime(self, name: str, replicated_jobs: list[dict], ml_policy: dict | None = None) -> None:
         """Create the ClusterTrainingRuntime `name` with these replicated jobs (each
-        {"name", "replicas"?, "template": a batch/v1 JobTemplateSpec})."""
+        {"name", "replicas"?, "template": a batch/v1 JobTemplateSpec}) and mlPolicy
+        (with `mpi`, the trainer makes the MPI plugin's Secret and hostfile ConfigMap)."""
         runtime = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime", "metadata": {"name": name},
                    "spec": {"template": {"spec": {"replicatedJobs": copy.deepcopy(replicated_jobs)}}}}
+        if ml_policy is not None:
+            runtime["spec"]["mlPolicy"] = copy.deepcopy(ml_policy)
         self._call(lambda s: s.put("clustertrainingruntimes", runtime))
 
     def serve_crd_at(self, kind: str, version: str) -> None:
