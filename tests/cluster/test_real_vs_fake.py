@@ -113,7 +113,8 @@ def test_the_simulator_makes_what_trainer_v2_and_jobset_make(real, trainer_v2, k
     for path in sorted(Path("manifests/runtimes").glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())
         real.api.create(f"/apis/{TRAINER}/clustertrainingruntimes", doc, exist_ok=True)
-        kube.install_runtime(doc["metadata"]["name"], doc["spec"]["template"]["spec"]["replicatedJobs"], doc["spec"]["mlPolicy"])
+        kube.install_runtime(doc["metadata"]["name"], doc["spec"]["template"]["spec"]["replicatedJobs"], doc["spec"]["mlPolicy"],
+                             doc["spec"]["template"]["spec"].get("failurePolicy"))
     spec = yaml.safe_load(Path("examples/smoke-trainjob.yaml").read_text())
     job = f"vs-{launcher}"
     spec.update(name=job, launcher=launcher)

@@ -226,6 +226,15 @@ def set_condition(s: State, job: dict, type_: str, status: str, reason: str, mes
 # The JobSet conditions the trainer copies (jobset pkg/constants: AllJobsCompleted*, FailedJobs*).
 FINAL = {"Succeeded": ("Complete", "AllJobsCompleted", "jobset completed successfully"),
          "Failed": ("Failed", "FailedJobs", "jobset failed due to one or more job failures")}
+# A runtime with a failurePolicy fails only once its restarts are used up, in these words
+# (jobset pkg/constants: ReachedMaxRestarts*); kjob's runtimes have maxRestarts 3.
+MAX_RESTARTS_FAILED = ("Failed", "ReachedMaxRestarts", "jobset failed due to reaching max number of restarts")
+
+
+def final_condition(s: State, job: dict, state: str) -> tuple[str, str, str]:
+    """(type, reason, message) of the condition the trainer copies from the JobSet that ended in `state`."""
+    policy = runtime_of(s, job)["spec"]["template"]["spec"].get("failurePolicy") or {}
+    return MAX_RESTARTS_FAILED if state == "Failed" and policy.get("maxRestarts") else FINAL[state]
 
 
 def order(labels: dict[str, str]) -> tuple:
