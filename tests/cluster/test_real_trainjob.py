@@ -309,3 +309,30 @@ def test_a_job_that_fails_past_its_restarts_is_failed_from_the_conditions(real, 
     assert 'node-0' in out and 'Error: container "node" exited with code 1' in out, st
     r = run_kjob("list")
     assert r.code == 0 and any(line.split()[:1] == [name] and "Failed" in line for line in r.out.splitlines()), r
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_submit_follow_saves_every_pods_log(real, kjob_runtimes, run_kjob, tmp_path, launcher):
+    name = f"follow-{launcher}"
+
+    def run():
+        pods = node_pods(real, name, 2)
+        real.append_log(pods[0], ["epoch 1"])
+        real.append_log(pods[1], ["node 1 here"])
+        time.sleep(1.0)
+        real.append_log(pods[0], ["epoch 2"])
+        for pod in pods:
+            real.end_pod(pod, 0)
+        return pods
+
+    result: list[list[str]] = []
+    _later(lambda: result.append(run()))
+    r = run_kjob("submit", spec_file(tmp_path, launcher, name), "--follow")
+    assert r.code == 0 and r.out.startswith(f"TrainJob {real.ns}/{name} created\n"), r
+    assert "epoch 1\nepoch 2\n" in r.out and "node 1 here" not in r.out, r
+    assert r.err.splitlines()[-1] == f"job {name} Succeeded", r
+    pods = result[0]
+    r = run_kjob("logs", name, "--all", "--save", str(tmp_path / "saved"))
+    assert r.code == 0, r
+    assert (tmp_path / "saved" / f"{pods[0]}.log").read_text() == "epoch 1\nepoch 2\n"
+    assert (tmp_path / "saved" / f"{pods[1]}.log").read_text() == "node 1 here\n"
