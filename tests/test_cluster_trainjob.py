@@ -199,7 +199,8 @@ def test_submit_wait_ends_with_the_trainjobs_state(trainer, capsys):
     code = backend.submit(ClusterPlan([trainjob()]), wait=True, write=lines.append)
     assert code == 1
     assert lines[0] == "TrainJob default/tj created"
-    assert lines[-2:] == ["TrainJob tj: Failed — jobset failed due to one or more job failures", "job tj Failed"]
+    # kjob's runtimes restart the JobSet (failurePolicy maxRestarts 3): JobSet's words when they ran out.
+    assert lines[-2:] == ["TrainJob tj: Failed — jobset failed due to reaching max number of restarts", "job tj Failed"]
 
 
 def test_submit_follow_streams_the_mpirun_replica_until_complete(mpi):

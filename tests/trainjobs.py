@@ -40,9 +40,15 @@ MPI_LAYOUTS = {
 TORCH = [_rjob("node", TORCHRUN, trainer=True)]
 
 
+MPI_POLICY = {"numNodes": 1, "mpi": {"numProcPerNode": 1, "mpiImplementation": "OpenMPI", "sshAuthMountPath": "/home/mpiuser/.ssh",
+                                     "runLauncherAsNode": False}}
+TORCH_POLICY = {"numNodes": 1, "torch": {}}
+FAILURE_POLICY = {"maxRestarts": 3}  # manifests/runtimes' JobSet failurePolicy
+
+
 def install_runtimes(kube, mpi_layout: str = "node-only") -> None:
-    kube.install_runtime("kjob-openmpi", MPI_LAYOUTS[mpi_layout][0])
-    kube.install_runtime("kjob-torch", TORCH)
+    kube.install_runtime("kjob-openmpi", MPI_LAYOUTS[mpi_layout][0], MPI_POLICY, FAILURE_POLICY)
+    kube.install_runtime("kjob-torch", TORCH, TORCH_POLICY, FAILURE_POLICY)
 
 
 def _mount_patch(rjob: str) -> dict:

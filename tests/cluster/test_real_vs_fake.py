@@ -5,6 +5,7 @@ What the real operators make is the reference; the simulator is fixed to match i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -15,8 +16,10 @@ from waiting import time_scale, wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300 * time_scale())]
 
 UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-# The Job controller names a launcher pod <job>-launcher-<5 random characters>.
+# The Job controller names a launcher pod <job>-launcher-<5 random characters>, and an
+# Indexed Job's pod (a TrainJob's, through JobSet's child Job) <job>-<index>-<5 random characters>.
 LAUNCHER_POD = re.compile(r"^(?P<job>.+)-launcher-[bcdfghjklmnpqrstvwxz2456789]{5}$")
+INDEXED_POD = re.compile(r"^(?P<job>.+-\d+-\d+)-[bcdfghjklmnpqrstvwxz2456789]{5}$")
 # The harness's own pod annotations (nodeside.py, stages.py): not an operator's.
 HARNESS = "kjob.test/"
 # Objects every namespace has, whoever made it: the root CA the controller-manager publishes.
@@ -25,18 +28,32 @@ EVERY_NAMESPACE = {"kube-root-ca.crt"}
 
 def _name(name: str) -> str:
     m = LAUNCHER_POD.match(name)
-    return f"{m['job']}-launcher-*" if m else name
+    if m:
+        return f"{m['job']}-launcher-*"
+    m = INDEXED_POD.match(name)
+    return f"{m['job']}-*" if m else name
 
 
 def _value(v: str) -> str:
     return "<uid>" if UID.match(v) else v
 
 
+# JobSet's job-key: sha1 of <namespace>/<child Job>, which differs with the namespace.
+JOB_KEY = "jobset.sigs.k8s.io/job-key"
+
+
+def _key(md: dict, k: str, v: str) -> str:
+    job = (md.get("labels") or {}).get("batch.kubernetes.io/job-name", "")
+    if k == JOB_KEY and v == hashlib.sha1(f"{md['namespace']}/{job}".encode()).hexdigest():
+        return "<sha1 of namespace/job>"
+    return _value(v)
+
+
 def _pod_shape(pod: dict) -> dict:
     md = pod["metadata"]
     return {
-        "labels": {k: _value(v) for k, v in sorted((md.get("labels") or {}).items())},
-        "annotations": {k: v for k, v in sorted((md.get("annotations") or {}).items()) if not k.startswith(HARNESS)},
+        "labels": {k: _key(md, k, v) for k, v in sorted((md.get("labels") or {}).items())},
+        "annotations": {k: _key(md, k, v) for k, v in sorted((md.get("annotations") or {}).items()) if not k.startswith(HARNESS)},
         "owners": [{"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["name"], "controller": o.get("controller"),
                     "blockOwnerDeletion": o.get("blockOwnerDeletion")} for o in md.get("ownerReferences") or []],
     }
@@ -75,3 +92,43 @@ def test_the_simulator_makes_what_the_real_operators_make(real, kube, run_kjob, 
     real_shape = _real_shape(real, job, pods)
     fake_shape = _fake_shape(kube, job)
     assert fake_shape == real_shape, "fake:\n" + json.dumps(fake_shape, indent=1) + "\nreal:\n" + json.dumps(real_shape, indent=1)
+
+
+TRAINER = "trainer.kubeflow.org/v1alpha1"
+JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
+
+
+def _namespace_objects(api_list) -> tuple[list[dict], list[dict], list[dict]]:
+    return (api_list("services"), api_list("configmaps"),
+            [s for s in api_list("secrets") if s["type"] != "kubernetes.io/service-account-token"])
+
+
+@pytest.mark.parametrize("launcher", ["mpi", "torchrun"])
+def test_the_simulator_makes_what_trainer_v2_and_jobset_make(real, trainer_v2, kube, run_kjob, tmp_path, launcher):
+    """A TrainJob on each of kjob's runtimes (manifests/runtimes), installed on both."""
+    from pathlib import Path
+
+    import yaml
+
+    for path in sorted(Path("manifests/runtimes").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        real.api.create(f"/apis/{TRAINER}/clustertrainingruntimes", doc, exist_ok=True)
+        kube.install_runtime(doc["metadata"]["name"], doc["spec"]["template"]["spec"]["replicatedJobs"], doc["spec"]["mlPolicy"],
+                             doc["spec"]["template"]["spec"].get("failurePolicy"))
+    spec = yaml.safe_load(Path("examples/smoke-trainjob.yaml").read_text())
+    job = f"vs-{launcher}"
+    spec.update(name=job, launcher=launcher)
+    spec.pop("local", None)
+    (tmp_path / "tj.yaml").write_text(yaml.safe_dump(spec))
+    assert run_kjob("submit", str(tmp_path / "tj.yaml"), "--kubeconfig", str(real.kubeconfig)).code == 0
+    assert run_kjob("submit", str(tmp_path / "tj.yaml"), "--kubeconfig", kube.kubeconfig).code == 0
+
+    def real_shape():
+        pods = [p for p in real.api.items(real.path("pods"), labelSelector=f"{JOBSET_NAME}={job}") if p.get("status", {}).get("phase") == "Running"]
+        if len(pods) < 2 or not real.api.items(real.path("services")):
+            return None
+        return shape(pods, *_namespace_objects(lambda plural: real.api.items(real.path(plural))))
+
+    got = wait_for("the TrainJob's pods Running and its Service", real_shape, 90 * time_scale(), interval=0.25)
+    fake_shape = _fake_shape(kube, job)
+    assert fake_shape == got, "fake:\n" + json.dumps(fake_shape, indent=1) + "\nreal:\n" + json.dumps(got, indent=1)

@@ -105,11 +105,17 @@ class KubeHandle:
         operator's: Trainer v2.1's TrainJob had podTemplateOverrides, not runtimePatches)."""
         self._call(lambda s: s.spec_fields.__setitem__(_plural(kind), tuple(fields)))
 
-    def install_runtime(self, name: str, replicated_jobs: list[dict]) -> None:
+    def install_runtime(self, name: str, replicated_jobs: list[dict], ml_policy: dict | None = None, failure_policy: dict | None = None) -> None:
         """Create the ClusterTrainingRuntime `name` with these replicated jobs (each
-        {"name", "replicas"?, "template": a batch/v1 JobTemplateSpec})."""
+        {"name", "replicas"?, "template": a batch/v1 JobTemplateSpec}), mlPolicy (with
+        `mpi`, the trainer makes the MPI plugin's Secret and hostfile ConfigMap) and
+        JobSet failurePolicy (with maxRestarts, a failed job says its restarts ran out)."""
         runtime = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime", "metadata": {"name": name},
                    "spec": {"template": {"spec": {"replicatedJobs": copy.deepcopy(replicated_jobs)}}}}
+        if failure_policy is not None:
+            runtime["spec"]["template"]["spec"]["failurePolicy"] = copy.deepcopy(failure_policy)
+        if ml_policy is not None:
+            runtime["spec"]["mlPolicy"] = copy.deepcopy(ml_policy)
         self._call(lambda s: s.put("clustertrainingruntimes", runtime))
 
     def serve_crd_at(self, kind: str, version: str) -> None:
@@ -353,7 +359,8 @@ class KubeHandle:
         ns = namespace or self.namespace
         if self._is_trainjob(name, ns):
             self._call(lambda s: trainer.set_jobs_status(s, s.get("trainjobs", ns, name), word))
-            self.set_condition(name, *trainer.FINAL[state][:1], reason=trainer.FINAL[state][1], message=trainer.FINAL[state][2], namespace=ns)
+            ctype, reason, message = self._call(lambda s: trainer.final_condition(s, s.get("trainjobs", ns, name), state))
+            self.set_condition(name, ctype, reason=reason, message=message, namespace=ns)
             return
         self.set_replica_statuses(name, self._counts(pods, word), namespace)
         self.set_condition(name, state, reason=f"Job{state}", message=f"job {name} {'successfully completed' if state == 'Succeeded' else 'has failed'}", namespace=namespace)

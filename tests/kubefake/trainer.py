@@ -11,15 +11,16 @@ JobSetNameKey, ReplicatedJobNameKey, JobIndexKey, ...), and a headless Service n
 the JobSet. The Job controller names an Indexed Job's pods <job>-<completion index>-<5
 characters> and labels them with batch.kubernetes.io/job-completion-index.
 
-Not yet compared with the real controllers by tests/cluster/test_real_vs_fake.py (the
-harness gains them in another branch): the pod names, labels and owners here follow the
-sources above and are what that test should check.
+tests/cluster/test_real_vs_fake.py compares the pods (names, labels, annotations, owners),
+Services, ConfigMaps and Secrets made here with the real controllers' for a TrainJob on
+each of kjob's runtimes.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 
 from .store import State, now_rfc3339
@@ -57,6 +58,26 @@ def _patch_pod(pod_spec: dict, patch: dict) -> None:
                     c["securityContext"] = copy.deepcopy(cpatch["securityContext"])
 
 
+def _rjob_patches(job: dict, rjob: dict) -> list[dict]:
+    """The TrainJob's runtimePatches entries for this replicated job."""
+    return [rpatch for patch in job["spec"].get("runtimePatches") or []
+            for rpatch in ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec", {}).get("replicatedJobs") or []
+            if rpatch.get("name") == rjob["name"]]
+
+
+def pod_metadata_of(job: dict, rjob: dict) -> tuple[dict, dict]:
+    """(labels, annotations) of the replicated job's pod template, the runtimePatches'
+    pod metadata merged over the runtime's."""
+    template = rjob["template"]["spec"]["template"]
+    labels = dict(template.get("metadata", {}).get("labels") or {})
+    annotations = dict(template.get("metadata", {}).get("annotations") or {})
+    for rpatch in _rjob_patches(job, rjob):
+        md = (((rpatch.get("template") or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}
+        labels.update(md.get("labels") or {})
+        annotations.update(md.get("annotations") or {})
+    return labels, annotations
+
+
 def pod_spec_of(job: dict, rjob: dict) -> dict:
     """The pod spec of a replicated job of the runtime, with the TrainJob's trainer (on
     the container named node of the job labelled as the trainer's step) and its
@@ -71,10 +92,8 @@ def pod_spec_of(job: dict, rjob: dict) -> dict:
                 if trainer.get(key):
                     c[key] = copy.deepcopy(trainer[key])
             c["env"] = (c.get("env") or []) + copy.deepcopy(trainer.get("env") or [])
-    for patch in job["spec"].get("runtimePatches") or []:
-        for rpatch in ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec", {}).get("replicatedJobs") or []:
-            if rpatch.get("name") == rjob["name"]:
-                _patch_pod(spec, (((rpatch.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
+    for rpatch in _rjob_patches(job, rjob):
+        _patch_pod(spec, (((rpatch.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
     return spec
 
 
@@ -91,10 +110,26 @@ def replicated_jobs(s: State, job: dict) -> list[tuple[dict, int, int]]:
 
 
 def make_companions(s: State, job: dict) -> None:
-    """The JobSet (owned by the TrainJob), its headless Service and child Jobs."""
+    """The trainer's objects (owned by the TrainJob): the runtime's snapshot ConfigMap
+    (pkg/runtime/core/snapshot.go) and, for an MPI runtime, the MPI plugin's ssh Secret
+    and hostfile ConfigMap (plugins/mpi); the JobSet, its headless Service and child Jobs."""
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
     if s.get("jobsets", ns, name) is not None:
         return
+    runtime = runtime_of(s, job)
+    s.put("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-runtime-snapshot", "namespace": ns,
+                                                                              "ownerReferences": [_owner(job)]},
+                         "data": {"runtime": json.dumps(runtime, sort_keys=True)}})
+    mpi = (runtime["spec"].get("mlPolicy") or {}).get("mpi")
+    if mpi is not None:
+        s.put("secrets", {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth", "immutable": True,
+                          "metadata": {"name": f"{name}-mpi-ssh-auth", "namespace": ns, "ownerReferences": [_owner(job)]},
+                          "data": {"ssh-privatekey": "", "ssh-publickey": ""}})
+        slots = (job["spec"].get("trainer") or {}).get("numProcPerNode") or mpi.get("numProcPerNode") or 1
+        nodes = next((pods for rjob, _, pods in replicated_jobs(s, job) if rjob["name"] == "node"), 0)
+        s.put("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-mpi-hostfile", "namespace": ns,
+                                                                                  "ownerReferences": [_owner(job)]},
+                             "data": {"hostfile": "".join(f"{name}-node-0-{i}.{name} slots={slots}\n" for i in range(nodes))}})
     jobset = s.put("jobsets", {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
                                "metadata": {"name": name, "namespace": ns, "labels": dict(job["metadata"].get("labels") or {}),
                                             "ownerReferences": [_owner(job)]}, "spec": {}})
@@ -140,16 +175,18 @@ def make_pods(s: State, job: dict, waiting, only: tuple[str, int] | None = None)
             for completion in range(pods):
                 if only is not None and only != (rjob["name"], completion):
                     continue
-                template = rjob["template"]["spec"]["template"]
-                labels = {**(template.get("metadata", {}).get("labels") or {}), **child["metadata"]["labels"],
+                template_labels, template_annotations = pod_metadata_of(job, rjob)
+                spec = pod_spec_of(job, rjob)
+                # JobSet's pod webhook records the pod's priority (the Priority admission
+                # plugin's, 0 without a class) as a label (pkg/webhooks/pod_webhook.go).
+                labels = {**template_labels, **child["metadata"]["labels"], "jobset.sigs.k8s.io/priority": str(spec.get("priority", 0)),
                           "batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": child["metadata"]["name"],
                           "controller-uid": uid, "job-name": child["metadata"]["name"],
                           "batch.kubernetes.io/job-completion-index": str(completion)}
                 pod_name = f"{child['metadata']['name']}-{completion}-" + "".join(random.choice(SUFFIX) for _ in range(5))
-                spec = pod_spec_of(job, rjob)
                 spec.setdefault("hostname", f"{child['metadata']['name']}-{completion}")
                 spec.setdefault("subdomain", name)
-                annotations = {**(template.get("metadata", {}).get("annotations") or {}), **child["metadata"]["annotations"],
+                annotations = {**template_annotations, **child["metadata"]["annotations"],
                                "batch.kubernetes.io/job-completion-index": str(completion)}
                 s.put("pods", {"apiVersion": "v1", "kind": "Pod",
                                "metadata": {"name": pod_name, "namespace": ns, "labels": labels, "annotations": annotations,
@@ -189,6 +226,15 @@ def set_condition(s: State, job: dict, type_: str, status: str, reason: str, mes
 # The JobSet conditions the trainer copies (jobset pkg/constants: AllJobsCompleted*, FailedJobs*).
 FINAL = {"Succeeded": ("Complete", "AllJobsCompleted", "jobset completed successfully"),
          "Failed": ("Failed", "FailedJobs", "jobset failed due to one or more job failures")}
+# A runtime with a failurePolicy fails only once its restarts are used up, in these words
+# (jobset pkg/constants: ReachedMaxRestarts*); kjob's runtimes have maxRestarts 3.
+MAX_RESTARTS_FAILED = ("Failed", "ReachedMaxRestarts", "jobset failed due to reaching max number of restarts")
+
+
+def final_condition(s: State, job: dict, state: str) -> tuple[str, str, str]:
+    """(type, reason, message) of the condition the trainer copies from the JobSet that ended in `state`."""
+    policy = runtime_of(s, job)["spec"]["template"]["spec"].get("failurePolicy") or {}
+    return MAX_RESTARTS_FAILED if state == "Failed" and policy.get("maxRestarts") else FINAL[state]
 
 
 def order(labels: dict[str, str]) -> tuple:

@@ -181,6 +181,10 @@ def _transport_words(e: Exception) -> str:
 # RBAC's denial (k8s.io/apiserver endpoints/handlers/responsewriters: forbiddenMessage):
 # 'User "u" cannot get resource "pods/exec" in API group "" in the namespace "n"'.
 _DENIED = re.compile(r'cannot (\w+) resource "([^"]+)"')
+# An admission webhook's denial (k8s.io/apiserver admission/plugin/webhook/errors:
+# 'admission webhook "x" denied the request: ...') and a ValidatingAdmissionPolicy's
+# ('ValidatingAdmissionPolicy 'p' with binding 'b' denied request: ...').
+_ADMISSION = re.compile(r"^admission webhook \"[^\"]+\" denied the request|\bValidatingAdmissionPolicy '[^']*' with binding '[^']*' denied request")
 
 
 def _translate_status(e: HttpError, kube: Kube, verb, resource, name, namespace, what, attempts) -> KjobError:
@@ -189,6 +193,11 @@ def _translate_status(e: HttpError, kube: Kube, verb, resource, name, namespace,
     details = status.get("details") or {}
     if e.status == 401:
         return ClusterUnavailable(f"the Kubernetes API server {kube.where()} rejected the credentials (401 Unauthorized)", hint="log in again or refresh the token/certificate in your kubeconfig")
+    if e.status == 403 and _ADMISSION.search(message):
+        # An admission webhook's (or policy's) denial is 403 Forbidden too, as RBAC's is;
+        # only its message tells them apart. It refuses the object, not the user: the
+        # spec is what to change (exit 2), and the webhook's own words say how.
+        return InvalidInput(f"the cluster's admission control refused to {what}: {message}", hint="change the spec as the message says; the refusal is the cluster's policy, not RBAC")
     if e.status == 403:
         # The server's own words say which verb it checked, which for a websocket exec is
         # not the one the request looks like (`get pods/exec` up to 1.34).
