@@ -48,6 +48,7 @@ TOOLS=(
   "node|kubelet|kubelet|k8s.io/kubernetes/cmd/kubelet"
   "node|coredns|coredns|github.com/coredns/coredns"
   "node|crictl|crictl|sigs.k8s.io/cri-tools/cmd/crictl"
+  "kueue|kueue|kueue|sigs.k8s.io/kueue/cmd/kueue"
 )
 
 # set | CRD file (under crds/: the harness installs them all) | tool folder | module | path inside the module
@@ -61,8 +62,29 @@ CRDS=(
   # kwok's per-pod log and exec rules (nodeside.py creates one of each for every pod).
   "cluster|kwok.x-k8s.io_logs.yaml|kwok|sigs.k8s.io/kwok|kustomize/crd/bases/kwok.x-k8s.io_logs.yaml"
   "cluster|kwok.x-k8s.io_execs.yaml|kwok|sigs.k8s.io/kwok|kustomize/crd/bases/kwok.x-k8s.io_execs.yaml"
+  # Kueue's CRDs. Its webhook configurations and the CRD patches that give five CRDs a
+  # conversion webhook (those its config/components/crd/kustomization.yaml applies) go
+  # beside crds/, not into it: tests/cluster/kueue.py reads their paths and points them at
+  # the Kueue it starts.
+  "kueue|kueue.x-k8s.io_localqueues.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_localqueues.yaml"
+  "kueue|kueue.x-k8s.io_clusterqueues.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_clusterqueues.yaml"
+  "kueue|kueue.x-k8s.io_cohorts.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_cohorts.yaml"
+  "kueue|kueue.x-k8s.io_workloads.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_workloads.yaml"
+  "kueue|kueue.x-k8s.io_resourceflavors.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_resourceflavors.yaml"
+  "kueue|kueue.x-k8s.io_admissionchecks.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_admissionchecks.yaml"
+  "kueue|kueue.x-k8s.io_workloadpriorityclasses.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_workloadpriorityclasses.yaml"
+  "kueue|kueue.x-k8s.io_provisioningrequestconfigs.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_provisioningrequestconfigs.yaml"
+  "kueue|kueue.x-k8s.io_multikueueconfigs.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_multikueueconfigs.yaml"
+  "kueue|kueue.x-k8s.io_multikueueclusters.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_multikueueclusters.yaml"
+  "kueue|kueue.x-k8s.io_topologies.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_topologies.yaml"
+  "kueue|../webhooks/kueue.yaml|kueue|sigs.k8s.io/kueue|config/components/webhook/manifests.yaml"
+  "kueue|../crd-conversion/webhook_in_localqueues.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_localqueues.yaml"
+  "kueue|../crd-conversion/webhook_in_clusterqueues.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_clusterqueues.yaml"
+  "kueue|../crd-conversion/webhook_in_cohorts.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_cohorts.yaml"
+  "kueue|../crd-conversion/webhook_in_workloads.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_workloads.yaml"
+  "kueue|../crd-conversion/webhook_in_multikueueclusters.yaml|kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_multikueueclusters.yaml"
 )
-SETS=(cluster node)
+SETS=(cluster node kueue)
 
 set_name=cluster action=build
 while (($#)); do
@@ -77,7 +99,20 @@ if [[ " ${SETS[*]} " != *" $set_name "* ]]; then
   exit 2
 fi
 
-key_of() { { cat "$tests/$1/tools"/*/go.mod "$tests/$1/tools"/*/go.sum "$script"; go env GOVERSION; } | sha256sum | cut -c1-16; }
+# The folder under tests/ that holds a set's tools/: node's is tests/node, every other
+# set's (cluster, kueue) tests/cluster.
+home_of() { if [[ "$1" == node ]]; then echo node; else echo cluster; fi; }
+# A set's key hashes the go.mod/go.sum of the tool folders its own TOOLS lines name (a
+# set sharing tests/cluster/tools does not rebuild for another set's change).
+key_of() {
+  local t s name dir pkg dirs=()
+  for t in "${TOOLS[@]}"; do
+    IFS='|' read -r s name dir pkg <<<"$t"
+    [[ "$s" == "$1" ]] && dirs+=("$tests/$(home_of "$s")/tools/$dir")
+  done
+  { for dir in $(printf '%s\n' "${dirs[@]}" | sort -u); do cat "$dir/go.mod" "$dir/go.sum"; done
+    cat "$script"; go env GOVERSION; } | sha256sum | cut -c1-16
+}
 out="$cache/$set_name/$(key_of "$set_name")"
 
 # Removes <cache>/<set>/<key> of every key but the current ones (of every set) that no one
@@ -86,7 +121,7 @@ prune() {
   [[ "${KJOB_CACHE_PRUNE:-1}" == 0 ]] && return 0
   local keep=" " s d size freed=0 gone=()
   for s in "${SETS[@]}"; do keep+="$s/$(key_of "$s") "; done
-  for d in "$cache"/{cluster,node}/* "$cache"/{cluster,node}/.pruned-*; do
+  for d in "$cache"/{cluster,node,kueue}/* "$cache"/{cluster,node,kueue}/.pruned-*; do
     [[ -d "$d" && ! -L "$d" ]] || continue
     local rel="${d#"$cache"/}" base="${d##*/}"
     [[ "$base" =~ ^[0-9a-f]{16}$ || "$base" == .pruned-* ]] || continue  # never node/containerd, or anything not ours
@@ -162,7 +197,7 @@ mpi_operator_modfile() {
 for t in "${TOOLS[@]}"; do
   IFS='|' read -r s name dir pkg <<<"$t"
   [[ "$s" == "$set_name" && ! -x "$out/bin/$name" ]] || continue
-  tooldir="$tests/$s/tools/$dir"
+  tooldir="$tests/$(home_of "$s")/tools/$dir"
   ldflags="-s -w"
   [[ "$pkg" == k8s.io/kubernetes/* ]] && ldflags="$(k8s_ldflags "$tooldir")"
   extra=()
@@ -177,7 +212,7 @@ done
 for c in "${CRDS[@]}"; do
   IFS='|' read -r s file dir mod path <<<"$c"
   [[ "$s" == "$set_name" ]] || continue
-  tooldir="$tests/$s/tools/$dir"
+  tooldir="$tests/$(home_of "$s")/tools/$dir"
   moddir="$(cd "$tooldir" && go list -m -f '{{.Dir}}' "$mod")"
   if [[ -z "$moddir" || ! -d "$moddir" ]]; then
     (cd "$tooldir" && go mod download "$mod")
