@@ -12,6 +12,7 @@ from kjob.cluster.api import connect
 from kjob.cluster.gitops import gitops_owner, recreated_note
 from kjob.cluster.jobs import Submitted, delete_job, find_job, get_job, job_events, job_pods, list_jobs, poll_seconds, submit
 from kjob.cluster.logs import show_logs
+from kjob.cluster.queueing import queueing, with_queueing
 from kjob.cluster.status import job_state, job_status
 from kjob.cluster.stopping import checkpoint_before_delete
 from kjob.errors import Forbidden, InvalidInput, NotFound
@@ -69,6 +70,9 @@ class ClusterBackend:
 
     def status(self, name: str, namespace: str | None = None) -> JobStatus:
         job = self.job(name, namespace)
+        return with_queueing(self._status(job), queueing(self.kube, job))
+
+    def _status(self, job: dict) -> JobStatus:
         pods = job_pods(self.kube, job)
         try:
             events = job_events(self.kube, job, pods)
