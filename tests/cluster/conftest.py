@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builds import build_dir  # noqa: E402
 from controlplane import CLAIMS, ControlPlane, create_bound_claims, pv_name  # noqa: E402
+from kueue import Kueue  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
+from stages import NODE_CAPACITY, NODE_COUNT  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
@@ -31,6 +33,14 @@ _startup: list[float] = []
 def pytest_terminal_summary(terminalreporter):
     if _startup:
         terminalreporter.write_line(f"real control plane: started in {_startup[0]:.1f} s")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use Kueue run after all others: Kueue starts into the session's control
+    plane when the first of them asks, and its webhooks then see every MPIJob and
+    PyTorchJob created (it acts only on those with a queue label, but a test of the plain
+    cluster should not depend on that)."""
+    items.sort(key=lambda item: "kueue" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +168,31 @@ def real(control_plane, request, tmp_path, monkeypatch):
         for claim in CLAIMS:
             api.delete(f"/api/v1/persistentvolumes/{pv_name(ns, claim)}")
 
+
+
+@pytest.fixture(scope="session")
+def kueue(control_plane) -> Kueue:
+    """Kueue v0.19.2 (build.sh --set kueue) running in the session's control plane, with a
+    ResourceFlavor of the kwok nodes and the ClusterQueue kueue.CLUSTER_QUEUE whose quota
+    is what those nodes hold (nvidia.com/gpu, cpu, memory). Stopped with the control plane."""
+    running = Kueue(control_plane, build_dir("kueue")).start()
+    quota = {r: _times(NODE_CAPACITY[r], control_plane.kwok_nodes) for r in ("cpu", "memory", "nvidia.com/gpu")}
+    running.create_queues(quota)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _times(quantity: str, n: int) -> str:
+    """"512Gi" x 2 = "1024Gi" (the node capacities here are whole numbers with a suffix)."""
+    number, unit = re.fullmatch(r"(\d+)(\D*)", quantity).groups()
+    return f"{int(number) * n}{unit}"
+
+
+@pytest.fixture
+def local_queue(real, kueue) -> str:
+    """A LocalQueue of the test's namespace on kueue.CLUSTER_QUEUE; returns its name."""
+    kueue.wait_idle()
+    kueue.create_local_queue(real.ns, "team")
+    return "team"

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from builds import build_dir
 from processes import running
 from waiting import time_scale, wait_for
 
@@ -30,6 +31,9 @@ SESSION = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from controlplane import ControlPlane
     plane = ControlPlane(Path(sys.argv[2]), Path(sys.argv[3]), with_operators=False, kwok_nodes=1).start()
+    if len(sys.argv) > 4:  # and Kueue, from the kueue set's build folder
+        from kueue import Kueue
+        Kueue(plane, Path(sys.argv[4])).start()
     started = [[p.pid, p.create_time()] for p in plane.pids()]
     print(json.dumps({"started": started, "watchdog": plane.processes.watchdog.pid}), flush=True)
     sys.stdin.read()
@@ -48,9 +52,21 @@ def kill_its_process_group_as_timeout_does(session: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("kill", [kill_the_process, kill_its_process_group_as_timeout_does])
 def test_a_killed_session_leaves_no_process(kill, cluster_build, tmp_path):
+    killed_session_leaves_nothing(kill, [str(cluster_build)], tmp_path)
+
+
+def test_a_killed_session_leaves_no_kueue(cluster_build, tmp_path):
+    # Kueue runs under unshare (its fixed metrics certificate path): the wrapper and Kueue both go.
+    names = killed_session_leaves_nothing(kill_the_process, [str(cluster_build), str(build_dir("kueue"))], tmp_path)
+    assert "kueue" in names, names
+
+
+def killed_session_leaves_nothing(kill, builds: list[str], tmp_path) -> set[str]:
+    """Start a stand-in session on `builds`, kill it with `kill`, and fail unless every
+    process it started is gone within 10 s; returns the names of those processes."""
     errors = tmp_path / "session.err"
     with open(errors, "w") as err, subprocess.Popen(
-            [sys.executable, "-c", SESSION, str(HERE), str(tmp_path / "plane"), str(cluster_build)],
+            [sys.executable, "-c", SESSION, str(HERE), str(tmp_path / "plane"), *builds],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True) as session:
         started = []
         try:
@@ -75,3 +91,4 @@ def test_a_killed_session_leaves_no_process(kill, cluster_build, tmp_path):
             for pid, created in started:  # a failure must not leave them either
                 if running(pid, created):
                     psutil.Process(pid).kill()
+    return names
