@@ -16,7 +16,10 @@ from kjob.cluster.queueing import explain, workload_of
 
 pytestmark = pytest.mark.timeout(120)
 
-QUOTA = "couldn't assign flavors to pod set worker: insufficient quota for nvidia.com/gpu in flavor kwok, request > maximum capacity (24 > 16)"
+# Kueue's words (pkg/scheduler/flavorassigner), as the real control plane's test saw them.
+QUOTA = ("couldn't assign flavors to pod set worker: insufficient quota for nvidia.com/gpu in flavor kwok, "
+         "previously considered podsets requests (0) + current podset request (24) > maximum capacity (16)")
+UNUSED = "couldn't assign flavors to pod set worker: insufficient unused quota for nvidia.com/gpu in flavor kwok, 16 more needed"
 PREEMPTION = ("Preempted to accommodate a workload (UID: 7d1e-wl, JobUID: 4c2a-job) due to prioritization in the ClusterQueue; "
               "preemptor path: /cluster-gpus; preemptee path: /cluster-gpus")
 
@@ -116,7 +119,7 @@ def test_a_job_kueue_preempted_says_by_whom_and_that_it_is_requeued(kube, run_kj
     assert run_kjob("submit", queued_spec(tmp_path)).code == 0
     kube.kueue_holds("smoke")
     kube.workload("smoke", [
-        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": QUOTA.replace("request > maximum capacity (24 > 16)", "16 more needed")},
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": UNUSED},
         {"type": "Evicted", "status": "True", "reason": "Preempted", "message": PREEMPTION},
         {"type": "Preempted", "status": "True", "reason": "InClusterQueue", "message": PREEMPTION, "lastTransitionTime": "2026-12-07T08:01:00Z"},
         {"type": "Requeued", "status": "True", "reason": "Preempted", "message": PREEMPTION}])
@@ -128,7 +131,7 @@ def test_a_job_kueue_preempted_says_by_whom_and_that_it_is_requeued(kube, run_kj
     out = " ".join(status_of(run_kjob).split())
     assert ("Message: preempted by Kueue at 2026-12-07T08:01:00Z for MPIJob default/urgent (prioritization in the ClusterQueue); "
             "Kueue requeues it, and it runs again when LocalQueue team (ClusterQueue cluster-gpus) admits it; "
-            "queued in LocalQueue team (ClusterQueue cluster-gpus): couldn't assign flavors") in out, out
+            f"queued in LocalQueue team (ClusterQueue cluster-gpus): {UNUSED}") in out, out
 
 
 # -- explain, pure ------------------------------------------------------------------------------
