@@ -93,6 +93,15 @@ def test_a_queued_job_says_its_queues_and_kueues_reason(kube, run_kjob, tmp_path
     assert f"Message:   queued in LocalQueue team (ClusterQueue cluster-gpus): {QUOTA}" in out, out
 
 
+def test_status_warns_when_workloads_cannot_be_read(kube, run_kjob, tmp_path):
+    queued_job(kube, run_kjob, tmp_path)
+    kube.deny("list", "workloads")
+    out = " ".join(status_of(run_kjob).split())
+    assert "State: Suspended" in out, out  # the operator's word stands
+    assert ('Warning: forbidden: cannot list workloads in namespace "default": '
+            "whether Kueue holds the job back (LocalQueue team) is not shown") in out, out
+
+
 def test_a_job_without_a_queue_asks_kueue_nothing(kube, run_kjob):
     kube.install_kueue()
     assert run_kjob("submit", "examples/smoke.yaml").code == 0

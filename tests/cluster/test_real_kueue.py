@@ -16,6 +16,7 @@ import time
 import pytest
 
 from kueue import API, CLUSTER_QUEUE
+from test_real_rbac import ROLE, as_kjob_user
 from test_real_why import high_priority, spec_file, status  # noqa: F401 (high_priority: a fixture)
 from waiting import time_scale, wait_for
 
@@ -108,3 +109,24 @@ def test_kueue_preempts_for_a_higher_priority_job_and_requeues_the_lower_one(rea
     assert "low: before the preemption\n" in out and "low: after the requeue\n" in out, out
     assert "waiting for the launcher pod of low: preempted by Kueue" in said, said
     assert said.rstrip().endswith("job low Succeeded"), said
+
+
+def test_the_shipped_role_reads_kueue_and_without_its_kueue_rule_kjob_warns(real, local_queue, kueue, run_kjob, tmp_path):
+    # manifests/rbac/kjob-user.yaml as a ServiceAccount's Role: submit checks the
+    # LocalQueue and status gives Kueue's reason.
+    kc = ["--kubeconfig", as_kjob_user(real, tmp_path, ROLE["rules"])]
+    r = run_kjob("submit", spec_file(tmp_path, "big", workers=3, gpusPerWorker=8, queue=local_queue), *kc)
+    assert r.code == 0 and "warning" not in r.err, r
+    wait_for("Kueue's verdict on big", lambda: (c := condition(real, "big", "QuotaReserved")) and c["status"] == "False", 60, interval=0.2)
+    out = " ".join(run_kjob("status", "big", *kc).out.split())
+    assert f"State: Pending Message: queued in LocalQueue {local_queue} (ClusterQueue {CLUSTER_QUEUE}): couldn't assign flavors" in out, out
+    # Without it: submit cannot check the LocalQueue, status cannot read the Workload;
+    # both still work and say so.
+    rules = [rule for rule in ROLE["rules"] if rule["apiGroups"] != ["kueue.x-k8s.io"]]
+    assert len(rules) == len(ROLE["rules"]) - 1, "the shipped Role has no Kueue rule"
+    kc = ["--kubeconfig", as_kjob_user(real, tmp_path, rules, name="kjob-narrow")]
+    r = run_kjob("submit", spec_file(tmp_path, "other", queue=local_queue), *kc)
+    assert r.code == 0 and f"warning: forbidden: cannot get localqueues \"{local_queue}\"" in " ".join(r.err.split()), r
+    out = " ".join(run_kjob("status", "big", *kc).out.split())
+    assert ("Warning: forbidden: cannot list workloads in namespace" in out
+            and f"whether Kueue holds the job back (LocalQueue {local_queue}) is not shown" in out), out

@@ -77,6 +77,7 @@ class JobPods:
         with self._held_lock:
             now = time.monotonic()
             if now - self._held_asked >= self.poll:
-                self._held = queueing(self.kube, self.job)
+                word = queueing(self.kube, self.job)
+                self._held = word if word is not None and word.state is not None else None
                 self._held_asked = now
             return self._held

@@ -50,9 +50,10 @@ class Queueing:
     state kjob shows (Pending: Kueue will run it without anyone's help); `message` says
     why, in Kueue's own words."""
 
-    state: str
-    message: str
+    state: str | None  # None: Kueue's word is unknown (see `warning`)
+    message: str | None
     preempted: bool = False
+    warning: str | None = None  # why kjob could not read Kueue's word
 
 
 def queue_of(job: dict) -> str | None:
@@ -150,15 +151,17 @@ def explain(job: dict, workload: dict | None, *, cluster_queue: str | None = Non
 def queueing(kube, job: dict) -> Queueing | None:
     """explain() of the job as the cluster has it now: one Workload LIST (by the job's
     UID), and while the job is queued its LocalQueue and its position. Nothing is asked of
-    a job that names no queue. A cluster without Kueue's API, or a user who may not read
-    Workloads, gets None: the operator's own state stands."""
+    a job that names no queue. A cluster without Kueue's API gets None (the operator's own
+    state stands); a user who may not read Workloads, a Queueing that only warns so."""
     queue = queue_of(job)
     if queue is None:
         return None
     md = job["metadata"]
     try:
         found = kube.send(requests.list_workloads(md["namespace"], f"{JOB_UID_LABEL}={md.get('uid')}")).get("items", [])
-    except (NotFound, Forbidden, ClusterUnavailable):
+    except Forbidden as e:
+        return Queueing(None, None, warning=f"{e.message.split(' (context')[0]}: whether Kueue holds the job back (LocalQueue {queue}) is not shown")
+    except (NotFound, ClusterUnavailable):
         return None
     workload = workload_of(job, found)
     first = explain(job, workload)
@@ -219,8 +222,12 @@ def check_local_queue(kube, job: dict, namespace: str) -> str | None:
 
 def with_queueing(status: JobStatus, word: Queueing | None) -> JobStatus:
     """A JobStatus with Kueue's word on it: a job Kueue holds back is Pending for Kueue's
-    reason, whatever the operator's condition (Suspended) or a leftover pod says."""
-    if word is None or status.state in FINAL_STATES:
+    reason, whatever the operator's condition (Suspended) or a leftover pod says; a word
+    kjob may not read is a warning."""
+    if word is None:
         return status
-    status.state, status.message = word.state, word.message
+    if word.warning:
+        status.warnings.append(word.warning)
+    if word.state is not None and status.state not in FINAL_STATES:
+        status.state, status.message = word.state, word.message
     return status
