@@ -12,8 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from kueue import API, CLUSTER_QUEUE
 from test_real_rbac import ROLE, as_kjob_user
@@ -43,6 +45,18 @@ def test_a_job_over_the_quota_stays_queued_with_kueues_reason(real, local_queue,
     assert f"State: Pending Message: queued in LocalQueue {local_queue} (ClusterQueue {CLUSTER_QUEUE}): {reason}" in out, out
     assert "insufficient quota for nvidia.com/gpu" in out, out
     assert real.pods("big") == []  # Kueue keeps it suspended: no pods at all
+
+
+def test_a_pytorchjob_over_the_quota_is_queued_too(real, local_queue, kueue, run_kjob, tmp_path):
+    spec = yaml.safe_load(Path("examples/resnext50-torchrun.yaml").read_text()) | {"workers": 3, "gpusPerWorker": 8, "queue": local_queue}
+    (tmp_path / "torch.yaml").write_text(yaml.safe_dump(spec))
+    assert run_kjob("submit", str(tmp_path / "torch.yaml")).code == 0
+    name = spec["name"]
+    wait_for(f"Kueue's verdict on {name}", lambda: (c := condition(real, name, "QuotaReserved")) and c["status"] == "False"
+             and "nvidia.com/gpu" in c.get("message", ""), 60, interval=0.2)
+    out = status(run_kjob, name)
+    assert f"State: Pending Message: queued in LocalQueue {local_queue} (ClusterQueue {CLUSTER_QUEUE}): couldn't assign flavors to pod set" in out, out
+    assert real.pods(name) == []
 
 
 def test_a_local_queue_that_does_not_exist_stops_submit_with_exit_5(real, kueue, run_kjob, tmp_path):
