@@ -102,11 +102,19 @@ def test_status_warns_when_workloads_cannot_be_read(kube, run_kjob, tmp_path):
             "whether Kueue holds the job back (LocalQueue team) is not shown") in out, out
 
 
+def test_list_shows_a_queued_job_pending_with_one_workload_request(kube, run_kjob, tmp_path):
+    queued_job(kube, run_kjob, tmp_path)
+    out = run_kjob("list").out
+    assert "smoke" in out and "Pending" in out and "Suspended" not in out, out
+    assert kube.requests("list", "workloads") == 1
+
+
 def test_a_job_without_a_queue_asks_kueue_nothing(kube, run_kjob):
     kube.install_kueue()
     assert run_kjob("submit", "examples/smoke.yaml").code == 0
     kube.run_job("smoke")
     assert "State:     Running" in status_of(run_kjob)
+    assert "Running" in run_kjob("list").out
     assert kube.requests("list", "workloads") == 0 and kube.requests("get", "localqueues") == 0
 
 

@@ -45,6 +45,8 @@ def test_a_job_over_the_quota_stays_queued_with_kueues_reason(real, local_queue,
     assert f"State: Pending Message: queued in LocalQueue {local_queue} (ClusterQueue {CLUSTER_QUEUE}): {reason}" in out, out
     assert "insufficient quota for nvidia.com/gpu" in out, out
     assert real.pods("big") == []  # Kueue keeps it suspended: no pods at all
+    row = next(line for line in run_kjob("list").out.splitlines() if line.startswith("big "))
+    assert row.split()[2] == "Pending", row  # not the operator's Suspended
 
 
 def test_a_pytorchjob_over_the_quota_is_queued_too(real, local_queue, kueue, run_kjob, tmp_path):

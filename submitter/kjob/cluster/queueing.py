@@ -178,6 +178,22 @@ def queueing(kube, job: dict) -> Queueing | None:
     return explain(job, workload, cluster_queue=cq, position=position, workloads=preempting)
 
 
+def held_states(kube, jobs: list[dict], statuses: list[JobStatus], namespace: str | None) -> list[JobStatus]:
+    """`kjob list`: the statuses of `jobs` (the same order) with Kueue's word on those that
+    name a queue, from one Workload LIST (by their UIDs, in `namespace` or all: None) and
+    none when no job names a queue. Kueue's reasons are for `status`; a list without
+    them (Kueue's API not served, Workloads not readable) keeps the operators' states."""
+    queued = [j for j in jobs if queue_of(j) is not None]
+    if not queued:
+        return statuses
+    uids = ",".join(sorted(j["metadata"]["uid"] for j in queued))
+    try:
+        found = kube.send(requests.list_workloads(namespace, f"{JOB_UID_LABEL} in ({uids})")).get("items", [])
+    except KjobError:
+        return statuses
+    return [with_queueing(st, explain(job, workload_of(job, found))) for job, st in zip(jobs, statuses)]
+
+
 def _cluster_queue(kube, namespace: str, queue: str) -> str | None:
     try:
         return (kube.send(requests.get_local_queue(namespace, queue)).get("spec") or {}).get("clusterQueue")

@@ -182,8 +182,9 @@ def exec_query(argv: list[str], container: str | None) -> list[tuple[str, str]]:
 
 
 # -- Kueue (kjob.cluster.queueing) -------------------------------------------------------------
-def list_workloads(namespace: str, label_selector: str | None = None) -> Request:
-    """Kueue's Workloads of a namespace (kueue.x-k8s.io/v1beta2); a job's by its UID label."""
+def list_workloads(namespace: str | None, label_selector: str | None = None) -> Request:
+    """Kueue's Workloads (kueue.x-k8s.io/v1beta2) of a namespace or all (None); a job's by
+    its UID label."""
     return Request("GET", api_path("kueue.x-k8s.io/v1beta2", "workloads", namespace), verb="list", resource="workloads.kueue.x-k8s.io",
                    namespace=namespace, query={"labelSelector": label_selector} if label_selector else {})
 
