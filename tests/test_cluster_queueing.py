@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kjob.cluster.queueing import explain, workload_of
+from kjob.cluster.queueing import explain, queueing, workload_of
+from kjob.errors import ClusterUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -211,3 +212,27 @@ def test_follow_says_why_the_job_is_queued_and_follows_it_once_admitted(kube, ru
     assert r.code == 0, r
     assert f"waiting for the launcher pod of smoke: queued in LocalQueue team (ClusterQueue cluster-gpus): {QUOTA}" in r.err, r.err
     assert "epoch 1 loss 0.5" in r.out, r
+
+
+class CountingKube:
+    """Answers kjob.cluster.queueing's requests from fixed dicts; the visibility API is
+    unavailable (ClusterUnavailable: what kjob raises after retrying its 503s)."""
+
+    def __init__(self, workloads: list[dict]) -> None:
+        self.workloads, self.asked = workloads, []
+
+    def send(self, req):
+        self.asked.append(req.path)
+        if "pendingworkloads" in req.path:
+            raise ClusterUnavailable("503: the server is currently unable to handle the request")
+        if req.path.endswith("/localqueues/team"):
+            return {"spec": {"clusterQueue": "cluster-gpus"}}
+        return {"items": self.workloads}
+
+
+def test_a_following_session_asks_an_unavailable_visibility_api_once():
+    kube, unserved = CountingKube([workload(*pending())]), set()
+    for _ in range(3):
+        said = queueing(kube, job(), unserved)
+        assert said.message == f"queued in LocalQueue team (ClusterQueue cluster-gpus): {QUOTA}", said
+    assert sum("pendingworkloads" in path for path in kube.asked) == 1, kube.asked

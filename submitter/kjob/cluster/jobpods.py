@@ -39,6 +39,7 @@ class JobPods:
         self._held_lock = threading.Lock()
         self._held: Queueing | None = None
         self._held_asked = float("-inf")
+        self._unserved: set[str] = set()  # Kueue's optional APIs that failed once: not asked again
 
     def pods(self, *, since: float | None = None) -> list[dict]:
         """The job's pods, as listed at most a poll ago; with `since` (a time.monotonic()
@@ -77,7 +78,7 @@ class JobPods:
         with self._held_lock:
             now = time.monotonic()
             if now - self._held_asked >= self.poll:
-                word = queueing(self.kube, self.job)
+                word = queueing(self.kube, self.job, self._unserved)
                 self._held = word if word is not None and word.state is not None else None
                 self._held_asked = now
             return self._held

@@ -148,11 +148,14 @@ def explain(job: dict, workload: dict | None, *, cluster_queue: str | None = Non
 
 
 # -- reading it from the cluster ------------------------------------------------------------------
-def queueing(kube, job: dict) -> Queueing | None:
+def queueing(kube, job: dict, unserved: set[str] | None = None) -> Queueing | None:
     """explain() of the job as the cluster has it now: one Workload LIST (by the job's
     UID), and while the job is queued its LocalQueue and its position. Nothing is asked of
     a job that names no queue. A cluster without Kueue's API gets None (the operator's own
-    state stands); a user who may not read Workloads, a Queueing that only warns so."""
+    state stands); a user who may not read Workloads, a Queueing that only warns so.
+    `unserved`: kept by a caller that asks again (logs -f, once a poll): the optional
+    APIs that failed once (the visibility API, perhaps unavailable: 503s are retried) are
+    not asked again."""
     queue = queue_of(job)
     if queue is None:
         return None
@@ -168,7 +171,7 @@ def queueing(kube, job: dict) -> Queueing | None:
     if first is None or workload is None:
         return first
     cq = ((workload.get("status") or {}).get("admission") or {}).get("clusterQueue") or _cluster_queue(kube, md["namespace"], queue)
-    position = _position(kube, md["namespace"], queue, workload["metadata"]["name"])
+    position = _position(kube, md["namespace"], queue, workload["metadata"]["name"], set() if unserved is None else unserved)
     preempting = []
     if first.preempted:
         try:
@@ -201,10 +204,13 @@ def _cluster_queue(kube, namespace: str, queue: str) -> str | None:
         return None
 
 
-def _position(kube, namespace: str, queue: str, workload: str) -> dict | None:
+def _position(kube, namespace: str, queue: str, workload: str, unserved: set[str]) -> dict | None:
+    if "visibility" in unserved:
+        return None
     try:
         items = kube.send(requests.pending_workloads(namespace, queue)).get("items", [])
     except KjobError:
+        unserved.add("visibility")
         return None  # not served (no visibility API), not allowed, or not ready: no position
     return next((i for i in items if (i.get("metadata") or {}).get("name") == workload), None)
 
