@@ -63,10 +63,11 @@ def test_submit_to_a_local_queue_that_does_not_exist_is_exit_5_naming_it(kube, r
     assert kube.list("MPIJob") == []
 
 
-def test_submit_with_a_queue_to_a_cluster_without_kueue_is_exit_5(kube, run_kjob, tmp_path):
+def test_submit_with_a_queue_to_a_cluster_without_kueue_warns_that_nothing_queues_it(kube, run_kjob, tmp_path):
     r = run_kjob("submit", queued_spec(tmp_path))
-    assert r.code == 5, r
-    assert "does not serve Kueue's API (kueue.x-k8s.io/v1beta2 localqueues)" in r.err, r.err
+    assert r.code == 0, r
+    assert "does not serve Kueue's API (kueue.x-k8s.io/v1beta2 localqueues): the job runs without queueing" in r.err, r.err
+    assert len(kube.list("MPIJob")) == 1
 
 
 def test_submit_warns_when_local_queues_cannot_be_read(kube, run_kjob, tmp_path):

@@ -217,8 +217,9 @@ def _position(kube, namespace: str, queue: str, workload: str, unserved: set[str
 
 def check_local_queue(kube, job: dict, namespace: str) -> str | None:
     """Preflight of a job that names a LocalQueue: raises NotFound (exit 5) when the
-    namespace has no LocalQueue of that name, or Kueue's API is not served at all;
-    returns a warning when the user may not read LocalQueues (Kueue then decides)."""
+    namespace has no LocalQueue of that name (Kueue would hold the job for ever); returns
+    a warning when the user may not read LocalQueues (Kueue then decides) or the cluster
+    has no Kueue at all (nothing holds the job: it runs as any other)."""
     queue = queue_of(job)
     if queue is None:
         return None
@@ -235,8 +236,9 @@ def check_local_queue(kube, job: dict, namespace: str) -> str | None:
         except KjobError:
             pass
         if not served:
-            raise NotFound(f"the spec asks for LocalQueue {queue}, but {kube.where()} does not serve Kueue's API ({WORKLOAD_API} localqueues): "
-                           "nothing would admit the job", hint="install Kueue, or drop `queue:` from the spec") from None
+            # No Kueue: nothing suspends the job, which runs at once, queue or not.
+            return (f"the spec names LocalQueue {queue}, but {kube.where()} does not serve Kueue's API ({WORKLOAD_API} localqueues): "
+                    "the job runs without queueing")
         raise NotFound(f'LocalQueue "{queue}" not found in namespace "{namespace}" on {kube.where()}: Kueue would hold the job queued for ever',
                        hint=f"kubectl get localqueues -n {namespace} lists the queues; ask a cluster admin for one, or fix `queue:`") from None
     return None
