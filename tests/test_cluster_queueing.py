@@ -170,6 +170,16 @@ def test_the_position_is_told_from_1_as_kueues_visibility_api_counts_from_0():
     assert said.message.endswith(f"{QUOTA}; position 1 in team, 3 in ClusterQueue cluster-gpus"), said
 
 
+def test_quota_reserved_but_admission_checks_pending_says_so():
+    # pkg/workload/admissionchecks.go: the reason without the UnadmittedWorkloadsObservability gate.
+    said = explain(job(), workload({"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "Quota reserved in ClusterQueue cluster-gpus"},
+                                   {"type": "Admitted", "status": "False", "reason": "UnsatisfiedChecks",
+                                    "message": "The workload has not all checks ready"},
+                                   admission={"clusterQueue": "cluster-gpus"}))
+    assert said.message == ("queued in LocalQueue team (ClusterQueue cluster-gpus): quota reserved, not admitted yet "
+                            "(UnsatisfiedChecks: The workload has not all checks ready)"), said
+
+
 def test_a_requeue_backoff_says_when_kueue_queues_it_again():
     said = explain(job(), workload({"type": "Evicted", "status": "True", "reason": "PodsReadyTimeout", "message": "Exceeded the PodsReady timeout ns/j"},
                                    {"type": "Requeued", "status": "False", "reason": "PodsReadyTimeout", "message": "Exceeded the PodsReady timeout ns/j"},

@@ -136,8 +136,13 @@ def explain(job: dict, workload: dict | None, *, cluster_queue: str | None = Non
         count = (st.get("requeueState") or {}).get("count")
         lines.append(f"Kueue queues it again at {again}" + (f" (evicted {count} time(s) so far)" if count else ""))
     else:
-        reserved = conds.get("QuotaReserved")
-        why = f": {reserved.get('message')}" if reserved is not None and reserved.get("status") == "False" and reserved.get("message") else ": waiting for Kueue to consider it"
+        reserved, checks = conds.get("QuotaReserved"), conds.get("Admitted")
+        if reserved is not None and reserved.get("status") == "False" and reserved.get("message"):
+            why = f": {reserved['message']}"
+        elif reserved is not None and reserved.get("status") == "True" and checks is not None and checks.get("message"):
+            why = f": quota reserved, not admitted yet ({checks.get('reason')}: {checks['message']})"  # admission checks pending
+        else:
+            why = ": waiting for Kueue to consider it"
         spot = ""
         if position is not None:
             spot = f"; position {position.get('positionInLocalQueue', 0) + 1} in {queue}"
