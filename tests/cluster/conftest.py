@@ -192,7 +192,11 @@ def _times(quantity: str, n: int) -> str:
 
 @pytest.fixture
 def local_queue(real, kueue) -> str:
-    """A LocalQueue of the test's namespace on kueue.CLUSTER_QUEUE; returns its name."""
+    """A LocalQueue of the test's namespace on kueue.CLUSTER_QUEUE; returns its name. The
+    test's jobs are deleted after it, and their Workloads waited out: the namespace goes
+    later (the namespace controller is slow with many namespaces to empty), and a Workload
+    left in the ClusterQueue would hold the next test's quota."""
     kueue.wait_idle()
     kueue.create_local_queue(real.ns, "team")
-    return "team"
+    yield "team"
+    kueue.clear(real.ns)

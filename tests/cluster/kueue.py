@@ -194,13 +194,25 @@ class Kueue:
         wait_for(f"ClusterQueue {CLUSTER_QUEUE} Active", lambda: self._active(f"{API}/clusterqueues/{CLUSTER_QUEUE}"), 30,
                  alive=self.plane.check_alive, interval=0.2)
 
+    def clear(self, namespace: str) -> None:
+        """Delete the namespace's MPIJobs and PyTorchJobs and wait until their Workloads
+        (owned by them: the garbage collector's) are gone."""
+        for plural, version in (("mpijobs", "v2beta1"), ("pytorchjobs", "v1")):
+            path = f"/apis/kubeflow.org/{version}/namespaces/{namespace}/{plural}"
+            for job in self.api.items(path):
+                self.api.delete(f"{path}/{job['metadata']['name']}", propagationPolicy="Background")
+        wait_for(f"the Workloads of {namespace} gone", lambda: not self.workloads(namespace), 60, alive=self.plane.check_alive, interval=0.2)
+
     def wait_idle(self) -> None:
         """Until the ClusterQueue holds no Workload: an earlier test's jobs go with its
         namespace, a moment after the test, and would hold quota or a place in the queue."""
         def idle() -> bool:
             st = (self.api.get(f"{API}/clusterqueues/{CLUSTER_QUEUE}") or {}).get("status", {})
             return all(st.get(k, 0) == 0 for k in ("pendingWorkloads", "reservingWorkloads", "admittedWorkloads"))
-        wait_for(f"ClusterQueue {CLUSTER_QUEUE} idle", idle, 120, alive=self.plane.check_alive, interval=0.2)
+        try:
+            wait_for(f"ClusterQueue {CLUSTER_QUEUE} idle", idle, 120, alive=self.plane.check_alive, interval=0.2)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; Workloads: {self.describe(None)}") from None
 
     def create_local_queue(self, namespace: str, name: str) -> None:
         self.api.create(f"{API}/namespaces/{namespace}/localqueues", {"apiVersion": f"{GROUP}/v1beta2", "kind": "LocalQueue", "metadata": {"name": name}, "spec": {"clusterQueue": CLUSTER_QUEUE}})
@@ -211,10 +223,12 @@ class Kueue:
         obj = self.api.get(path) or {}
         return any(c["type"] == "Active" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", []))
 
-    def workloads(self, namespace: str) -> list[dict]:
-        return self.api.items(f"{API}/namespaces/{namespace}/workloads")
+    def workloads(self, namespace: str | None) -> list[dict]:
+        """The Workloads of a namespace, or of all (None)."""
+        return self.api.items(f"{API}/namespaces/{namespace}/workloads" if namespace else f"{API}/workloads")
 
-    def describe(self, namespace: str) -> str:
-        """The namespace's Workloads' conditions, for a timeout's message."""
-        return json.dumps([{w["metadata"]["name"]: [(c["type"], c["status"], c.get("reason"), c.get("message"))
-                                                    for c in w.get("status", {}).get("conditions", [])]} for w in self.workloads(namespace)])
+    def describe(self, namespace: str | None) -> str:
+        """The Workloads' conditions (of a namespace, or all: None), for a timeout's message."""
+        return json.dumps([{f"{w['metadata']['namespace']}/{w['metadata']['name']}": [
+            (c["type"], c["status"], c.get("reason"), c.get("message")) for c in w.get("status", {}).get("conditions", [])]}
+            for w in self.workloads(namespace)])
