@@ -103,9 +103,15 @@ clean:
 # from the Go module proxy at the versions in tests/cluster/tools/*/go.mod into
 # $${KJOB_CACHE:-~/.cache/kjob}/cluster/<key>/ (a cached build is skipped in a second).
 # `make cluster-up` starts one for a person (KUBECONFIG=.cluster/kubeconfig), `cluster-down` stops it.
-.PHONY: cluster-bin cluster-up cluster-down
+.PHONY: cluster-bin cluster-up cluster-down trainer-bin
 cluster-bin:
 	bash tests/cluster/build.sh >/dev/null
+
+# Kubeflow Trainer v2, JobSet and the Lua runner of the Argo CD health checks
+# (tests/cluster/tools/{trainer,jobset,gopher-lua}); `make cluster-up` starts the two
+# controllers when they are built.
+trainer-bin:
+	bash tests/cluster/build.sh --set trainer >/dev/null
 
 cluster-up: $(VENV)/.test-installed cluster-bin
 	$(BIN)/python tests/cluster/controlplane.py up --dir .cluster

@@ -2,16 +2,20 @@
 # `make test`: every tier, in the order that lets the slow builds overlap the tests.
 #
 #   1. the real control plane's binaries (tests/cluster/build.sh; seconds when cached);
-#   2. in the background, at low priority: the real node's binaries (build.sh --set node)
-#      and both trainer images (images/build-local.sh), while
-#   3. the suite and the control-plane tier run (pytest -m "not node");
+#   2. in the background, at low priority: Kubeflow Trainer v2, JobSet and the Lua runner
+#      (build.sh --set trainer), the real node's binaries (build.sh --set node) and both
+#      trainer images (images/build-local.sh), while
+#   3. the suite (pytest -m "not node and not cluster") and, beside it, the control-plane
+#      tier (pytest -m cluster, in a session of its own); its Trainer v2
+#      tests run last (tests/cluster/conftest.py orders them), and their fixture waits
+#      for the trainer set's build if it is still going (build.sh's build lock);
 #   4. once step 2 is done, the real-node tier (pytest -m node tests/node), whose fixtures
 #      find the builds cached, or run a failed one again and report its error;
 #   5. a one-screen summary: each tier's tests and time, each build's, the slowest tests.
 #
 # The cluster tiers need root and Go. Without them step 1, 2 and 4 are skipped, saying
-# why; under CI that is a failure, so CI never passes without them. Both pytest runs always
-# run; the exit status is non-zero if either failed.
+# why; under CI that is a failure, so CI never passes without them. Every pytest run always
+# runs; the exit status is non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -44,18 +48,25 @@ if [[ "$(id -u)" != 0 ]]; then why="not root"; real_tiers=0; fi
 if ! command -v go >/dev/null; then why="no Go on PATH"; real_tiers=0; fi
 
 background=
-stop_background() { [[ -n "$background" ]] && kill -- "-$background" 2>/dev/null; }
+cluster_tier=
+stop_background() {
+  [[ -n "$background" ]] && kill -- "-$background" 2>/dev/null
+  [[ -n "$cluster_tier" ]] && kill "$cluster_tier" 2>/dev/null  # its watchdog ends its control plane
+}
 trap stop_background EXIT
 
 if ((real_tiers)); then
   timed "control plane binaries" bash tests/cluster/build.sh >/dev/null || { summary; exit 1; }
   mkdir -p "$cache"
   log="$cache/make-test-builds.log"
-  echo "make test: building the node's binaries and the trainer images in the background (log: $log)"
+  echo "make test: building Trainer v2 and JobSet, the node's binaries and the trainer images in the background (log: $log)"
   # Its own process group, so an interrupted `make test` stops the builds too. It runs
   # this script's timed() through an exported function.
   export -f timed && export times
-  setsid bash -c 'timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null \
+  # The trainer set first: the suite's last tests need it. Its failure does not stop the
+  # others (the Trainer v2 tests' fixture runs it again and shows the error).
+  setsid bash -c 'timed "trainer v2 binaries" nice -n 10 bash tests/cluster/build.sh --set trainer >/dev/null; \
+                  timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null \
                   && timed "trainer images" images/build-local.sh' >"$log" 2>&1 &
   background=$!
 else
@@ -63,7 +74,22 @@ else
 fi
 
 status=0
-$py -m pytest -m "not node" --junitxml="$times/suite.xml" || status=1
+if ((real_tiers)); then
+  # The control-plane tier beside the suite: it mostly waits on controllers while the pure
+  # tier keeps one core busy, so side by side they take little more than the longer one.
+  # Its own pytest session and report; its output is shown when it ends.
+  echo "make test: the real control-plane tier runs beside the suite (output: $times/cluster.log)"
+  $py -m pytest -m cluster -p no:cacheprovider --durations=15 --junitxml="$times/cluster.xml" tests \
+    >"$times/cluster.log" 2>&1 &
+  cluster_tier=$!
+  $py -m pytest -m "not node and not cluster" --junitxml="$times/suite.xml" || status=1
+  wait "$cluster_tier" || status=1
+  cluster_tier=
+  echo "================ the real control-plane tier ($times/cluster.log) ================"
+  cat "$times/cluster.log"
+else
+  $py -m pytest -m "not node" --junitxml="$times/suite.xml" || status=1
+fi
 
 if ((real_tiers)); then
   # The builds first (usually long done): the tier's fixtures then find them cached, and

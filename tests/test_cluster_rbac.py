@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from kjob.cluster.jobs import NEEDED_ACCESS, exec_access
-from kjob.names import GROUP, JOB_KINDS
+from kjob.cluster.kinds import kind_of
+from kjob.names import JOB_KINDS
 
 ROLE = Path(__file__).resolve().parents[1] / "manifests" / "rbac" / "kjob-user.yaml"
 
@@ -31,12 +32,14 @@ def granted(rules: list[dict]) -> set[tuple[str, str, str]]:
     return {(verb, resource, group) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
 
 
-def test_the_shipped_role_grants_what_preflight_checks_on_any_server_version():
+@pytest.mark.parametrize("kind", JOB_KINDS)
+def test_the_shipped_role_grants_what_preflight_checks_on_any_server_version(kind):
     role = yaml.safe_load(ROLE.read_text())
     assert role["kind"] == "Role"
     have = granted(role["rules"])
     needed = {(verb, resource + (f"/{sub}" if sub else ""), "") for verb, resource, sub in NEEDED_ACCESS + exec_access(None)}
-    needed |= {(verb, plural, GROUP) for _, plural in JOB_KINDS.values() for verb in ("create", "get", "list", "delete")}
+    adapter = kind_of(kind)
+    needed |= {(verb, adapter.plural, adapter.group) for verb in ("create", "get", "list", "delete")}
     assert needed - have == set()
     assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in role["rules"])
     binding = yaml.safe_load((ROLE.parent / "rolebinding.yaml").read_text())

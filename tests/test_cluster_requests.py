@@ -25,7 +25,12 @@ def test_job_requests():
 
 
 def test_pod_requests():
-    assert requests.list_job_pods("team", "smoke").query == {"labelSelector": "training.kubeflow.org/job-name=smoke"}
+    assert requests.list_job_pods({"kind": "MPIJob", "metadata": {"name": "smoke", "namespace": "team"}}) == Request(
+        "GET", "/api/v1/namespaces/team/pods", verb="list", resource="pods", namespace="team",
+        query={"labelSelector": "training.kubeflow.org/job-name=smoke"})
+    # A TrainJob's pods are its JobSet's (named as the TrainJob): JobSet's label selects them.
+    assert requests.list_job_pods({"kind": "TrainJob", "metadata": {"name": "smoke", "namespace": "team"}}).query == {
+        "labelSelector": "jobset.sigs.k8s.io/jobset-name=smoke"}
     assert requests.pod_log("team", "smoke-launcher", {"follow": True}) == Request(
         "GET", "/api/v1/namespaces/team/pods/smoke-launcher/log", verb="get", resource="pods/log", name="smoke-launcher",
         namespace="team", query={"follow": True})

@@ -184,9 +184,29 @@ def rendered_pods():
         repo = spec.image.rsplit(":", 1)[0]
         assert repo in IMAGE_DOCKERFILE, f"{example.name}: image {spec.image} is built by no Dockerfile here"
         for obj in render.render_objects(spec):
+            if obj["kind"] == "TrainJob":
+                for replica, pod in trainjob_pods(obj, spec):
+                    yield example.name, IMAGE_DOCKERFILE[repo], replica, pod, obj["spec"], spec
+                continue
             replicas = obj["spec"].get("mpiReplicaSpecs") or obj["spec"].get("pytorchReplicaSpecs")
             for replica, rs in replicas.items():
                 yield example.name, IMAGE_DOCKERFILE[repo], replica, rs["template"]["spec"], obj["spec"], spec
+
+
+def trainjob_pods(job: dict, spec):
+    """(replica, pod spec) of a TrainJob as Trainer builds them: kjob's runtime's pod with the
+    trainer's command, args and env. kjob-openmpi's one command runs mpirun in node 0 and
+    sshd in the others (tests/test_trainjob.py runs it under sh): each is checked here."""
+    (rjob,) = render.runtime_object(spec.launcher)["spec"]["template"]["spec"]["replicatedJobs"]
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    trainer = job["spec"]["trainer"]
+    if spec.launcher == "torchrun":
+        roles = [("Node", trainer["command"], trainer["args"])]
+    else:
+        roles = [("Node0", render.LAUNCHER_COMMAND, trainer["args"]), ("Node", render.WORKER_COMMAND, render.SSHD_COMMAND)]
+    for replica, command, args in roles:
+        container = {**pod["containers"][0], "command": list(command), "args": list(args), "env": trainer["env"]}
+        yield replica, {**pod, "containers": [container]}
 
 
 POD_CASES = list(rendered_pods())

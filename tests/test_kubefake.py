@@ -234,3 +234,33 @@ def test_update_patch_and_the_status_subresource(kube, api):
     assert e.value.status == 409 and "the object has been modified" in json.loads(e.value.body)["message"]
     status = custom.patch_namespaced_custom_object_status("kubeflow.org", "v2beta1", "default", "mpijobs", "pi", {"status": {"conditions": [{"type": "Running", "status": "True"}]}, "spec": {"slotsPerWorker": 9}})
     assert status["status"]["conditions"][0]["type"] == "Running" and status["spec"]["slotsPerWorker"] == 2
+
+
+def test_cluster_scoped_custom_resources_crds_and_the_openapi_v3_document(kube, api):
+    # Extensions for TrainJob (issue 21): a ClusterTrainingRuntime lives at the cluster's
+    # path only, a TrainJob at a namespace's only; CRDs and the OpenAPI v3 document of a
+    # group version list the fields under .spec.
+    custom, _ = api
+    runtime = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime", "metadata": {"name": "rt"}, "spec": {}}
+    made = custom.create_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", runtime)
+    assert "namespace" not in made["metadata"]
+    assert custom.get_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", "rt")["metadata"]["name"] == "rt"
+    for call in (lambda: custom.get_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "default", "clustertrainingruntimes", "rt"),
+                 lambda: custom.get_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "trainjobs", "tj")):
+        with pytest.raises(ApiException) as e:
+            call()
+        assert (e.value.status, e.value.body) == (404, "404 page not found\n")
+    def raw(path: str) -> dict:
+        import urllib.request
+
+        req = urllib.request.Request(kube.server + path, headers={"Authorization": f"Bearer {kube.token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+    crd = raw("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/trainjobs.trainer.kubeflow.org")
+    assert (crd["spec"]["scope"], [v["name"] for v in crd["spec"]["versions"]]) == ("Namespaced", ["v1alpha1"])
+    assert "runtimePatches" in crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    kube.serve_crd_spec_fields("TrainJob", ("runtimeRef", "podTemplateOverrides"))
+    schema = raw("/openapi/v3/apis/trainer.kubeflow.org/v1alpha1")["components"]["schemas"]["org.kubeflow.trainer.v1alpha1.TrainJob"]
+    assert schema["x-kubernetes-group-version-kind"] == [{"group": "trainer.kubeflow.org", "kind": "TrainJob", "version": "v1alpha1"}]
+    assert list(schema["properties"]["spec"]["properties"]) == ["runtimeRef", "podTemplateOverrides"]

@@ -62,6 +62,7 @@ FIELDS = [
     (("envFrom", 0), "tokenvfrom"), (("mpi", "mca", "tokmcakey"), "tokmcavalue"), (("mpi", "mca", "[key]"), "tokmcakey"),
     (("mpi", "args", 0), "--tokmpiarg"), (("capabilities", 0), "IPC_LOCK"),
     (("podAnnotations", "tokannkey"), "tokannvalue"), (("podAnnotations", "[key]"), "tokannkey"),
+    (("runtime",), "tokruntime"),  # kind: TrainJob only: refused on BASE, tested on TRAINJOB_BASE
 ]
 # The sections that are maps of user keys: their values are one field, '*'.
 MAPS = {("env",), ("nodeSelector",), ("podAnnotations",), ("mpi", "mca")}
@@ -69,8 +70,15 @@ MAPS = {("env",), ("nodeSelector",), ("podAnnotations",), ("mpi", "mca")}
 VARIANTS = {"pvc": {"pvc": "tokpvc", "mountPath": "/tokdatamount"}, "hostPath": {"hostPath": "/tokhostpath", "mountPath": "/tokdatamount"}}
 
 
-def base_for(path: tuple) -> dict:
-    data = yaml.safe_load(yaml.safe_dump(BASE))
+# The same spec as a TrainJob: without the fields a TrainJob refuses (kjob.spec.kinds), with
+# a runtime of its own and two workers.
+TRAINJOB_REFUSED = ("envFrom", "priorityClassName", "schedulerName")
+TRAINJOB_BASE = {**{k: v for k, v in BASE.items() if k not in TRAINJOB_REFUSED}, "kind": "TrainJob", "runtime": "tokruntime",
+                 "workers": 2}
+
+
+def base_for(path: tuple, base: dict = BASE) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(base))
     if path[0] == "data" and path[1] in VARIANTS:
         data["data"] = dict(VARIANTS[path[1]])
     return data
@@ -149,8 +157,8 @@ def test_fields_cover_every_string_field_of_the_models():
 
 
 @functools.cache
-def baseline(variant: str) -> dict:
-    return _render(base_for(("data", variant)))
+def baseline(variant: str, trainjob: bool = False) -> dict:
+    return _render(base_for(("data", variant), TRAINJOB_BASE if trainjob else BASE))
 
 
 @pytest.mark.parametrize("path, token", FIELDS, ids=lambda v: ".".join(map(str, v)) if isinstance(v, tuple) else "")
@@ -164,6 +172,21 @@ def test_hostile_strings_arrive_intact_or_are_rejected(path, token, value):
     except InvalidInput:
         return  # rejected with a message: fine
     assert rendered == _swap(baseline(path[1] if path[0] == "data" else "nfs"), token, value)
+
+
+@pytest.mark.parametrize("path, token", [(p, t) for p, t in FIELDS if p[0] not in TRAINJOB_REFUSED],
+                         ids=lambda v: ".".join(map(str, v)) if isinstance(v, tuple) else "")
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=hostile)
+def test_hostile_strings_arrive_intact_in_a_trainjob_or_are_rejected(path, token, value):
+    data = base_for(path, TRAINJOB_BASE)
+    _set(data, path, value)
+    try:
+        rendered = _render(data)
+    except InvalidInput:
+        return
+    assert rendered["kind"] == "TrainJob"
+    assert rendered == _swap(baseline(path[1] if path[0] == "data" else "nfs", True), token, value)
 
 
 @pytest.mark.parametrize("text", ["1e3", "1E+3", ".5", "0o17", "-.inf", ".nan", "1.0e3", "12"])

@@ -1,6 +1,7 @@
 """Regenerate what the repository commits from examples/*.yaml and the spec models:
 
     manifests/examples/<name>/   kustomize-buildable output of `kjob render -o`
+    manifests/runtimes/          kjob's ClusterTrainingRuntimes, for `kubectl apply -f`
     manifests/kjob-spec.schema.json   `kjob schema` (examples' yaml-language-server line)
     README.md spec reference     the table between the spec-reference markers
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from spec_docs import replace_block, spec_reference
 
-from kjob.render.manifests import render_objects
+from kjob.names import RUNTIMES
+from kjob.render.manifests import render_objects, runtime_object, runtime_objects
 from kjob.render.text import file_name, kustomization, object_text, write_gitops_dir
 from kjob.spec.load import load_spec
 from kjob.spec.model import json_schema
@@ -25,10 +27,11 @@ from kjob.spec.model import json_schema
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 OUT = ROOT / "manifests" / "examples"
+RUNTIMES_DIR = ROOT / "manifests" / "runtimes"
 SCHEMA = ROOT / "manifests" / "kjob-spec.schema.json"
 ARGOCD = ROOT / "manifests" / "argocd"
 # Argo CD reads custom health checks from argocd-cm, one key per group_Kind.
-HEALTH_KINDS = ("kubeflow.org_MPIJob", "kubeflow.org_PyTorchJob")
+HEALTH_KINDS = ("kubeflow.org_MPIJob", "kubeflow.org_PyTorchJob", "trainer.kubeflow.org_TrainJob")
 README = ROOT / "README.md"
 
 
@@ -40,7 +43,7 @@ def expected_example_files() -> dict[Path, str]:
     """Every file under manifests/examples/ as `kjob render -o` writes it."""
     files: dict[Path, str] = {}
     for spec_path in example_specs():
-        objects = render_objects(load_spec(spec_path))
+        objects = example_objects(spec_path)
         names = [file_name(o) for o in objects]
         for name, obj in zip(names, objects):
             files[OUT / spec_path.stem / name] = object_text(obj)
@@ -48,8 +51,19 @@ def expected_example_files() -> dict[Path, str]:
     return files
 
 
+def example_objects(spec_path: Path) -> list[dict]:
+    """What `kjob render -o` writes for one example: the runtime it uses, then the job."""
+    spec = load_spec(spec_path)
+    return runtime_objects([spec]) + render_objects(spec)
+
+
+def expected_runtime_files() -> dict[Path, str]:
+    """manifests/runtimes/<name>.yaml: each of kjob's ClusterTrainingRuntimes."""
+    return {RUNTIMES_DIR / f"{name}.yaml": object_text(runtime_object(launcher)) for launcher, name in RUNTIMES.items()}
+
+
 def argocd_patch_text() -> str:
-    """argocd-cm patch carrying health.lua for both kinds (a strategic-merge patch)."""
+    """argocd-cm patch carrying health.lua for the three kinds (a strategic-merge patch)."""
     lua = (ARGOCD / "health.lua").read_text(encoding="utf-8")
     cm = {"apiVersion": "v1", "kind": "ConfigMap",
           "metadata": {"name": "argocd-cm", "namespace": "argocd",
@@ -83,8 +97,12 @@ def main() -> int:
         if not (EXAMPLES / f"{stale.name}.yaml").exists():
             print(f"remove {stale.relative_to(ROOT)} by hand: its spec is gone", file=sys.stderr)
     for spec_path in example_specs():
-        written = write_gitops_dir(render_objects(load_spec(spec_path)), OUT / spec_path.stem)
+        written = write_gitops_dir(example_objects(spec_path), OUT / spec_path.stem)
         print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in written)}")
+    RUNTIMES_DIR.mkdir(exist_ok=True)
+    for path, text in expected_runtime_files().items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)}")
     SCHEMA.write_text(schema_text(), encoding="utf-8")
     (ARGOCD / "argocd-cm-patch.yaml").write_text(argocd_patch_text(), encoding="utf-8")
     print(f"wrote {(ARGOCD / 'argocd-cm-patch.yaml').relative_to(ROOT)}")

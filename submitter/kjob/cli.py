@@ -66,11 +66,13 @@ def format_option(func):
 
 
 def _render_all(paths, namespace: str | None = None) -> list[dict]:
-    """Load every spec (all problems reported together), then render them all."""
-    from kjob.render.manifests import render_objects
+    """Load every spec (all problems reported together), then render them all: kjob's
+    ClusterTrainingRuntimes that their TrainJobs use first (each once), then the jobs."""
+    from kjob.render.manifests import render_objects, runtime_objects
     from kjob.spec.load import load_specs, with_namespace
 
-    return [obj for spec in load_specs(paths) for obj in render_objects(with_namespace(spec, namespace))]
+    specs = [with_namespace(spec, namespace) for spec in load_specs(paths)]
+    return runtime_objects(specs) + [obj for spec in specs for obj in render_objects(spec)]
 
 
 @cli.command()
@@ -79,7 +81,7 @@ def _render_all(paths, namespace: str | None = None) -> list[dict]:
 @format_option
 @click.option("-n", "--namespace", help="Set metadata.namespace (overrides the specs').")
 def render(specs, output_dir, format, namespace) -> None:  # noqa: A002 - the option's name
-    """Render job specs to MPIJob/PyTorchJob manifests.
+    """Render job specs to MPIJob/PyTorchJob/TrainJob manifests.
 
     Prints multi-document YAML (or a JSON List), or with -o writes a kustomize-ready
     directory for GitOps (Argo CD, Flux). Nothing is written if any spec is invalid.
@@ -220,10 +222,12 @@ def list_(all_namespaces, output, local, kubeconfig, kube_context, namespace) ->
 def delete(names, wait, grace, now, local, kubeconfig, kube_context, namespace) -> None:
     """Delete jobs; says what happens to their pods (cleanPodPolicy, garbage collection).
 
-    A running MPIJob is first asked for a checkpoint: SIGUSR1 to mpirun in the launcher
-    (kubectl exec ... kill -USR1 1), which the trainer answers by saving and exiting;
-    the job is deleted when the launcher has stopped or after --grace. A PyTorchJob's
-    trainer checkpoints on the SIGTERM its pods get.
+    A running MPIJob, or a TrainJob on kjob's Open MPI runtime, is first asked for a
+    checkpoint: SIGUSR1 to mpirun in the launcher (kubectl exec ... kill -USR1 1), which
+    the trainer answers by saving and exiting; the job is deleted when the launcher has
+    stopped or after --grace. A TrainJob on kjob's torch runtime gets SIGTERM to
+    torchrun in node-0 the same way. A PyTorchJob's trainer checkpoints on the SIGTERM
+    its pods get.
     """
     grace_s = _duration(grace, "--grace")
     backend = get_backend(local, kubeconfig, kube_context, namespace)
@@ -256,7 +260,7 @@ def _duration(text: str | None, option: str) -> int | None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--replica", help="Which pod: launcher, master-0, worker-3 (default: the launcher of an MPIJob, the master of a PyTorchJob).")
+@click.option("--replica", help="Which pod: launcher, master-0, worker-3, node-1 (default: the launcher of an MPIJob or an Open MPI TrainJob, master-0 of a PyTorchJob, node-0 of a torch TrainJob).")
 @click.option("--all", "all_replicas", is_flag=True, help="Every pod, each line prefixed with its replica.")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming (across reconnects and restarts) until the job ends.")
 @click.option("--since", help="Only lines newer than this (30s, 5m, 2h).")

@@ -12,7 +12,25 @@ from __future__ import annotations
 GROUP = "kubeflow.org"
 # kind -> (apiVersion, plural): the versions the targeted operators serve
 # (mpi-operator v0.8: v2beta1 MPIJob; training-operator v1.9: v1 PyTorchJob).
-JOB_KINDS = {"MPIJob": (f"{GROUP}/v2beta1", "mpijobs"), "PyTorchJob": (f"{GROUP}/v1", "pytorchjobs")}
+# Kubeflow Trainer v2 (kubeflow/trainer v2.3.0): its own group, so it coexists with both
+# (pkg/apis/trainer/v1alpha1/groupversion_info.go; the TrainJob's plural is in
+# manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml). kjob renders runtimePatches,
+# which the API has since v2.2.
+TRAINER_GROUP = "trainer.kubeflow.org"
+TRAINER_VERSION = f"{TRAINER_GROUP}/v1alpha1"
+JOB_KINDS = {"MPIJob": (f"{GROUP}/v2beta1", "mpijobs"), "PyTorchJob": (f"{GROUP}/v1", "pytorchjobs"),
+             "TrainJob": (TRAINER_VERSION, "trainjobs")}
+# What `kind` a spec renders to when it names none: what its launcher implies.
+DEFAULT_KIND = {"mpi": "MPIJob", "torchrun": "PyTorchJob"}
+# A TrainJob runs from a ClusterTrainingRuntime (its plural, from
+# manifests/base/crds/trainer.kubeflow.org_clustertrainingruntimes.yaml); kjob ships one
+# per launcher (manifests/runtimes/) and a spec's `runtime:` names any other.
+RUNTIME_KIND = "ClusterTrainingRuntime"
+RUNTIME_PLURAL = "clustertrainingruntimes"
+RUNTIMES = {"mpi": "kjob-openmpi", "torchrun": "kjob-torch"}
+# runtimePatches entries are keyed by manager (trainjob_types.go RuntimePatch.Manager: a
+# domain-prefixed path, checked by the JobSet plugin's validation); Kueue uses its own.
+RUNTIME_PATCH_MANAGER = "kjob.dev/kjob"
 
 # --- labels kjob puts on a job and its pods -----------------------------------------------
 LABEL_NAME = "app.kubernetes.io/name"
@@ -61,14 +79,45 @@ JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 
+# A TrainJob runs as a JobSet (sigs.k8s.io/jobset v0.12.0). JobSet labels every pod with
+# its JobSet and replicated job (api/jobset/v1alpha2/jobset_types.go: JobSetNameKey,
+# ReplicatedJobNameKey); the Job controller of Kubernetes gives each pod of an Indexed
+# Job its index (k8s.io/api batch/v1 types.go: JobCompletionIndexAnnotation, also a
+# label since 1.28). A pod of replicated job R, index i is `<name>-R-0-<i>`, resolvable
+# as `<name>-R-0-<i>.<name>` (the JobSet's headless Service; Trainer's jobset plugin
+# IdentifyPodNetwork).
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"  # which child Job of its replicated job (JobIndexKey)
+# Trainer's replicated jobs and trainer container (pkg/constants/constants.go: Node,
+# Launcher): trainer.image/command/args/env/resourcesPerNode reach the container named
+# `node` of the replicated jobs labelled trainjob-ancestor-step: trainer
+# (pkg/runtime/framework/plugins/jobset/builder.go Trainer, core/trainingruntime.go).
+# Upstream's MPI runtimes also have a replicated job `launcher`; kjob's runtimes have
+# `node` only (manifests/runtimes/): in kjob-openmpi the launcher, which runs mpirun, is
+# the node pod of completion index MPI_LAUNCHER_INDEX (`<name>-node-0-0-xxxxx`).
+TRAINJOB_NODE = "node"
+TRAINJOB_LAUNCHER = "launcher"
+TRAINJOB_CONTAINER = "node"
+MPI_LAUNCHER_INDEX = 0
+TRAINJOB_ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
+TRAINJOB_ANCESTOR_TRAINER = "trainer"
+# The MPI plugin (pkg/runtime/framework/plugins/mpi/mpi.go, constants.go) makes the
+# Secret `<name>-mpi-ssh-auth` (id_rsa, id_rsa.pub, authorized_keys, mounted at the
+# runtime's sshAuthMountPath in every `node` container) and the ConfigMap
+# `<name>-mpi-hostfile` (`<name>-node-0-<i>.<name> slots=N` per node; the plugin mounts it
+# at /etc/mpi/hostfile in a `launcher` replicated job only, kjob's TrainJob in every node).
+MPI_SSH_SECRET_SUFFIX = "-mpi-ssh-auth"
+MPI_HOSTFILE_SUFFIX = "-mpi-hostfile"
+# The torch plugin sets these on the trainer container and its validating webhook refuses
+# a TrainJob whose trainer.env sets one (constants.go TorchRunReservedEnvNames).
+TORCH_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
 # --- replica names, as `kjob logs --replica` and `kjob status` show them ------------------
-LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index)
+LAUNCHER = "launcher"  # the MPIJob's launcher pod (role launcher, no index); a TrainJob's launcher replicated job
 WORKER = "worker"  # workers of both kinds: worker-0, worker-1, ...
 MASTER = "master"  # the PyTorchJob's master: master-0
-# Which replica a command reads when the user names none.
-DEFAULT_REPLICA = {"MPIJob": LAUNCHER, "PyTorchJob": f"{MASTER}-0"}
-# The replica whose exit code is the job's.
-LEADERS = (LAUNCHER, f"{MASTER}-0")
 
 # --- the trainer's programs ---------------------------------------------------------------
 TRAINER_MODULE = "kjob_trainer.train"

@@ -19,10 +19,37 @@ LOCK = "in-use.lock"
 
 def build_dir(tool_set: str = "cluster") -> Path:
     """Build (or find cached) the binaries of `tool_set` (cluster: the control plane, with
-    its CRDs; node: kubelet, CoreDNS, crictl); returns the folder holding bin/ (and crds/).
+    its CRDs; node: kubelet, CoreDNS, crictl; trainer: Trainer v2, JobSet, the Lua runner,
+    their CRDs and webhook configurations); returns the folder holding bin/ (and crds/).
+    A build of the same key in progress (make test's background one) is waited for.
     Raises CalledProcessError when the build fails (its error is on stderr)."""
     out = subprocess.run(["bash", str(BUILD), "--set", tool_set], check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
+
+
+def cached_dir(tool_set: str) -> Path | None:
+    """The build folder of `tool_set` if it is complete, else None (builds nothing)."""
+    out = subprocess.run(["bash", str(BUILD), "--set", tool_set, "--print-dir"], check=True, stdout=subprocess.PIPE, text=True).stdout
+    folder = Path(out.strip().splitlines()[-1])
+    return folder if (folder / "complete").exists() else None
+
+
+def building(tool_set: str) -> bool:
+    """Whether a build.sh is building `tool_set`'s current key now (it holds the folder's
+    exclusive build lock): build_dir would wait for it rather than build again."""
+    out = subprocess.run(["bash", str(BUILD), "--set", tool_set, "--print-dir"], check=True, stdout=subprocess.PIPE, text=True).stdout
+    lock = Path(out.strip().splitlines()[-1]) / "build.lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class BuildGone(RuntimeError):

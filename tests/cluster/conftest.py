@@ -2,7 +2,10 @@
 
 `control_plane` starts the whole control plane once per test session (controlplane.py);
 `real` gives each test its own namespace on it, with the checkpoint claim kjob's
-examples mount, and KUBECONFIG pointing at that namespace.
+examples mount, and KUBECONFIG pointing at that namespace. `trainer_v2` adds Kubeflow
+Trainer v2 and JobSet to that control plane (trainer_v2.py); the tests that use it, or
+only the trainer set's build (`trainer_build`), run last in the session, so that make
+test's background build of the set has time to finish (their fixture waits for it).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,24 +27,34 @@ from controlplane import CLAIMS, ControlPlane, create_bound_claims, pv_name  # n
 from kueue import Kueue  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
-from stages import NODE_CAPACITY, NODE_COUNT  # noqa: E402
+from stages import NODE_CAPACITY  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-_startup: list[float] = []
+_startup: list[tuple[str, float]] = []
 
 
-def pytest_terminal_summary(terminalreporter):
-    if _startup:
-        terminalreporter.write_line(f"real control plane: started in {_startup[0]:.1f} s")
+# Fixtures that need the trainer set's build (build.sh --set trainer); `trainer_v2` uses
+# `trainer_build`, test_argocd_lua.py's `lua_health` may wait for the build.
+NEEDS_TRAINER_SET = {"trainer_build", "lua_health"}
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that use Kueue run after all others: Kueue starts into the session's control
-    plane when the first of them asks, and its webhooks then see every MPIJob and
-    PyTorchJob created (it acts only on those with a queue label, but a test of the plain
-    cluster should not depend on that)."""
-    items.sort(key=lambda item: "kueue" in getattr(item, "fixturenames", ()))
+    """Tests that need the trainer set last, in their order, and those that use Kueue after
+    them; every other test keeps its place (this hook sees the whole session's items: a
+    stable sort moves only these). Kueue starts into the session's control plane when the
+    first of its tests asks, and its webhooks then see every MPIJob, PyTorchJob (and
+    TrainJob) created: it acts only on those with a queue label, but a test of the plain
+    cluster should not depend on that."""
+    def rank(item) -> tuple[bool, bool]:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        return "kueue" in fixtures, bool(NEEDS_TRAINER_SET & fixtures)
+    items.sort(key=rank)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for what, seconds in _startup:
+        terminalreporter.write_line(f"{what}: started in {seconds:.1f} s")
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +72,31 @@ def cluster_build() -> Path:
 
 
 @pytest.fixture(scope="session")
+def trainer_build(cluster_build) -> Path:
+    """The folder of Trainer v2, JobSet, the Lua runner and their CRDs (build.sh --set
+    trainer): cached, or waited for while make test's background build makes it, or built."""
+    return build_dir("trainer")
+
+
+@pytest.fixture(scope="session")
 def control_plane(cluster_build, tmp_path_factory):
     plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), cluster_build)
     plane.start()
-    _startup.append(plane.startup_s)
+    _startup.append(("real control plane", plane.startup_s))
     try:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def trainer_v2(control_plane, trainer_build):
+    """The session's control plane with Trainer v2 and JobSet running, their CRDs
+    installed and their webhooks answering; they stop with the plane."""
+    t0 = time.monotonic()
+    control_plane.start_trainer(trainer_build)
+    _startup.append(("Trainer v2 and JobSet", time.monotonic() - t0))
+    return control_plane
 
 
 class RealCluster:

@@ -11,7 +11,9 @@ authorization); kube-controller-manager (controllers with their own service-acco
 credentials, the root CA published to every namespace); kube-scheduler; kwok, the
 controller of NODE_COUNT simulated nodes, in its own PID and mount namespace (pid1.py);
 mpi-operator (MPIJob kubeflow.org/v2beta1); training-operator with only its PyTorchJob
-controller. Every wait is on a condition (a readiness endpoint, a CRD Established, a node
+controller. Kubeflow Trainer v2 and JobSet, with their webhooks, join on request
+(start_trainer, trainer_v2.py; `make cluster-up` starts them when their set is built).
+Every wait is on a condition (a readiness endpoint, a CRD Established, a node
 Ready, a leader lease), never a fixed sleep; every timeout is multiplied by
 KJOB_TEST_TIME_SCALE (a float, default 1) for slow machines.
 """
@@ -38,13 +40,15 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from builds import build_dir, hold  # noqa: E402
+from builds import build_dir, cached_dir, hold  # noqa: E402
 from nodeside import NodeSide  # noqa: E402
 from pki import SERVICE_CIDR, make_pki, write_kubeconfig  # noqa: E402
 from processes import ProcessDied, Processes  # noqa: E402
 from rest import Api, ApiError  # noqa: E402
 from stages import NODE_COUNT, kwok_config  # noqa: E402
 from waiting import time_scale, wait_for  # noqa: E402
+
+import trainer_v2  # noqa: E402
 
 # Names the tests and bench/ import from here.
 __all__ = ["CLAIMS", "ControlPlane", "ProcessDied", "build_dir", "create_bound_claims", "pv_name", "time_scale", "wait_for"]
@@ -130,6 +134,7 @@ class ControlPlane:
         self.processes = Processes(self.root / "logs", cwd=self.root)
         self.argv: dict[str, tuple[list[str], dict | None]] = {}
         self.build_lock: int | None = None  # a shared lock on the build folder while running (builds.hold)
+        self.trainer_lock: int | None = None  # the same on the trainer set's folder, once start_trainer ran
         self.ports: dict[str, int] = {}
         self.kubeconfig = self.root / "kubeconfig"
         self.signals = self.root / "pid1-signals.log"
@@ -141,6 +146,8 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
         self.argv[name] = (argv, env)
         self.processes.spawn(name, argv + self.extra_args.get(name, []), env)
+
+    spawn = _spawn  # for the components started later (trainer_v2.py): same log, watchdog and stop
 
     def check_alive(self) -> None:
         """Raise ProcessDied naming the first component that exited, with its log's tail."""
@@ -194,7 +201,7 @@ class ControlPlane:
             "--endpoint-reconciler-type=none", "--profiling=false"])
         wait_for("kube-apiserver /readyz", lambda: self.api.session.get(self.api.server + "/readyz", timeout=5).status_code == 200,
                  90, alive=self.check_alive, interval=0.25)
-        self._install_crds()
+        self.install_crds(self.crds)
         for ns in OPERATOR_NAMESPACES:
             self.api.create("/api/v1/namespaces", {"metadata": {"name": ns}}, exist_ok=True)
         # training-operator's cert rotator fills this Secret but does not create it (its
@@ -270,9 +277,10 @@ class ControlPlane:
         for name, value in data.items():
             (self.root / "training-operator-certs" / name).write_bytes(base64.b64decode(value))
 
-    def _install_crds(self) -> None:
+    def install_crds(self, folder: Path) -> None:
+        """Create every CRD in folder/*.yaml and wait until each is Established."""
         names = []
-        for path in sorted(self.crds.glob("*.yaml")):
+        for path in sorted(folder.glob("*.yaml")):
             for doc in yaml.safe_load_all(path.read_text()):
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self.api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc, exist_ok=True)
@@ -311,6 +319,19 @@ class ControlPlane:
         if name == "mpi-operator":
             wait_for("the new mpi-operator leads", lambda: holder() not in (None, before), 60, alive=self.check_alive, interval=0.25)
 
+    # -- Kubeflow Trainer v2 and JobSet ---------------------------------------------------------------
+    def start_trainer(self, built: Path) -> "ControlPlane":
+        """Install Trainer v2's and JobSet's CRDs and start both controllers with their
+        webhooks (trainer_v2.py), under this plane's supervision and watchdog; `built` is
+        the trainer set's build folder (build_dir("trainer")), held in use until stop().
+        A second call does nothing."""
+        if "trainer-controller-manager" in self.processes.procs:
+            return self
+        if self.trainer_lock is None:
+            self.trainer_lock = hold(built)
+        trainer_v2.start(self, built, free_port)
+        return self
+
     # -- stop -------------------------------------------------------------------------------------
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every component (operators first, etcd last), SIGKILL what is left after
@@ -320,19 +341,24 @@ class ControlPlane:
         if self.api:
             self.api.session.close()
         self.processes.stop(timeout)
-        if self.build_lock is not None:
-            os.close(self.build_lock)
-            self.build_lock = None
+        for attr in ("build_lock", "trainer_lock"):
+            if getattr(self, attr) is not None:
+                os.close(getattr(self, attr))
+                setattr(self, attr, None)
 
 
 # -- make cluster-up / cluster-down ---------------------------------------------------------------
 def _serve(root: Path) -> int:
     plane = ControlPlane(root / "plane", build_dir())
+    trainer = cached_dir("trainer")  # started when built (make trainer-bin), else not
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     try:
         plane.start()
+        if trainer:
+            plane.start_trainer(trainer)
+        (root / "trainer").write_text("started\n" if trainer else "not built\n")
         shutil.copy(plane.kubeconfig, root / "kubeconfig")
         (root / "ready").write_text(f"{plane.startup_s:.1f}\n")
         while not stop:
@@ -366,6 +392,10 @@ def _up(root: Path) -> int:
           f"  export KUBECONFIG={root.resolve() / 'kubeconfig'}\n"
           f"  kjob submit examples/smoke.yaml && kjob status smoke\n"
           f"Pods run on kwok nodes: nothing executes; {root}/plane/pods/<ns>/<pod>/<container>.log is what `kjob logs` shows.")
+    if (root / "trainer").read_text().strip() == "started":
+        print("Kubeflow Trainer v2 and JobSet run too (TrainJob trainer.kubeflow.org/v1alpha1).")
+    else:
+        print("Kubeflow Trainer v2 and JobSet are not built, so not started: `make trainer-bin`, then cluster-down and cluster-up.")
     return 0
 
 

@@ -1,10 +1,12 @@
 """build.sh keeps the cache from growing forever: other keys' build folders that nobody
 holds in use are removed, saying how much was freed; one held (builds.hold) stays until it
-is let go; the current keys and anything that is not a key folder stay. No Go build: the
-current cluster key is made to look built, so build.sh takes its cached path."""
+is let go; the current keys and anything that is not a key folder stay; a second build.sh
+of a key being built waits for the first and then finds it built. No Go build: the current
+keys are made to look built, so build.sh takes its cached path."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -12,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from builds import BUILD, BuildGone, hold
@@ -39,7 +42,7 @@ def folder(path: Path, size: int = 0, *, complete: bool = True) -> Path:
 @pytest.fixture
 def cache(tmp_path) -> Path:
     cache = tmp_path / "cache"
-    for s in ("cluster", "node"):
+    for s in ("cluster", "node", "trainer"):
         current = Path(run_build(cache, "--set", s, "--print-dir").stdout.strip())
         assert current.parent == cache / s
         folder(current, 10)
@@ -104,11 +107,11 @@ def test_holding_a_folder_that_was_removed_meanwhile_says_so(tmp_path):
 def test_a_bad_set_is_refused_with_its_choices(tmp_path):
     r = run_build(tmp_path, "--set", "nodes")
     assert r.returncode == 2
-    assert r.stderr.strip() == "build.sh: --set must be one of: cluster node kueue (not 'nodes')"
+    assert r.stderr.strip() == "build.sh: --set must be one of: cluster node trainer kueue (not 'nodes')"
 
 
 def test_kueue_is_a_set_of_its_own_pruned_like_the_others(cache):
-    # Its tool folder sits in tests/cluster/tools, but its key hashes only its own go.mod:
+    # Its tool folder sits in tests/cluster/tools, but its key hashes only its own folder:
     # not the cluster set's key, and a cluster build prunes its other keys too.
     cluster, kueue = (Path(run_build(cache, "--set", s, "--print-dir").stdout.strip()) for s in ("cluster", "kueue"))
     assert kueue.parent == cache / "kueue" and kueue.name != cluster.name
@@ -116,3 +119,49 @@ def test_kueue_is_a_set_of_its_own_pruned_like_the_others(cache):
     r = run_build(cache, "--set", "cluster")
     assert r.returncode == 0, r.stderr
     assert not old.exists() and f"kueue/{OLD}" in r.stderr
+
+
+def test_the_trainer_set_s_other_keys_are_pruned_too(cache):
+    old = folder(cache / "trainer" / OLD, 1024)
+    current = Path(run_build(cache, "--set", "trainer", "--print-dir").stdout.strip())
+    r = run_build(cache, "--set", "cluster")
+    assert r.returncode == 0, r.stderr
+    assert not old.exists() and current.exists()
+    assert f"trainer/{OLD}" in r.stderr
+
+
+def test_a_second_build_of_the_same_key_waits_for_the_first_and_finds_it_built(cache):
+    # The first build is played by this test: it holds the key's build lock, as build.sh
+    # does while it builds, with the folder not yet complete.
+    current = Path(run_build(cache, "--set", "trainer", "--print-dir").stdout.strip())
+    (current / "complete").unlink()
+    fd = os.open(current / "build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    env = {**os.environ, "KJOB_CACHE": str(cache), "PATH": f"{cache / 'no-go'}:{os.environ['PATH']}"}
+    # A `go` that fails loudly: the waiting build.sh must not start building once let in.
+    (cache / "no-go").mkdir()
+    real_go = shutil.which("go")
+    (cache / "no-go" / "go").write_text(f'#!/bin/sh\n[ "$1" = build ] && {{ echo "go build ran" >&2; exit 99; }}\nexec {real_go} "$@"\n')
+    (cache / "no-go" / "go").chmod(0o755)
+    second = subprocess.Popen(["bash", str(BUILD), "--set", "trainer"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _waiting(second) and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert second.poll() is None, f"it did not wait: {second.communicate()}"
+        assert _waiting(second), "it is not waiting on the build lock"
+        (current / "complete").touch()  # the first build finishes ...
+    finally:
+        os.close(fd)  # ... and lets go of the lock
+    out, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert "another build.sh is building" in err and "built by another build.sh meanwhile" in err and "go build ran" not in err
+    assert out.strip().splitlines()[-1] == str(current)
+
+
+def _waiting(proc: subprocess.Popen) -> bool:
+    """Whether proc (a build.sh) has a child sitting in flock, waiting."""
+    try:
+        return any(c.name() == "flock" for c in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return False

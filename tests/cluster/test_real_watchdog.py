@@ -2,7 +2,9 @@
 (marker `cluster`): a child process holding a real ControlPlane (etcd, kube-apiserver,
 controller-manager, scheduler, kwok; no operators, to keep it cheap) is killed the two ways
 a session dies unasked, and within 10 s every process it recorded is gone, its watchdog
-(watchdog.py) too."""
+(watchdog.py) too. The same with Trainer v2 and JobSet started into the plane
+(start_trainer), and with Kueue (kueue.py): they were started later, by the same
+supervision, and go the same way."""
 
 from __future__ import annotations
 
@@ -31,9 +33,13 @@ SESSION = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from controlplane import ControlPlane
     plane = ControlPlane(Path(sys.argv[2]), Path(sys.argv[3]), with_operators=False, kwok_nodes=1).start()
-    if len(sys.argv) > 4:  # and Kueue, from the kueue set's build folder
-        from kueue import Kueue
-        Kueue(plane, Path(sys.argv[4])).start()
+    for extra in sys.argv[4:]:  # trainer=FOLDER, kueue=FOLDER: build.sh's folders of those sets
+        what, _, built = extra.partition("=")
+        if what == "trainer":
+            plane.start_trainer(Path(built))
+        else:
+            from kueue import Kueue
+            Kueue(plane, Path(built)).start()
     started = [[p.pid, p.create_time()] for p in plane.pids()]
     print(json.dumps({"started": started, "watchdog": plane.processes.watchdog.pid}), flush=True)
     sys.stdin.read()
@@ -52,18 +58,20 @@ def kill_its_process_group_as_timeout_does(session: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("kill", [kill_the_process, kill_its_process_group_as_timeout_does])
 def test_a_killed_session_leaves_no_process(kill, cluster_build, tmp_path):
-    killed_session_leaves_nothing(kill, [str(cluster_build)], tmp_path)
+    killed_session_leaves_nothing(kill, [str(cluster_build)], set(), tmp_path)
+
+
+def test_a_killed_session_leaves_no_trainer_or_jobset(cluster_build, trainer_build, tmp_path):
+    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), f"trainer={trainer_build}"],
+                                  {"jobset", "trainer-controller-manager"}, tmp_path)
 
 
 def test_a_killed_session_leaves_no_kueue(cluster_build, tmp_path):
     # Kueue runs under unshare (its fixed metrics certificate path): the wrapper and Kueue both go.
-    names = killed_session_leaves_nothing(kill_the_process, [str(cluster_build), str(build_dir("kueue"))], tmp_path)
-    assert "kueue" in names, names
+    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), f"kueue={build_dir('kueue')}"], {"kueue"}, tmp_path)
 
 
-def killed_session_leaves_nothing(kill, builds: list[str], tmp_path) -> set[str]:
-    """Start a stand-in session on `builds`, kill it with `kill`, and fail unless every
-    process it started is gone within 10 s; returns the names of those processes."""
+def killed_session_leaves_nothing(kill, builds: list[str], more: set[str], tmp_path: Path) -> None:
     errors = tmp_path / "session.err"
     with open(errors, "w") as err, subprocess.Popen(
             [sys.executable, "-c", SESSION, str(HERE), str(tmp_path / "plane"), *builds],
@@ -75,7 +83,7 @@ def killed_session_leaves_nothing(kill, builds: list[str], tmp_path) -> set[str]
             got = json.loads(line)
             started += [tuple(p) for p in got["started"]]
             names = {psutil.Process(pid).name() for pid, _ in started}
-            assert names >= {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+            assert names >= {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", *more}
             assert running(got["watchdog"])
 
             kill(session)
@@ -91,4 +99,3 @@ def killed_session_leaves_nothing(kill, builds: list[str], tmp_path) -> set[str]
             for pid, created in started:  # a failure must not leave them either
                 if running(pid, created):
                     psutil.Process(pid).kill()
-    return names

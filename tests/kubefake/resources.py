@@ -15,11 +15,11 @@ from aiohttp import web
 
 from .http import STATE, Abort, CutStream, Stream, gate, qualified
 from .selectors import field_matcher, label_matcher
-from .store import CORE, State
+from .store import CLUSTER_SCOPED, CORE, State
 
 DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # Kinds whose CRD has a status subresource: status sent on create/update is ignored.
-STATUS_SUBRESOURCE = {"mpijobs", "pytorchjobs", "pods"}
+STATUS_SUBRESOURCE = {"mpijobs", "pytorchjobs", "trainjobs", "pods"}
 
 
 def not_found_page() -> web.Response:
@@ -36,7 +36,7 @@ def resolve(state: State, group: str, version: str, plural: str):
             return "Namespace", False
         return (CORE[plural], True) if plural in CORE else None
     kind = state.crds.get((group, version, plural))
-    return (kind, True) if kind else None
+    return (kind, plural not in CLUSTER_SCOPED) if kind else None
 
 
 def api_version(group: str, version: str) -> str:
@@ -56,8 +56,9 @@ def resource_list(state: State, group: str, version: str) -> dict | None:
     else:
         for (g, v, plural), kind in state.crds.items():
             if (g, v) == (group, version):
-                resources.append({"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]})
-                resources.append({"name": f"{plural}/status", "singularName": "", "namespaced": True, "kind": kind, "verbs": ["get", "patch", "update"]})
+                namespaced = plural not in CLUSTER_SCOPED
+                resources.append({"name": plural, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind, "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]})
+                resources.append({"name": f"{plural}/status", "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["get", "patch", "update"]})
     if not resources:
         return None
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api_version(group, version), "resources": resources}
@@ -179,7 +180,9 @@ async def item(request: web.Request) -> web.Response:
     state: State = request.app[STATE]
     group, version, plural, namespace, name = route_params(request)
     subresource = request.match_info.get("sub")
-    if resolve(state, group, version, plural) is None or subresource not in (None, "status"):
+    found = resolve(state, group, version, plural)
+    # A namespaced kind under the cluster's path, or the other way round: no such route.
+    if found is None or subresource not in (None, "status") or found[1] != (namespace is not None):
         return not_found_page()
     verbs = {"GET": "get", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
     resource = plural + (f"/{subresource}" if subresource else "")
@@ -269,6 +272,56 @@ async def watch(request, state: State, group, version, plural, kind, namespace, 
     return stream.resp
 
 
+# -- CRDs and their published schemas ---------------------------------------------------------
+def _crd_schema(state: State, plural: str) -> dict:
+    """A CRD's openAPIV3Schema as far as the fake knows it: the names of the fields under
+    .spec (store.SPEC_FIELDS), each an object of unknown shape."""
+    fields = state.spec_fields.get(plural, ())
+    return {"type": "object", "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                                             "spec": {"type": "object", "properties": {f: {"x-kubernetes-preserve-unknown-fields": True} for f in fields}},
+                                             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
+
+
+def _served(state: State, name: str) -> list[tuple[str, str, str, str]]:
+    """(group, version, plural, kind) of the CRD `name` (<plural>.<group>)."""
+    return [(g, v, p, k) for (g, v, p), k in state.crds.items() if f"{p}.{g}" == name]
+
+
+async def get_crd(request: web.Request) -> web.Response:
+    """GET a CustomResourceDefinition: one per served custom resource, its versions
+    those the fake serves, each with the schema _crd_schema gives."""
+    state: State = request.app[STATE]
+    name = request.match_info["name"]
+    await gate(request, "get", "customresourcedefinitions", "apiextensions.k8s.io")
+    served = _served(state, name)
+    if not served:
+        raise missing("customresourcedefinitions", "apiextensions.k8s.io", name)
+    group, _, plural, kind = served[0]
+    versions = [{"name": v, "served": True, "storage": i == 0, "schema": {"openAPIV3Schema": _crd_schema(state, p)}, "subresources": {"status": {}}}
+                for i, (_, v, p, _) in enumerate(served)]
+    return web.json_response({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                              "metadata": {"name": name, "uid": "00000000-0000-4000-8000-000000000001", "resourceVersion": "1"},
+                              "spec": {"group": group, "names": {"plural": plural, "kind": kind, "singular": kind.lower(), "listKind": f"{kind}List"},
+                                       "scope": "Cluster" if plural in CLUSTER_SCOPED else "Namespaced", "versions": versions}})
+
+
+async def openapi_v3(request: web.Request) -> web.Response:
+    """The OpenAPI v3 document of a custom resource group version, as kube-apiserver
+    publishes it for every authenticated user (no RBAC on it in the fake): one schema
+    per kind, named <reversed group>.<version>.<Kind>, with x-kubernetes-group-version-kind."""
+    state: State = request.app[STATE]
+    group, version = request.match_info["group"], request.match_info["version"]
+    schemas = {}
+    for (g, v, plural), kind in state.crds.items():
+        if (g, v) == (group, version):
+            key = ".".join(reversed(g.split("."))) + f".{v}.{kind}"
+            schemas[key] = {**_crd_schema(state, plural), "x-kubernetes-group-version-kind": [{"group": g, "kind": kind, "version": v}]}
+    if not schemas:
+        return not_found_page()
+    return web.json_response({"openapi": "3.0.0", "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"}, "paths": {},
+                              "components": {"schemas": schemas}})
+
+
 # -- SelfSubjectAccessReview -----------------------------------------------------------------
 async def access_review(request: web.Request) -> web.Response:
     state: State = request.app[STATE]
@@ -290,9 +343,13 @@ def install(app: web.Application, state: State) -> None:
     for path in ("/api", "/api/{version}", "/apis", "/apis/{group}", "/apis/{group}/{version}"):
         r.add_get(path, discovery)
     r.add_post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", access_review)
+    r.add_get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", get_crd)
+    r.add_get("/openapi/v3/apis/{group}/{version}", openapi_v3)
     for prefix in ("/api/{version}", "/apis/{group}/{version}"):
         r.add_route("*", prefix + "/namespaces/{namespace}/{plural}", collection)
         r.add_route("*", prefix + "/namespaces/{namespace}/{plural}/{name}", item)
         r.add_route("*", prefix + "/namespaces/{namespace}/{plural}/{name}/{sub}", item)
         r.add_route("*", prefix + "/{plural}", collection)
     r.add_route("*", "/api/{version}/{plural:namespaces}/{name}", item)
+    # Cluster-scoped custom resources (ClusterTrainingRuntime).
+    r.add_route("*", "/apis/{group}/{version}/{plural}/{name}", item)

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import yaml
 
+from . import trainer
 from .store import CRDS, Fault, State, now_rfc3339
 
-KINDS = {"MPIJob": "mpijobs", "PyTorchJob": "pytorchjobs", "Pod": "pods", "Event": "events", "Namespace": "namespaces",
+KINDS = {"MPIJob": "mpijobs", "PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs", "ClusterTrainingRuntime": "clustertrainingruntimes",
+         "JobSet": "jobsets", "Job": "jobs", "Pod": "pods", "Event": "events", "Namespace": "namespaces",
          "Workload": "workloads", "LocalQueue": "localqueues"}
+CLUSTER_KINDS = ("Namespace", "namespaces", "ClusterTrainingRuntime", "clustertrainingruntimes")
 # Kueue v0.19's CRDs (kueue.x-k8s.io, served and stored at v1beta2) that kjob reads.
 KUEUE_CRDS = {("kueue.x-k8s.io", "v1beta2", "workloads"): "Workload", ("kueue.x-k8s.io", "v1beta2", "localqueues"): "LocalQueue"}
 # The operators' replica keys and the pod name they give each replica.
@@ -100,6 +103,18 @@ class KubeHandle:
         """Stop serving MPIJob or PyTorchJob (as if the operator were not installed)."""
         self._call(lambda s: [s.crds.pop(k) for k, v in list(s.crds.items()) if v == kind])
 
+    def serve_crd_spec_fields(self, kind: str, fields: tuple[str, ...]) -> None:
+        """Serve `kind`'s CRD with these fields under .spec in its schema (an older
+        operator's: Trainer v2.1's TrainJob had podTemplateOverrides, not runtimePatches)."""
+        self._call(lambda s: s.spec_fields.__setitem__(_plural(kind), tuple(fields)))
+
+    def install_runtime(self, name: str, replicated_jobs: list[dict]) -> None:
+        """Create the ClusterTrainingRuntime `name` with these replicated jobs (each
+        {"name", "replicas"?, "template": a batch/v1 JobTemplateSpec})."""
+        runtime = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime", "metadata": {"name": name},
+                   "spec": {"template": {"spec": {"replicatedJobs": copy.deepcopy(replicated_jobs)}}}}
+        self._call(lambda s: s.put("clustertrainingruntimes", runtime))
+
     def serve_crd_at(self, kind: str, version: str) -> None:
         """Serve `kind` at `version` only, as after another operator's CRD of the same name
         replaced it (training-operator's MPIJob v1 over mpi-operator's v2beta1)."""
@@ -145,15 +160,19 @@ class KubeHandle:
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
-        ns = "" if kind in ("Namespace", "namespaces") else namespace or self.namespace
+        ns = "" if kind in CLUSTER_KINDS else namespace or self.namespace
         return self._call(lambda s: copy.deepcopy(s.get(_plural(kind), ns, name)))
 
     def list(self, kind: str, namespace: str | None = None) -> list[dict]:
         return self._call(lambda s: copy.deepcopy(s.items(_plural(kind), namespace)))
 
     def pods(self, job: str, namespace: str | None = None) -> list[str]:
-        """Names of the job's pods, launcher/master first."""
+        """Names of the job's pods, launcher/master first (a TrainJob's: launcher, then by
+        replicated job and index)."""
         def find(s: State):
+            labelled = [p for p in s.items("pods", namespace or self.namespace) if p["metadata"].get("labels", {}).get("jobset.sigs.k8s.io/jobset-name") == job]
+            if labelled:
+                return [p["metadata"]["name"] for p in sorted(labelled, key=lambda p: trainer.order(p["metadata"]["labels"]))]
             pods = [p for p in s.items("pods", namespace or self.namespace) if p["metadata"].get("labels", {}).get("training.kubeflow.org/job-name") == job]
             order = {"launcher": 0, "master": 0, "worker": 1}
             pods.sort(key=lambda p: (order.get(_role_and_index(p["metadata"]["labels"])[0], 2), _role_and_index(p["metadata"]["labels"])[1], p["metadata"]["name"]))
@@ -163,11 +182,19 @@ class KubeHandle:
 
     # -- the operator ---------------------------------------------------------------------------
     def start_job(self, name: str, namespace: str | None = None) -> list[str]:
-        """Make the job's pods (Pending, ContainerCreating) and the Created condition."""
+        """Make the job's pods (Pending, ContainerCreating) and the Created condition (a
+        TrainJob has none: its JobSet's child Jobs are counted active in jobsStatus)."""
         ns = namespace or self.namespace
+        if self._is_trainjob(name, ns):
+            self._call(lambda s: trainer.make_pods(s, s.get("trainjobs", ns, name), self._waiting))
+            self._call(lambda s: trainer.set_jobs_status(s, s.get("trainjobs", ns, name), "active"))
+            return self.pods(name, ns)
         self._call(self._make_pods, name, ns)
         self.set_condition(name, "Created", reason="JobCreated", message=f"job {name} is created", namespace=ns)
         return self.pods(name, ns)
+
+    def _is_trainjob(self, name: str, ns: str) -> bool:
+        return self._call(lambda s: s.get("trainjobs", ns, name) is not None)
 
     def _job(self, s: State, name: str, ns: str) -> tuple[str, dict]:
         for plural in REPLICAS:
@@ -268,7 +295,13 @@ class KubeHandle:
         return made
 
     def set_condition(self, name: str, type_: str, status: str = "True", *, reason: str | None = None, message: str | None = None, namespace: str | None = None) -> None:
-        """Add or update a job condition; Succeeded/Failed turn Running off, as the operators do."""
+        """Add or update a job condition; Succeeded/Failed turn Running off, as the operators do.
+        A TrainJob's is a metav1.Condition (Complete, Failed, Suspended)."""
+        ns = namespace or self.namespace
+        if self._is_trainjob(name, ns):
+            self._call(lambda s: trainer.set_condition(s, s.get("trainjobs", ns, name), type_, status, reason or type_, message or f"TrainJob {name} {type_}"))
+            return
+
         def apply(s: State):
             plural, job = self._job(s, name, namespace or self.namespace)
             job = copy.deepcopy(job)
@@ -298,10 +331,15 @@ class KubeHandle:
         self._call(apply)
 
     def run_job(self, name: str, namespace: str | None = None) -> list[str]:
-        """All pods Running, the Running condition, active replica counts."""
+        """All pods Running, the Running condition, active replica counts (a TrainJob's:
+        every child Job ready in jobsStatus)."""
         pods = self.pods(name, namespace) or self.start_job(name, namespace)
         for pod in pods:
             self.pod_running(pod, namespace)
+        ns = namespace or self.namespace
+        if self._is_trainjob(name, ns):
+            self._call(lambda s: trainer.set_jobs_status(s, s.get("trainjobs", ns, name), "ready"))
+            return pods
         self.set_replica_statuses(name, self._counts(pods, "active"), namespace)
         self.set_condition(name, "Running", reason="JobRunning", namespace=namespace)
         return pods
@@ -315,6 +353,11 @@ class KubeHandle:
                 continue
             self.pod_terminated(pod, code, "Completed" if code == 0 else "Error", namespace)
         word = "succeeded" if state == "Succeeded" else "failed"
+        ns = namespace or self.namespace
+        if self._is_trainjob(name, ns):
+            self._call(lambda s: trainer.set_jobs_status(s, s.get("trainjobs", ns, name), word))
+            self.set_condition(name, *trainer.FINAL[state][:1], reason=trainer.FINAL[state][1], message=trainer.FINAL[state][2], namespace=ns)
+            return
         self.set_replica_statuses(name, self._counts(pods, word), namespace)
         self.set_condition(name, state, reason=f"Job{state}", message=f"job {name} {'successfully completed' if state == 'Succeeded' else 'has failed'}", namespace=namespace)
 
@@ -486,6 +529,27 @@ class KubeHandle:
                 "status": {"conditions": [{"lastTransitionTime": now_rfc3339(), **c} for c in conditions], **(status or {})}})
             return name
         return self._call(apply)
+
+    def object_event(self, kind: str, name: str, reason: str, message: str, *, type_: str = "Warning", namespace: str | None = None,
+                     source: str = "job-controller") -> None:
+        """An Event about any object (a child Job's FailedCreate), whether it exists or not."""
+        ns = namespace or self.namespace
+
+        def apply(s: State):
+            now = now_rfc3339()
+            s.put("events", {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": f"{name}.{random.getrandbits(48):012x}", "namespace": ns},
+                "involvedObject": {"kind": kind, "name": name, "namespace": ns},
+                "reason": reason, "message": message, "type": type_, "count": 1,
+                "firstTimestamp": now, "lastTimestamp": now, "source": {"component": source},
+            })
+
+        self._call(apply)
+
+    def delete_pod(self, pod: str, namespace: str | None = None) -> None:
+        """The pod is gone (deleted, evicted and collected); its Events stay."""
+        self._call(lambda s: s.remove("pods", namespace or self.namespace, pod))
 
     def _call(self, fn, *args):
         return self._server.call(fn, *args)

@@ -27,7 +27,17 @@ CORE = {
     "serviceaccounts": "ServiceAccount",
     "persistentvolumeclaims": "PersistentVolumeClaim",
 }
-CRDS = {("kubeflow.org", "v2beta1", "mpijobs"): "MPIJob", ("kubeflow.org", "v1", "pytorchjobs"): "PyTorchJob"}
+CRDS = {("kubeflow.org", "v2beta1", "mpijobs"): "MPIJob", ("kubeflow.org", "v1", "pytorchjobs"): "PyTorchJob",
+        # Kubeflow Trainer v2.3.0 (manifests/base/crds): TrainJob and its cluster-scoped runtime.
+        ("trainer.kubeflow.org", "v1alpha1", "trainjobs"): "TrainJob",
+        ("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes"): "ClusterTrainingRuntime"}
+# Custom resources whose CRD says `scope: Cluster`.
+CLUSTER_SCOPED = {"clustertrainingruntimes"}
+# The fields under .spec of a CRD's schema, as its openAPIV3Schema lists them (the fake's
+# CRDs carry these names only, not their own schemas): the TrainJob of Trainer v2.3.0
+# (pkg/apis/trainer/v1alpha1/trainjob_types.go TrainJobSpec); `serve_crd_spec_fields`
+# puts an older release's in place.
+SPEC_FIELDS = {"trainjobs": ("runtimeRef", "initializer", "trainer", "runtimePatches", "suspend", "activeDeadlineSeconds", "managedBy")}
 # Watch history kept for resuming a watch; older resourceVersions get 410 Gone, as etcd
 # compaction makes kube-apiserver answer.
 HISTORY = 5000
@@ -89,6 +99,7 @@ class State:
         self.history: deque = deque(maxlen=HISTORY)  # (rv, plural, type, obj)
         self.compacted_rv = 0
         self.crds = dict(CRDS)
+        self.spec_fields = dict(SPEC_FIELDS)
         self.denied: set[tuple[str, str, str | None]] = set()
         self.faults: list[Fault] = []
         self.logs: dict[tuple[str, str, str], ContainerLog] = {}  # (ns, pod, container)

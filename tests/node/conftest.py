@@ -23,8 +23,9 @@ from runtime import IMAGES, build_images  # noqa: E402
 def pytest_collection_modifyitems(items):
     """The standalone kubelet's test first: the joined kubelet (`node_cluster`) lives until
     the session ends, and two kubelets on one containerd would each take the other's pods
-    and cgroups for their own."""
-    items.sort(key=lambda item: item.path.name != "test_kubelet_standalone.py")
+    and cgroups for their own. Tests on Trainer v2 (`node_trainer_v2`) last: make test's
+    background build of the trainer set may still be going when the tier starts."""
+    items.sort(key=lambda item: (item.path.name != "test_kubelet_standalone.py", "node_trainer_v2" in getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +59,15 @@ def pytorch_image() -> str:
         pytest.fail("the node tier runs containerd, podman and a kubelet: it needs root (make e2e as root)")
     build_images("pytorch")
     return IMAGES["pytorch"]
+
+
+@pytest.fixture(scope="session")
+def node_trainer_v2(node_cluster):
+    """`node_cluster` with Kubeflow Trainer v2 and JobSet started into its control plane
+    (tests/cluster/trainer_v2.py: CRDs, both controllers, their webhooks on 127.0.0.1);
+    their build folder (build.sh --set trainer) is waited for or built, and held in use."""
+    node_cluster.plane.start_trainer(build_dir("trainer"))
+    return node_cluster
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable
 from kjob.backend import FINAL_STATES, FetchOptions, JobStatus, LogOptions
 from kjob.cluster.api import connect
 from kjob.cluster.gitops import gitops_owner, recreated_note
+from kjob.cluster.kinds import kind_of
 from kjob.cluster.jobs import Submitted, delete_job, find_job, get_job, job_events, job_pods, list_jobs, poll_seconds, submit
 from kjob.cluster.logs import show_logs
 from kjob.cluster.queueing import held_states, queueing, with_queueing
@@ -89,20 +90,20 @@ class ClusterBackend:
         return held_states(self.kube, jobs, [job_status(j, None, []) for j in jobs], namespace)
 
     def delete(self, name: str, wait: bool = False, grace: float | None = None, now: bool = False) -> str:
-        """Delete the job; a running MPIJob's trainer is first asked for a checkpoint
-        (kjob.cluster.stopping; up to `grace` seconds, not with `now`). Returns delete's line."""
+        """Delete the job; a running trainer is first asked for a checkpoint where the
+        job's kind says how (kjob.cluster.stopping: an MPIJob's launcher, a TrainJob's
+        launcher or node-0; up to `grace` seconds, not with `now`). Returns delete's line."""
         job = self.job(name)
         state, _ = job_state(job)
         stopping = None
-        if job["kind"] == "MPIJob" and not now:
+        if not now:
             stopping = checkpoint_before_delete(self.kube, job, TERMINATION_GRACE_S if grace is None else grace, self.notify)
         n = delete_job(self.kube, job, wait=wait)
         md = job["metadata"]
-        policy = job["spec"].get("runPolicy", {}).get("cleanPodPolicy", "None")
         if n:
             pods = f"its {n} pod(s) are deleted with it (they are owned by the job)" + ("; all gone" if wait else "")
         elif state in FINAL_STATES:
-            pods = f"it had no pods left (cleanPodPolicy {policy} removed them when the job {state.lower()})"
+            pods = kind_of(job).pods_gone_note(job, state)
         else:
             pods = "it had no pods yet"
         owner = gitops_owner(job)

@@ -25,14 +25,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from kjob import names, settings
 from kjob.backend import FetchOptions
 from kjob.cluster import requests
 from kjob.cluster.claims import Placement, place, read_holders
 from kjob.cluster.exec_stream import open_exec
-from kjob.cluster.pods import pod_reason
+from kjob.cluster.kinds import kind_of
+from kjob.cluster.pods import pod_reason, replica_name
 from kjob.errors import ClusterUnavailable, InvalidInput, KjobError, NotFound, VerificationFailed
 from kjob.names import CHECKPOINT_CLAIM, OUTPUT_PATH
 from kjob.transfer.index import INDEX_NAME, MAX_INDEX_BYTES, expected, parse_index, select, write_local_index
@@ -84,13 +85,10 @@ def locate(job_obj: dict) -> Target:
     return Target(ns, name, claim, posixpath.join(output, "checkpoints"), mount)
 
 
-def _pod_templates(job_obj: dict) -> Iterator[dict]:
-    spec = job_obj.get("spec") or {}
-    for key in ("mpiReplicaSpecs", "pytorchReplicaSpecs"):
-        for replica in (spec.get(key) or {}).values():
-            tspec = ((replica or {}).get("template") or {}).get("spec")
-            if tspec:
-                yield tspec
+def _pod_templates(job_obj: dict) -> list[dict]:
+    """The pod specs the job object gives its pods (a TrainJob: its runtimePatches), the
+    replica that writes the checkpoints first."""
+    return kind_of(job_obj).pod_templates(job_obj)
 
 
 def _claim_mount(pod_spec: dict, claim: str, output: str) -> tuple[str, str, dict] | None:
@@ -113,10 +111,12 @@ def _template_mount(job_obj: dict, claim: str, output: str) -> str | None:
     return None
 
 
-def find_running_pod(pods: list[dict], target: Target) -> tuple[str, str] | None:
-    """A Running pod of the job whose running container mounts the claim at the output path."""
+def find_running_pod(pods: list[dict], target: Target, first: str | None = None) -> tuple[str, str] | None:
+    """A Running pod of the job whose running container mounts the claim at the output
+    path; the pod of replica `first` (the one that writes the checkpoints: an Open MPI
+    job's launcher, a torch job's master-0 or node-0) when it is one."""
     output = posixpath.dirname(target.ckpt_dir)
-    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+    for pod in sorted(pods, key=lambda p: (replica_name(p) != first, p["metadata"]["name"])):
         status = pod.get("status") or {}
         if status.get("phase") != "Running":
             continue
@@ -208,8 +208,9 @@ def helper_pod(job_obj: dict, target: Target, name: str, placement: Placement = 
 def exec_pod(kube, job_obj: dict, target: Target, say: Callable[[str], None]):
     """Yield `target` with .pod/.container set: a Running pod of the job, or a helper pod
     that is deleted on the way out whatever happens (success, error, Ctrl-C)."""
-    job_pods = kube.send(requests.list_job_pods(target.namespace, target.job)).get("items") or []
-    found = find_running_pod(job_pods, target)
+    job_pods = kube.send(requests.list_job_pods(job_obj)).get("items") or []
+    writer = kind_of(job_obj).default_replica(job_obj, lambda: {replica_name(p) for p in job_pods})
+    found = find_running_pod(job_pods, target, writer)
     if found:
         target.pod, target.container = found
         yield target

@@ -18,23 +18,22 @@ from kjob.cluster import requests
 from kjob.backend import finished_conflict
 from kjob.cluster.api import Kube
 from kjob.cluster.disruptions import DISRUPTION_EVENTS
+from kjob.cluster.kinds import JobKind, SchemaField, kind_of
 from kjob.cluster.queueing import check_local_queue
 from kjob.cluster.status import ended
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
-from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, SPEC_HASH
+from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, RUNTIMES, SPEC_HASH
 
-OPERATORS = {
-    "MPIJob": ("mpi-operator v0.8", "kubectl apply --server-side -f https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.8.2/deploy/v2beta1/mpi-operator.yaml"),
-    "PyTorchJob": ("training-operator v1.9", 'kubectl apply --server-side -k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"'),
-}
 # A job kind whose CRD another install is known to replace: (what happened, the fix).
 # training-operator's standalone manifests carry an MPIJob kubeflow.org/v1 CRD of the same
 # name as mpi-operator's v2beta1 one (kubeflow/trainer#1930, #1972).
 CLOBBERED = {
     "MPIJob": ("training-operator's full install ships an MPIJob kubeflow.org/v1 CRD that replaces mpi-operator's v2beta1 one",
-               f"kubectl delete crd mpijobs.{GROUP}, install mpi-operator again ({OPERATORS['MPIJob'][1]}), and run training-operator "
+               f"kubectl delete crd mpijobs.{GROUP}, install mpi-operator again ({kind_of('MPIJob').install}), and run training-operator "
                "with --enable-scheme=pytorchjob and without its MPIJob CRD (README: Installing the operators side by side)"),
 }
+# Where kjob's own ClusterTrainingRuntimes are in a checkout of kjob (manifests/runtimes).
+RUNTIME_MANIFESTS = "manifests/runtimes"
 # What kjob does after submitting, checked up front by SelfSubjectAccessReview:
 # (verb, resource, subresource) on top of "create <the job kind>" and exec_access().
 NEEDED_ACCESS = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log")]
@@ -68,14 +67,17 @@ def poll_seconds() -> float:
 
 
 # -- preflight ------------------------------------------------------------------------------
-def preflight(kube: Kube, kind: str, namespace: str) -> None:
+def preflight(kube: Kube, job: dict, namespace: str) -> None:
     """In one round of concurrent calls: the operator's API is served at the version kjob
-    renders, the namespace exists, and RBAC allows what kjob will do. Reports every
-    problem at once. Raises ClusterUnavailable, NotFound (CRD, namespace) or Forbidden."""
-    _, plural = JOB_KINDS[kind]
-    checks = [lambda: _check_api(kube, kind), lambda: _check_namespace(kube, namespace)]
+    renders (with the fields kjob renders), the training runtime a TrainJob names exists,
+    the namespace exists, and RBAC allows what kjob will do. Reports every problem at
+    once. Raises ClusterUnavailable, NotFound (CRD, runtime, namespace) or Forbidden."""
+    adapter = kind_of(job)
+    # The runtime is looked for once its API is known to be served: without the Trainer,
+    # "install the Trainer" is the one thing to say.
+    checks = [lambda: _check_api(kube, adapter) or _check_runtime(kube, adapter, job, namespace), lambda: _check_namespace(kube, namespace)]
     needed = NEEDED_ACCESS + exec_access(_server_version(kube))
-    access = [("create", plural, "", GROUP)] + [(v, r, s, "") for v, r, s in needed]
+    access = [("create", adapter.plural, "", adapter.group)] + [(v, r, s, "") for v, r, s in needed]
     checks += [lambda a=a: _check_access(kube, namespace, *a) for a in access]
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         problems = [p for p in pool.map(_capture, checks) if p is not None]
@@ -96,34 +98,96 @@ def _capture(check: Callable[[], KjobError | None]) -> KjobError | None:
         return e
 
 
-def _check_api(kube: Kube, kind: str) -> KjobError | None:
-    api_version, plural = JOB_KINDS[kind]
-    operator, install = OPERATORS[kind]
-    missing = NotFound(f"the {kind} API ({api_version} {plural}) is not served by {kube.where()}: {operator} is not installed", hint=f"install it: {install}")
+def _check_api(kube: Kube, adapter: JobKind) -> KjobError | None:
+    kind, api_version, plural, install = adapter.kind, adapter.api_version, adapter.plural, adapter.install
+    missing = NotFound(f"the {kind} API ({api_version} {plural}) is not served by {kube.where()}: {adapter.operator} is not installed", hint=f"install it: {install}")
     try:
         found = kube.send(requests.api_resources(api_version))
     except NotFound:
         found = None
     if plural in _served(found):
-        return None
-    elsewhere = _served_at(kube, plural, api_version)
+        field = adapter.schema_field()
+        return _check_schema(kube, adapter, field) if field else None
+    elsewhere = _served_at(kube, adapter.group, plural, api_version)
     if elsewhere is None:
         return missing
     # A CRD serves one set of versions: installing another operator's CRD of the same name
     # takes the version kjob renders away.
     what, fix = CLOBBERED.get(kind, ("", f"install it: {install}"))
     return NotFound(f"the {kind} API is served by {kube.where()} only as {elsewhere} {plural}, not {api_version}: "
-                    f"its CRD {plural}.{GROUP} was replaced by another one" + (f" ({what})" if what else ""), hint=fix)
+                    f"its CRD {plural}.{adapter.group} was replaced by another one" + (f" ({what})" if what else ""), hint=fix)
+
+
+def _check_schema(kube: Kube, adapter: JobKind, field: SchemaField) -> KjobError | None:
+    """The served schema has `field` (a CRD drops unknown fields silently: a TrainJob
+    created on Trainer v2.0/v2.1 would lose its runtimePatches and run without kjob's
+    volumes). Read from the CRD, else (a user who may not read CRDs) from the OpenAPI v3
+    document; when neither can be read, nothing is said."""
+    schema = _crd_schema(kube, field)
+    if schema is None:
+        return None
+    node = schema
+    for part in field.path:
+        node = (node.get("properties") or {}).get(part) if isinstance(node, dict) else None
+        if node is None:
+            where = ".".join(field.path)
+            return NotFound(f"the {adapter.kind} API served by {kube.where()} has no {where}: its CRD {field.crd} is older than "
+                            f"{field.since}, which kjob needs", hint=f"upgrade it: {adapter.install}")
+    return None
+
+
+def _crd_schema(kube: Kube, field: SchemaField) -> dict | None:
+    """The openAPIV3Schema of the field's kind at its version, or None when unreadable."""
+    try:
+        crd = kube.send(requests.get_crd(field.crd))
+        for version in crd.get("spec", {}).get("versions") or []:
+            if version.get("name") == field.version:
+                return (version.get("schema") or {}).get("openAPIV3Schema") or {}
+        return None
+    except (Forbidden, NotFound):
+        pass  # many users may not read CRDs: the published OpenAPI document says the same
+    except (KjobError, AttributeError):
+        return None
+    wanted = {"group": field.group, "version": field.version, "kind": field.kind}
+    try:
+        doc = kube.send(requests.openapi_v3(f"{field.group}/{field.version}"))
+        for schema in (doc.get("components") or {}).get("schemas", {}).values():
+            if wanted in (schema.get("x-kubernetes-group-version-kind") or []):
+                return schema
+    except (KjobError, AttributeError):
+        pass
+    return None
+
+
+def _check_runtime(kube: Kube, adapter: JobKind, job: dict, namespace: str) -> KjobError | None:
+    """The training runtime the TrainJob names exists (the controller would otherwise
+    leave the job without pods and say so only in its log)."""
+    ref = adapter.runtime(job)
+    if ref is None:
+        return None
+    try:
+        kube.send(requests.get_runtime(ref, namespace))
+        return None
+    except Forbidden:
+        return None  # not allowed to read it: the job will tell
+    except NotFound:
+        pass
+    where = f' in namespace "{namespace}"' if ref.namespaced else ""
+    if ref.name in RUNTIMES.values():
+        hint = f"install kjob's runtime: kubectl apply -f {RUNTIME_MANIFESTS}/{ref.name}.yaml (from a checkout of kjob)"
+    else:
+        hint = f"install that {ref.kind}, or name one that exists (kubectl get {ref.plural})"
+    return NotFound(f'the {ref.kind} "{ref.name}" that {adapter.kind} {job["metadata"]["name"]} runs from is not on {kube.where()}{where}', hint=hint)
 
 
 def _served(discovery: dict | None) -> list[str]:
     return [r.get("name") for r in discovery.get("resources", [])] if isinstance(discovery, dict) else []
 
 
-def _served_at(kube: Kube, plural: str, wanted: str) -> str | None:
-    """Another version of GROUP that serves `plural` (e.g. kubeflow.org/v1), or None."""
+def _served_at(kube: Kube, group_name: str, plural: str, wanted: str) -> str | None:
+    """Another version of the group that serves `plural` (e.g. kubeflow.org/v1), or None."""
     try:
-        group = kube.send(requests.api_resources(GROUP))
+        group = kube.send(requests.api_resources(group_name))
         for version in group.get("versions", []):
             gv = version.get("groupVersion")
             if gv and gv != wanted and plural in _served(kube.send(requests.api_resources(gv))):
@@ -173,7 +237,7 @@ class Submitted:
 def find_job(objects: list[dict]) -> dict:
     jobs = [o for o in objects if o.get("kind") in JOB_KINDS]
     if len(jobs) != 1:
-        raise InvalidInput(f"expected exactly one MPIJob or PyTorchJob among the rendered objects, found {len(jobs)}")
+        raise InvalidInput(f"expected exactly one {', '.join(JOB_KINDS)} among the rendered objects, found {len(jobs)}")
     return jobs[0]
 
 
@@ -183,7 +247,7 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
     (different spec, no `replace`) and what preflight/requests raise."""
     job = find_job(objects)
     kind, name = job["kind"], job["metadata"]["name"]
-    preflight(kube, kind, namespace)
+    preflight(kube, job, namespace)
     level = _namespace_labels(kube, namespace).get(POD_SECURITY_ENFORCE)
     warnings = pod_security_warnings(level, namespace, job)
     warnings += [w for w in [check_local_queue(kube, job, namespace)] if w]  # NotFound: no such LocalQueue
@@ -236,26 +300,24 @@ def pod_security_warnings(level: str | None, namespace: str, job: dict) -> list[
     if level not in ("baseline", "restricted"):
         return []
     found = []
-    replicas = next(iter(v for k, v in job["spec"].items() if k.endswith("ReplicaSpecs")), {})
-    volumes = {(kind, vol["name"]) for spec in replicas.values() for vol in spec["template"]["spec"].get("volumes") or []
-               for kind in vol if kind != "name"}
+    pods = kind_of(job).pod_templates(job)
+    volumes = {(kind, vol["name"]) for pod in pods for vol in pod.get("volumes") or [] for kind in vol if kind != "name"}
     for kind, volume in sorted(volumes):
         if kind == "hostPath" or (level == "restricted" and kind not in RESTRICTED_VOLUMES):
             found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses {kind} volumes '
                          f'(volume "{volume}"): the pods will not be created; use a PersistentVolumeClaim for the data')
-    pods = [spec["template"]["spec"] for spec in replicas.values()]
     if any(pod.get("hostNetwork") for pod in pods):
         found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses hostNetwork: the trainer '
                      "pods will not be created; run the job in a namespace labelled "
                      "pod-security.kubernetes.io/enforce=privileged, or use a secondary network (podAnnotations) instead")
-    added = sorted({cap for pod in pods for c in pod["containers"]
+    added = sorted({cap for pod in pods for c in pod.get("containers") or []
                     for cap in c.get("securityContext", {}).get("capabilities", {}).get("add", [])
                     if cap not in (BASELINE_CAPABILITIES if level == "baseline" else RESTRICTED_CAPABILITIES)})
     if added:
         found.append(f'namespace "{namespace}" enforces Pod Security "{level}", which refuses the capabilities '
                      f'{", ".join(added)}: the trainer pods will not be created; run the job in a namespace labelled '
                      "pod-security.kubernetes.io/enforce=privileged, or leave capabilities out")
-    if level == "restricted" and job["kind"] == "PyTorchJob" and "Worker" in replicas:
+    if level == "restricted" and job["kind"] == "PyTorchJob" and "Worker" in job["spec"].get("pytorchReplicaSpecs", {}):
         # training-operator v1.9 gives every worker pod of a job with a master an init
         # container that waits for the master's DNS name (pkg/controller.v1/pytorch/
         # initcontainer.go: init-pytorch, alpine:3.10, no securityContext).
@@ -279,7 +341,7 @@ def _rollback(kube: Kube, created: list[dict]) -> list[str]:
 
 
 def get_job(kube: Kube, name: str, namespace: str, *, kinds: list[str] | None = None, missing_ok: bool = False) -> dict | None:
-    """The job object (MPIJob or PyTorchJob) by name. Raises NotFound unless missing_ok."""
+    """The job object (of any kind kjob makes) by name. Raises NotFound unless missing_ok."""
     for kind in kinds or list(JOB_KINDS):
         try:
             return kube.send(requests.get_job(kind, name, namespace))
@@ -304,27 +366,30 @@ def list_jobs(kube: Kube, namespace: str | None) -> list[dict]:
 
 def job_pods(kube: Kube, job: dict) -> list[dict]:
     """The pods the operator made for `job`."""
-    md = job["metadata"]
-    found = kube.send(requests.list_job_pods(md["namespace"], md["name"]))
-    return found.get("items", [])
+    return kube.send(requests.list_job_pods(job)).get("items", [])
 
 
 def job_events(kube: Kube, job: dict, pods: list[dict]) -> list[dict]:
     """The Warning Events of the job and of its pods, those that exist and those that are
-    gone (the operators name pods <job>-...: events outlive pods), and the Normal ones that
-    tell of a disruption (DISRUPTION_EVENTS: "Preempted"). One call; filtered here."""
+    gone (the operators name pods <job>-...: events outlive pods), those of the job's own
+    other objects (a TrainJob's JobSet and child Jobs), and the Normal ones that tell of a
+    disruption (DISRUPTION_EVENTS: "Preempted"). One call; filtered here."""
     md = job["metadata"]
     names = {md["name"]} | {p["metadata"]["name"] for p in pods}
     found = kube.send(requests.namespace_events(md["namespace"]))
-    return [e for e in found.get("items", []) if _of_job(e, md["name"], names) and (e.get("type") == "Warning" or e.get("reason") in DISRUPTION_EVENTS)]
+    return [e for e in found.get("items", []) if _of_job(e, job, names) and (e.get("type") == "Warning" or e.get("reason") in DISRUPTION_EVENTS)]
 
 
-def _of_job(event: dict, job: str, names: set[str]) -> bool:
-    """About the job or one of its pods, present or gone: the operators name them
-    <job>-worker-N, <job>-master-N and <job>-launcher-<suffix> (not <job>-2-worker-0: another job's)."""
-    obj = event.get("involvedObject") or {}
+def _of_job(event: dict, job: dict, names: set[str]) -> bool:
+    """About the job or one of its pods, present or gone (the kind knows its pods' names:
+    <job>-worker-N, not <job>-2-worker-0: another job's), or one of its own objects."""
+    obj, adapter = event.get("involvedObject") or {}, kind_of(job)
     name = obj.get("name", "")
-    return name in names or (obj.get("kind") == "Pod" and re.fullmatch(rf"{re.escape(job)}-(worker-\d+|master-\d+|launcher-[a-z0-9]+)", name) is not None)
+    if name in names:
+        return True
+    if obj.get("kind") == "Pod":
+        return adapter.gone_replica(job["metadata"]["name"], name) is not None
+    return adapter.job_level_event(job, event) is not None
 
 
 def delete_job(kube: Kube, job: dict, *, wait: bool = False, timeout: float = 300) -> int:

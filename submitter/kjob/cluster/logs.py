@@ -28,10 +28,10 @@ from kjob.backend import FINAL_STATES, LogOptions
 from kjob.cluster import requests
 from kjob.cluster.jobpods import JobPods
 from kjob.cluster.jobs import get_job
+from kjob.cluster.kinds import kind_of
 from kjob.cluster.pods import container_of, newest, pod_reason, replica_name, restarts, started, terminated
 from kjob.cluster.status import job_state
 from kjob.errors import ClusterUnavailable, InvalidInput, KjobError, NotFound
-from kjob.names import DEFAULT_REPLICA, MASTER
 
 COLORS = ("\033[36m", "\033[33m", "\033[32m", "\033[35m", "\033[34m", "\033[91m")
 RESET = "\033[0m"
@@ -78,8 +78,11 @@ class Cursor:
         return False
 
 
-def default_replica(job: dict) -> str:
-    return DEFAULT_REPLICA[job["kind"]]
+def default_replica(job: dict, listing: JobPods) -> str:
+    """The launcher of an MPIJob (or of a TrainJob on an Open MPI runtime), master-0 of
+    a PyTorchJob, node-0 of a torch TrainJob; the job's pods are listed only for a
+    TrainJob on a runtime not kjob's (a launcher pod says it is an MPI one)."""
+    return kind_of(job).default_replica(job, lambda: {replica_name(p) for p in listing.pods()})
 
 
 class Session:
@@ -96,12 +99,13 @@ class Session:
         current = settings.current()
         self.poll = current.poll_seconds
         self.idle = current.log_idle_seconds  # reconnect a silent stream this often
-        self.wanted = {options.replica or default_replica(job)} if not options.all_replicas else None
-        self.colors: dict[str, str] = {}
         self.listing = JobPods(self.kube, job, self.poll)
+        self.wanted = {options.replica or default_replica(job, self.listing)} if not options.all_replicas else None
+        self.colors: dict[str, str] = {}
 
     def shows(self, replica: str) -> bool:
-        return self.wanted is None or replica in self.wanted or (replica == f"{MASTER}-0" and MASTER in self.wanted)
+        """Whether lines of `replica` are shown; `master` or `node` names its pod -0."""
+        return self.wanted is None or replica in self.wanted or (replica.endswith("-0") and replica[:-2] in self.wanted)
 
     def emit(self, replica: str, entries: list[tuple[str, str]], saver) -> None:
         """Write (timestamp, text) lines of one replica: one write per network chunk,

@@ -10,18 +10,26 @@ from __future__ import annotations
 import re
 
 from kjob.cluster.disruptions import Trouble, disruption, event_time, first_time, preempted_text
-from kjob.names import JOB_ROLE_LABEL, LAUNCHER, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL
+from kjob.cluster.kinds import replica_of
+from kjob.names import (COMPLETION_INDEX_LABEL, JOB_INDEX_LABEL, JOB_ROLE_LABEL, JOBSET_NAME_LABEL, LAUNCHER, REPLICA_INDEX_LABEL,
+                        REPLICA_TYPE_LABEL, REPLICATED_JOB_LABEL, TRAINJOB_CONTAINER)
 
 # Waiting reasons that will not go away by waiting: shown as the pod's reason.
 WAITING_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "InvalidImageName", "RunContainerError", "ErrImageNeverPull", "PreCreateHookError")
 
 
 def replica_name(pod: dict) -> str:
-    """launcher / master-0 / worker-3, from the operators' labels: a PyTorchJob pod by
-    training-operator's replica-type and replica-index; an MPIJob pod by mpi-operator's
-    job-role (launcher|worker), with replica-index on workers only. A pod with neither
-    is shown by its name."""
+    """launcher / master-0 / worker-3 / node-1, from the operators' labels: a PyTorchJob
+    pod by training-operator's replica-type and replica-index; an MPIJob pod by
+    mpi-operator's job-role (launcher|worker), with replica-index on workers only; a
+    TrainJob's pod by JobSet's replicated job and job index and the Job controller's
+    completion index (kinds.replica_of). A pod with none of them is shown by its name."""
     labels = pod["metadata"].get("labels") or {}
+    if labels.get(REPLICATED_JOB_LABEL):
+        try:
+            return replica_of(labels[REPLICATED_JOB_LABEL], int(labels.get(JOB_INDEX_LABEL, 0)), int(labels.get(COMPLETION_INDEX_LABEL, 0)))
+        except ValueError:
+            return pod["metadata"]["name"]
     role = labels.get(REPLICA_TYPE_LABEL) or labels.get(JOB_ROLE_LABEL, "")
     if not role:
         return pod["metadata"]["name"]
@@ -36,8 +44,13 @@ def newest(pods: list[dict]) -> dict | None:
 
 
 def container_of(pod: dict) -> str:
-    """The pod's main container: the first one (kjob's templates put the trainer there)."""
-    return pod["spec"]["containers"][0]["name"]
+    """The pod's main container: a JobSet pod's trainer container (Trainer v2 names it
+    node, wherever the runtime put it), else the first one (kjob's templates put the
+    trainer there)."""
+    containers = [c["name"] for c in pod["spec"]["containers"]]
+    if JOBSET_NAME_LABEL in (pod["metadata"].get("labels") or {}) and TRAINJOB_CONTAINER in containers:
+        return TRAINJOB_CONTAINER
+    return containers[0]
 
 
 def container_status(pod: dict, container: str) -> dict:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kjob.cluster.kinds import RuntimeRef, kind_of
 from kjob.errors import InvalidInput
-from kjob.names import JOB_KINDS, JOB_NAME_LABEL, MANAGED_SELECTOR
+from kjob.names import JOB_KINDS, MANAGED_SELECTOR
 
 # Kinds a rendered job may carry besides the job itself, with their REST names.
 CORE_KINDS = {"ConfigMap": "configmaps", "Secret": "secrets", "Service": "services", "ServiceAccount": "serviceaccounts",
@@ -80,6 +81,25 @@ def access_review(namespace: str, verb: str, resource: str, sub: str, group: str
                    resource="selfsubjectaccessreviews", body=body)
 
 
+def get_crd(name: str) -> Request:
+    """A CustomResourceDefinition (cluster-scoped; many users may not read it)."""
+    return Request("GET", api_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=name), verb="get",
+                   resource="customresourcedefinitions.apiextensions.k8s.io", name=name)
+
+
+def openapi_v3(api_version: str) -> Request:
+    """The OpenAPI v3 document of one group version, CRDs' schemas included (readable by
+    every authenticated user: the system:discovery ClusterRole)."""
+    return Request("GET", f"/openapi/v3/apis/{api_version}", verb="get", resource=f"{api_version} OpenAPI v3 schema")
+
+
+def get_runtime(ref: RuntimeRef, namespace: str) -> Request:
+    """A TrainJob's training runtime: a ClusterTrainingRuntime (cluster-scoped) or a
+    TrainingRuntime of the job's namespace."""
+    ns = namespace if ref.namespaced else None
+    return Request("GET", api_path(ref.api_version, ref.plural, ns, ref.name), verb="get", resource=ref.plural, name=ref.name, namespace=ns)
+
+
 # -- any object kjob renders -----------------------------------------------------------------
 def create(obj: dict, namespace: str) -> Request:
     """Create `obj` (its metadata.namespace already set to `namespace`)."""
@@ -118,10 +138,12 @@ def delete_job(job: dict) -> Request:
 
 
 # -- pods and events -------------------------------------------------------------------------
-def list_job_pods(namespace: str, job_name: str) -> Request:
-    """The pods the operator made for a job (by its job-name label)."""
-    return Request("GET", api_path("v1", "pods", namespace), verb="list", resource="pods", namespace=namespace,
-                   query={"labelSelector": f"{JOB_NAME_LABEL}={job_name}"})
+def list_job_pods(job: dict) -> Request:
+    """The pods the operator made for a job (by the label its kind's operator gives them:
+    training.kubeflow.org/job-name, or JobSet's jobset-name for a TrainJob)."""
+    md = job["metadata"]
+    return Request("GET", api_path("v1", "pods", md["namespace"]), verb="list", resource="pods", namespace=md["namespace"],
+                   query={"labelSelector": kind_of(job).pod_selector(md["name"])})
 
 
 def list_pods(namespace: str) -> Request:

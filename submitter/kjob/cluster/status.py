@@ -4,37 +4,26 @@ import)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from kjob import names
 from kjob.backend import FINAL_STATES, JobStatus, PodInfo
 from kjob.cluster.gitops import gitops_owner
 from kjob.cluster.disruptions import DISRUPTION_EVENTS, first_time, gone_pod_trouble
+from kjob.cluster.kinds import kind_of
 from kjob.cluster.pods import exit_code, pod_reason, pod_trouble, replica_name
-
-# The operators' condition types that are job states (kubeflow/common JobConditionType).
-CONDITION_STATES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 
 
 def job_state(job: dict) -> tuple[str, str | None]:
-    """(state, condition message). Final conditions win; otherwise the newest True one.
-    No conditions yet means the operator has not picked the job up: Pending."""
-    conds = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True" and c.get("type") in CONDITION_STATES]
-    for final in ("Failed", "Succeeded", "Suspended"):
-        for c in conds:
-            if c["type"] == final:
-                return final, c.get("message")
-    if not conds:
-        return "Pending", "no conditions yet: waiting for the operator to pick the job up"
-    newest = max(enumerate(conds), key=lambda ic: (ic[1].get("lastTransitionTime") or "", ic[0]))[1]
-    return newest["type"], newest.get("message")
+    """(state, the message that explains it), as the job's kind reads its status
+    (kinds: an MPIJob's or PyTorchJob's conditions, a TrainJob's conditions and jobsStatus)."""
+    return kind_of(job).state(job)
 
 
 def ended(job: dict) -> tuple[str | None, str | None]:
     """(Succeeded | Failed, when) of a job that has ended, else (None, None). When: the
     final condition's lastTransitionTime, else status.completionTime."""
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("status") == "True" and c.get("type") in FINAL_STATES:
-            return c["type"], c.get("lastTransitionTime") or (job.get("status") or {}).get("completionTime")
-    return None, None
+    return kind_of(job).ended(job)
 
 
 def pod_info(pod: dict, events: list[dict]) -> PodInfo:
@@ -60,22 +49,32 @@ def _ready(status: dict, statuses: list[dict]) -> bool:
     return bool(statuses) and all(cs.get("ready") for cs in statuses)
 
 
-def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str, str, str]]:
-    """(when, who, why) of every current trouble of the job, earliest first: its pods'
-    (an OOMKilled that is over is not one), the job's own Warning Events (mpi-operator's
-    "worker pod created failed: ... exceeded quota"), and what the Events of its pods that
-    are gone say took them (events outlive pods: cleanPodPolicy removed the workers)."""
-    md = job["metadata"]
+class Found(NamedTuple):
+    """One current trouble of a job: when it began, who has it, why; `own`: it is about
+    one of the job's own objects (the job, a TrainJob's JobSet or child Job), not a pod."""
+
+    when: str
+    who: str
+    why: str
+    own: bool = False
+
+
+def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[Found]:
+    """Every current trouble of the job, earliest first: its pods' (an OOMKilled that is
+    over is not one), the Warning Events of the job's own objects (mpi-operator's "worker
+    pod created failed: ... exceeded quota", a TrainJob's child Job's FailedCreate), and
+    what the Events of its pods that are gone say took them (events outlive pods:
+    cleanPodPolicy removed the workers)."""
+    adapter = kind_of(job)
     found = []
     for p in pods:
         t = pod_trouble(p, events)
         if t and not t.over:
-            found.append((t.when, replica_name(p), t.text))
-    kind = job.get("kind")
+            found.append(Found(t.when, replica_name(p), t.text))
     for e in events:
-        obj = e.get("involvedObject") or {}
-        if obj.get("kind") == kind and obj.get("name") == md["name"] and e.get("type") == "Warning":
-            found.append((first_time(e), kind, f"{e.get('reason')}: {e.get('message', '')}".rstrip(": ")))
+        who = adapter.job_level_event(job, e)
+        if who and e.get("type") == "Warning":
+            found.append(Found(first_time(e), who, f"{e.get('reason')}: {e.get('message', '')}".rstrip(": "), own=True))
     names = {p["metadata"]["name"] for p in pods}
     gone: dict[str, list[dict]] = {}
     for e in events:
@@ -85,18 +84,18 @@ def troubles(job: dict, pods: list[dict], events: list[dict]) -> list[tuple[str,
     for name, evs in gone.items():
         t = gone_pod_trouble(evs)
         if t:
-            found.append((t.when, f"{gone_replica(md['name'], name)} (gone)", t.text))
+            found.append(Found(t.when, f"{gone_replica(job, name)} (gone)", t.text))
     # Unknown times go last: a failure with a time is known to be first. In the same second
     # a pod's trouble comes before the job's Event (mpi-operator's "1/2 workers are
     # evicted" follows the eviction).
-    return sorted(found, key=lambda f: (not f[0], f[0], f[1] == kind))
+    return sorted(found, key=lambda f: (not f.when, f.when, f.own))
 
 
-def gone_replica(job: str, pod: str) -> str:
-    """worker-3 of <job>-worker-3, launcher of <job>-launcher-x7k2p: a pod that no longer
-    exists has no labels to read."""
-    rest = pod.removeprefix(f"{job}-")
-    return "launcher" if rest.startswith("launcher") else rest
+def gone_replica(job: dict, pod: str) -> str:
+    """worker-3 of <job>-worker-3, launcher of <job>-launcher-x7k2p, node-1 of
+    <job>-node-0-1-x7k2p: a pod that no longer exists has no labels to read. A name the
+    kind does not make is shown whole."""
+    return kind_of(job).gone_replica(job["metadata"]["name"], pod) or pod
 
 
 def _order(info: PodInfo) -> tuple:
@@ -104,34 +103,24 @@ def _order(info: PodInfo) -> tuple:
     return (0 if role in ("launcher", "master") else 1, int(index) if index.isdigit() else 0, info.name)
 
 
-def _image(job: dict) -> str | None:
-    for replica in (job.get("spec") or {}).values():
-        if not isinstance(replica, dict):
-            continue
-        for key in ("Worker", "Master", "Launcher"):
-            containers = (replica.get(key) or {}).get("template", {}).get("spec", {}).get("containers") or []
-            if containers:
-                return containers[0].get("image")
-    return None
-
-
 def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobStatus:
     """The JobStatus of a job object, its pods (None: not looked at) and Warning Events."""
     md, st = job["metadata"], job.get("status") or {}
-    ann = md.get("annotations") or {}
-    state, message = job_state(job)
+    ann, adapter = md.get("annotations") or {}, kind_of(job)
+    state, message = adapter.state(job)
+    started, finished = adapter.times(job)
     infos = sorted((pod_info(p, events) for p in pods or []), key=_order)
     found = troubles(job, pods or [], events) if pods is not None else []
     if state not in FINAL_STATES:
         # The job's own Warning Events last an hour: one older than the job's last change
         # of state (the quota was raised, the job runs now) is over.
         changed = max((c.get("lastTransitionTime") or "" for c in st.get("conditions") or [] if c.get("status") == "True"), default="")
-        found = [f for f in found if f[1] != job["kind"] or f[0] >= changed]
+        found = [f for f in found if not f.own or f.when >= changed]
     out = JobStatus(
         name=md["name"], namespace=md.get("namespace"), kind=job["kind"], state=state, message=message,
         workers=int(ann.get(names.WORKERS, 0) or 0), gpus_per_worker=int(ann.get(names.GPUS_PER_WORKER, 0) or 0),
-        image=_image(job), created=md.get("creationTimestamp"), started=st.get("startTime"), finished=st.get("completionTime"),
-        replicas=st.get("replicaStatuses") or {}, pods=infos,
+        image=adapter.image(job), created=md.get("creationTimestamp"), started=started, finished=finished,
+        replicas=adapter.replica_counts(job), pods=infos,
     )
     owner = gitops_owner(job)
     out.managed_by = str(owner) if owner else None
@@ -144,7 +133,7 @@ def job_status(job: dict, pods: list[dict] | None, events: list[dict]) -> JobSta
     elif state == "Created" and infos and all(i.phase == "Pending" for i in infos):
         out.state = "Pending"
     if state == "Failed":
-        leaders = [p for p in pods or [] if replica_name(p) in names.LEADERS]
+        leaders = [p for p in pods or [] if replica_name(p) in adapter.leaders(job, lambda: {i.replica for i in infos})]
         out.exit_code = next((c for c in map(exit_code, leaders) if c is not None), None)
     running_workers = [i for i in infos if i.replica.startswith("worker") and i.phase == "Running"]
     if state == "Succeeded" and running_workers:

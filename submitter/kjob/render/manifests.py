@@ -1,5 +1,5 @@
-"""JobSpec -> the Kubernetes objects of one job: where the MPIJob and the PyTorchJob are
-built.
+"""JobSpec -> the Kubernetes objects of one job: where the MPIJob, the PyTorchJob and the
+TrainJob are built, and kjob's ClusterTrainingRuntimes that TrainJobs run from.
 
 A pure builder: no I/O except reading the templates, no cluster client. The Jinja
 templates in manifests/templates/ hold the shape of the manifests; this module computes
@@ -11,13 +11,16 @@ returns those dicts, and submitting sends exactly them.
 from __future__ import annotations
 
 import json
+import posixpath
+import shlex
 from functools import lru_cache
 from pathlib import Path
 
 from kjob import names, templates
 from kjob.errors import KjobError
 from kjob.names import LAUNCH_MODULE, TERMINATION_GRACE_S, TRAINER_MODULE, WORKER_HOLD_S
-from kjob.render.commands import mpirun_flags, rank_env, trainer_command
+from kjob.render.commands import HOSTFILE, mpirun_flags, rank_env, trainer_command
+from kjob.spec.kinds import RUNTIME_MAX_RESTARTS, RUNTIME_PULL_POLICY
 from kjob.spec.model import JobSpec
 
 # The trainer image runs as this non-root user (images/); mpi-operator mounts the SSH
@@ -49,6 +52,19 @@ LAUNCHER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--"]
 # (after the launcher's checkpoint), at most WORKER_HOLD_S. `/usr/sbin/sshd ...` stays
 # in args.
 WORKER_COMMAND = ["python", "-m", LAUNCH_MODULE, "--hold", "--hold-limit", str(WORKER_HOLD_S), "--"]
+# kjob-openmpi runs every pod of a TrainJob as one Indexed Job (replicated job `node`): the
+# pod of completion index 0 is the launcher and execs mpirun under the launch wrapper (the
+# args are mpirun's); the others exec sshd under the wrapper with --hold, as the MPIJob's
+# workers do. The Job controller gives each pod its index (JOB_COMPLETION_INDEX).
+TRAINJOB_MPI_COMMAND = ["/bin/sh", "-c",
+                        f'if [ "$JOB_COMPLETION_INDEX" = {names.MPI_LAUNCHER_INDEX} ]; then exec {shlex.join(LAUNCHER_COMMAND)} "$@"; fi; '
+                        f"exec {shlex.join(WORKER_COMMAND + SSHD_COMMAND)}", names.RUNTIMES["mpi"]]
+# Trainer's MPI plugin makes this ConfigMap but mounts it in a `launcher` replicated job
+# only, which kjob-openmpi has not: the TrainJob mounts it in every node (runtimePatches).
+MPI_HOSTFILE_VOLUME = "kjob-mpi-hostfile"
+TORCHRUN_COMMAND = ["torchrun"]
+# The image a kjob runtime names until a TrainJob's trainer.image replaces it.
+RUNTIME_DEFAULT_IMAGE = "ghcr.io/kjob/kjob-trainer-pytorch:0.1.0"
 
 
 def labels(spec: JobSpec) -> dict[str, str]:
@@ -133,9 +149,7 @@ def _pod(spec: JobSpec, *, container: str, command: list[str], args: list[str], 
         "resources": resources, "volumes": volumes, "mounts": mounts,
         "termination_grace": TERMINATION_GRACE_S,
         # sshd runs as mpiuser on an unprivileged port, so every capability can go.
-        "pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
-                         "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
-                         "seccompProfile": {"type": "RuntimeDefault"}},
+        "pod_security": _pod_security()["pod_security"],
         "container_security": {"allowPrivilegeEscalation": False, "capabilities": capabilities},
         # The network opt-ins are the trainer pods' (the launcher only runs mpirun): a Multus
         # annotation there would take a device from the pool for nothing.
@@ -201,19 +215,118 @@ def _context(spec: JobSpec) -> dict:
             "nproc_per_node": str(spec.procs_per_worker), "run_policy": _run_policy(spec, spec.workers)}
 
 
+def _trainjob_context(spec: JobSpec) -> dict:
+    """Values of trainjob.yaml.j2: the trainer's command and pods (render.commands, as for the
+    other kinds), the pod settings as one runtimePatches entry for the replicated job `node`."""
+    data_path = spec.data.mount_path if spec.data else None
+    train = trainer_command(spec, data_path=data_path, output_path=spec.output_path)
+    if spec.launcher == "mpi":
+        command = list(TRAINJOB_MPI_COMMAND)
+        args = ["mpirun", "-np", str(spec.world_size)] + mpirun_flags(spec, local=False) + train
+        env = _env(spec, rank_env(spec))
+    else:
+        command, args = list(TORCHRUN_COMMAND), ["--module", TRAINER_MODULE] + train[3:]
+        env = _env(spec, TORCHRUN_SHUTDOWN_ENV)
+    pod = _pod(spec, container=names.TRAINJOB_CONTAINER, command=command, args=args, env=env,
+               resources=_trainer_resources(spec), trainer=True)
+    volumes, mounts = pod["volumes"], pod["mounts"]
+    if spec.launcher == "mpi":
+        hostfile = posixpath.dirname(HOSTFILE)
+        volumes = volumes + [{"name": MPI_HOSTFILE_VOLUME, "configMap": {
+            "name": spec.name + names.MPI_HOSTFILE_SUFFIX, "items": [{"key": "hostfile", "path": posixpath.basename(HOSTFILE)}]}}]
+        mounts = mounts + [{"name": MPI_HOSTFILE_VOLUME, "mountPath": hostfile, "readOnly": True}]
+    container: dict = {"name": names.TRAINJOB_CONTAINER, "volumeMounts": mounts}
+    if spec.capabilities:  # the runtime drops every capability; a patch replaces `add` only
+        container["securityContext"] = pod["container_security"]
+    pod_patch: dict = {"volumes": volumes}
+    for key, value in (("imagePullSecrets", pod["image_pull_secrets"]), ("nodeSelector", pod["node_selector"]),
+                       ("tolerations", pod["tolerations"])):
+        if value:
+            pod_patch[key] = value
+    pod_patch["containers"] = [container]
+    metadata: dict = {"labels": pod["labels"]}
+    if pod["annotations"]:
+        metadata["annotations"] = pod["annotations"]
+    ref = {"apiGroup": names.TRAINER_GROUP, "kind": names.RUNTIME_KIND, "name": spec.runtime_name}
+    return {"spec": spec, "api_version": names.TRAINER_VERSION, "labels": _job_labels(spec),
+            "annotations": annotations(spec), "namespace": spec.namespace, "image": spec.image, "runtime_ref": ref,
+            "active_deadline_seconds": spec.run_policy.active_deadline_seconds, "manager": names.RUNTIME_PATCH_MANAGER,
+            "trainer": {"command": command, "args": args, "env": env, "resources": pod["resources"]},
+            "patched_jobs": [names.TRAINJOB_NODE], "pod_metadata": metadata, "pod_patch": pod_patch}
+
+
+def _runtime_context(launcher: str) -> dict:
+    """Values of clustertrainingruntime.yaml.j2 for kjob's runtime of `launcher`: one
+    replicated job, `node`, whose pods take the TrainJob's trainer settings (image, command,
+    env, resourcesPerNode; numNodes pods)."""
+    node = {"name": names.TRAINJOB_NODE, "command": TORCHRUN_COMMAND, "success_policy": None}
+    common = {"api_version": names.TRAINER_VERSION, "name": names.RUNTIMES[launcher], "container": names.TRAINJOB_CONTAINER,
+              "labels": {names.LABEL_NAME: "kjob", names.LABEL_MANAGED_BY: "kjob", names.LABEL_COMPONENT: "runtime"},
+              "job_labels": {names.TRAINJOB_ANCESTOR_LABEL: names.TRAINJOB_ANCESTOR_TRAINER},
+              "image": RUNTIME_DEFAULT_IMAGE, "image_pull_policy": RUNTIME_PULL_POLICY,
+              "failure_policy": {"maxRestarts": RUNTIME_MAX_RESTARTS},
+              "termination_grace": TERMINATION_GRACE_S, **_pod_security()}
+    if launcher == "torchrun":
+        return {**common, "ml_policy": {"numNodes": 1, "torch": {}}, "network": None, "replicated_jobs": [node]}
+    # Open MPI: the MPI plugin makes the job's ssh keys (mounted at sshAuthMountPath in every
+    # node) and its hostfile (every node, `<name>-node-0-<i>.<name> slots=N`). Node 0 runs
+    # mpirun, and the job is done when it is: the Job's successPolicy then stops the
+    # others' sshd (Kubernetes 1.33+, where Job successPolicy is GA).
+    node = {**node, "command": TRAINJOB_MPI_COMMAND,
+            "success_policy": {"rules": [{"succeededIndexes": str(names.MPI_LAUNCHER_INDEX)}]}}
+    mpi = {"numProcPerNode": 1, "mpiImplementation": "OpenMPI", "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,
+           "runLauncherAsNode": False}
+    # Node names resolve before the pods are ready: the launcher looks them up while the
+    # other nodes' sshd starts (its launch wrapper waits for their ssh port).
+    return {**common, "ml_policy": {"numNodes": 1, "mpi": mpi}, "network": {"publishNotReadyAddresses": True},
+            "replicated_jobs": [node]}
+
+
+def _pod_security() -> dict:
+    """The pods' and trainer containers' security contexts: the image's non-root mpiuser,
+    every capability dropped (a spec adds its few to the trainer containers)."""
+    return {"pod_security": {"runAsUser": MPI_USER_UID, "runAsGroup": MPI_USER_UID, "runAsNonRoot": True,
+                             "fsGroup": MPI_USER_UID, "fsGroupChangePolicy": "OnRootMismatch",
+                             "seccompProfile": {"type": "RuntimeDefault"}},
+            "container_security": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+
+
+_TEMPLATES = {"MPIJob": "mpijob.yaml.j2", "PyTorchJob": "pytorchjob.yaml.j2", "TrainJob": "trainjob.yaml.j2"}
+
+
 def render_objects(spec: JobSpec) -> list[dict]:
-    """The Kubernetes objects of one job (today: one MPIJob or PyTorchJob), deterministic.
+    """The Kubernetes objects of one job (one MPIJob, PyTorchJob or TrainJob): what
+    `kjob submit` sends, deterministic. A TrainJob's runtime is not among them
+    (runtime_objects: a cluster's, installed once).
 
     Raises kjob.errors.KjobError if a template produced something that is not the
     expected object (a bug in kjob, reported instead of sent)."""
+    template = _TEMPLATES[spec.kind]
+    context = _trainjob_context(spec) if spec.kind == "TrainJob" else _context(spec)
+    return [_render_one(template, context, spec.kind)]
+
+
+def runtime_objects(specs) -> list[dict]:
+    """kjob's ClusterTrainingRuntimes that the TrainJobs of `specs` run from, each once, in
+    a fixed order: what `kjob render` writes beside them (a runtime named with `runtime:`
+    is the cluster's own and is not written)."""
+    used = {s.launcher for s in specs if s.kind == "TrainJob" and s.runtime is None}
+    return [runtime_object(launcher) for launcher in names.RUNTIMES if launcher in used]
+
+
+def runtime_object(launcher: str) -> dict:
+    """kjob's ClusterTrainingRuntime for `launcher` (mpi: kjob-openmpi, torchrun: kjob-torch)."""
+    return _render_one("clustertrainingruntime.yaml.j2", _runtime_context(launcher), names.RUNTIME_KIND)
+
+
+def _render_one(template: str, context: dict, kind: str) -> dict:
     import yaml
 
-    template = "mpijob.yaml.j2" if spec.launcher == "mpi" else "pytorchjob.yaml.j2"
-    text = _environment().get_template(template).render(**_context(spec))
+    text = _environment().get_template(template).render(**context)
     docs = [d for d in yaml.load_all(text, Loader=_yaml_loader()) if d is not None]
-    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != spec.kind:
-        raise KjobError(f"internal error: template {template} did not produce one {spec.kind}")
-    return docs
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != kind:
+        raise KjobError(f"internal error: template {template} did not produce one {kind}")
+    return docs[0]
 
 
 # --- Jinja ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 
+from kjob.spec.kinds import kind_problems
 from kjob.spec.network import extended_resources_problems
 from kjob.spec.quantity import parse_quantity
 from kjob.spec.sizing import sizing_problems, sizing_warnings
@@ -127,6 +128,9 @@ def check_annotation_key(key: str) -> str:
 def check_env_name(key: str) -> str:
     if not _ENV_NAME_RE.match(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
+    if key.startswith("PET_"):
+        raise ValueError(f"{key!r}: torchrun's PET_* variables are set by the training-operator and by Trainer v2's torch "
+                         "plugin, whose validating webhook refuses a TrainJob that sets one; names starting with PET_ are reserved")
     if key.startswith(RESERVED_ENV_PREFIXES):
         raise ValueError(f"{key!r} is set by mpirun or the operator; names starting with {', '.join(RESERVED_ENV_PREFIXES)} are reserved")
     return key
@@ -177,6 +181,11 @@ def check_resume(value: str) -> str:
 
 def max_name_length(spec) -> int:
     """The longest job name whose derived pod names stay within 63 characters."""
+    if spec.kind == "TrainJob":
+        # JobSet's webhook: <name>-<replicated job>-<job index>-<pod index> plus a 5-letter
+        # suffix is a DNS label (placement.GenPodName; the jobset webhook adds "-abcde").
+        # kjob's runtimes have one replicated job, `node`.
+        return 63 - len(f"-node-0-{spec.workers - 1}-abcde")
     last_worker = spec.workers - 1 if spec.launcher == "mpi" else max(spec.workers - 2, 0)
     longest_suffix = max(len(f"-worker-{last_worker}"), len("-launcher-xxxxx") if spec.launcher == "mpi" else len("-master-0"))
     return 63 - longest_suffix
@@ -186,8 +195,9 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
     """Problems that involve more than one field, as (location, message) pairs."""
     out: list[tuple[tuple, str]] = []
     if len(spec.name) > max_name_length(spec):
+        pod = f"{spec.name}-node-0-{spec.workers - 1}-abcde" if spec.kind == "TrainJob" else f"{spec.name}-worker-{spec.workers - 1}"
         out.append((("name",), f"{spec.name!r} is {len(spec.name)} characters; at most {max_name_length(spec)} so that pod names "
-                    f"like {spec.name}-worker-{spec.workers - 1} stay within 63"))
+                    f"like {pod} stay within 63"))
     for key in ("cpu", "memory"):
         req, lim = getattr(spec.pod_requests, key), getattr(spec.pod_limits, key)
         if req and lim and parse_quantity(lim) < parse_quantity(req):
@@ -215,6 +225,7 @@ def cross_field_problems(spec) -> list[tuple[tuple, str]]:
                 out.append((loc, f"{path!r} overlaps {reserved}, which kjob mounts itself"))
     if len(mounts) == 2 and _overlaps(mounts[0][1], mounts[1][1]):
         out.append((mounts[1][0], f"{mounts[1][1]!r} overlaps data.mountPath {mounts[0][1]!r}; use distinct, non-nested paths"))
+    out += kind_problems(spec)
     if spec.mpi is not None and spec.launcher != "mpi":
         out.append((("mpi",), "mpi settings are for mpirun (launcher: mpi); torchrun reads none of them"))
     if spec.queue and spec.scheduler_name not in (None, "volcano"):

@@ -34,6 +34,7 @@ if _PLUGIN_LOADER not in sys.modules:
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic.alias_generators import to_camel
 
+from kjob.names import DEFAULT_KIND, RUNTIMES
 from kjob.spec import sizing
 from kjob.spec.network import check_capability, check_extended_quantity, check_extended_resource
 from kjob.spec.checks import (
@@ -239,7 +240,15 @@ class JobSpec(_Model):
     name: JobName = Field(description="Job name: lowercase letters, digits and '-', starting with a letter.")
     namespace: KubeName | None = Field(None, description="Namespace (default: the kubeconfig context's).")
     framework: Literal["pytorch", "mindspore"] = Field("pytorch", description="Training framework inside the image.")
-    launcher: Literal["mpi", "torchrun"] = Field("mpi", description="mpi: MPIJob (OpenMPI); torchrun: PyTorchJob.")
+    launcher: Literal["mpi", "torchrun"] = Field("mpi", description="mpi: OpenMPI's mpirun (an MPIJob, or a TrainJob on "
+                                                 "kjob-openmpi); torchrun: torchrun (a PyTorchJob, or a TrainJob on kjob-torch).")
+    # `kind` is also the property below (what the spec renders to); the field keeps the
+    # spec's own word, None when it names none.
+    job_kind: Literal["MPIJob", "PyTorchJob", "TrainJob"] | None = Field(
+        None, alias="kind", description="The Kubernetes kind to render: MPIJob (mpi-operator), PyTorchJob (training-operator) "
+        "or TrainJob (Kubeflow Trainer v2); unset: what launcher implies (mpi: MPIJob, torchrun: PyTorchJob).")
+    runtime: KubeName | None = Field(None, description="kind: TrainJob only: the ClusterTrainingRuntime to run from "
+                                     "(default: kjob's own, kjob-openmpi for launcher mpi, kjob-torch for torchrun).")
     image: Image = Field(description="The trainer image (see images/).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Kubernetes imagePullPolicy.")
     image_pull_secrets: list[KubeName] = Field(default_factory=list, description="Names of Secrets for a private registry.")
@@ -272,7 +281,12 @@ class JobSpec(_Model):
     @property
     def kind(self) -> str:
         """The Kubernetes kind this spec renders to."""
-        return "MPIJob" if self.launcher == "mpi" else "PyTorchJob"
+        return self.job_kind or DEFAULT_KIND[self.launcher]
+
+    @property
+    def runtime_name(self) -> str:
+        """The ClusterTrainingRuntime a TrainJob of this spec runs from."""
+        return self.runtime or RUNTIMES[self.launcher]
 
     @property
     def procs_per_worker(self) -> int:
@@ -325,6 +339,8 @@ class JobSpec(_Model):
         # tool that applies it with -n) and `kjob submit -n NS` must agree. Kept as null, so
         # a spec without a namespace keeps the hash it always had.
         data["namespace"] = None
+        if data.get("kind") == DEFAULT_KIND[self.launcher]:
+            data["kind"] = None  # the kind the launcher implies, written out: the same job
         if self.train.config:
             # With a config file an unwritten key is the file's, not the default above.
             data["train"] = self.train.model_dump(mode="json", by_alias=True, exclude_unset=True)
@@ -349,7 +365,7 @@ class JobSpec(_Model):
 # "different spec" conflict on resubmit, no drift for a GitOps tool).
 _HASHED_ONLY_WHEN_SET = (("train", "decoder"), ("train", "checkpointSteps"), ("train", "distTimeout"), ("envFrom",),
                          ("mpi", "mca"), ("mpi", "args"), ("mpi",), ("capabilities",), ("podAnnotations",),
-                         ("hostNetwork",))
+                         ("hostNetwork",), ("kind",), ("runtime",))
 
 
 if _stand_in is not None and sys.modules.get(_PLUGIN_LOADER) is _stand_in:

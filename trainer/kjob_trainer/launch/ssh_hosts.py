@@ -100,7 +100,10 @@ def wait_for_hosts(hosts: Sequence[str], say: Callable[[str], None], stop: Calla
     stop() is true; say() reports progress. True when all accept."""
     # mpirun starts the ranks of this host itself, without ssh (the launcher is in its own
     # hostfile when it runs as a worker too, and a local test names localhost).
-    hosts = [h for h in hosts if h not in _this_host()]
+    # A hostfile may name this pod by its DNS name, <hostname>.<subdomain> (Trainer v2's MPI
+    # plugin writes <name>-node-0-<i>.<name>), whose first label is this pod's hostname.
+    here = _this_host()
+    hosts = [h for h in hosts if h not in here and h.split(".")[0] not in here]
     ports = {host: ssh_port(host) for host in hosts}
     start = last_said = time.monotonic()
     waiting = list(hosts)
