@@ -7,7 +7,9 @@
 #   --set node: the kubelet (the control plane's release), CoreDNS and crictl (tests/node);
 #   --set trainer: Kubeflow Trainer v2's trainer-controller-manager, JobSet and lua-health
 #     (a gopher-lua runner of Argo CD health checks; tests/cluster/tools), their CRDs and
-#     their webhook configurations.
+#     their webhook configurations;
+#   --set kueue: Kueue (tests/cluster/tools/kueue), its CRDs, webhook configurations and
+#     CRD conversion patches.
 # Everything lands outside the clone, in
 #   ${KJOB_CACHE:-$HOME/.cache/kjob}/<set>/<key>/{bin,crds,clobber,webhooks}
 # where <key> hashes the set's tool folders (go.mod, go.sum, *.go), this script and the Go
@@ -56,6 +58,7 @@ TOOLS=(
   "trainer|trainer-controller-manager|cluster/tools/trainer|github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager"
   "trainer|jobset|cluster/tools/jobset|sigs.k8s.io/jobset"
   "trainer|lua-health|cluster/tools/gopher-lua|kjob.invalid/tests/cluster/tools/gopher-lua"
+  "kueue|kueue|cluster/tools/kueue|sigs.k8s.io/kueue/cmd/kueue"
 )
 
 # set | CRD file (under crds/: the harness installs them all) | tool folder | module | path inside the module
@@ -83,15 +86,36 @@ CRDS=(
   "trainer|../webhooks/trainer/manifests.yaml|cluster/tools/trainer|github.com/kubeflow/trainer/v2|manifests/base/webhook/manifests.yaml"
   "trainer|../webhooks/trainer/MutatingWebhookConfiguration.patch.yaml|cluster/tools/trainer|github.com/kubeflow/trainer/v2|manifests/base/webhook/patch_mutating.yaml"
   "trainer|../webhooks/trainer/ValidatingWebhookConfiguration.patch.yaml|cluster/tools/trainer|github.com/kubeflow/trainer/v2|manifests/base/webhook/patch_validating.yaml"
+  # Kueue's CRDs. Its webhook configurations and the CRD patches that give five CRDs a
+  # conversion webhook (those its config/components/crd/kustomization.yaml applies) go
+  # beside crds/, not into it: tests/cluster/kueue.py reads their paths and points them at
+  # the Kueue it starts.
+  "kueue|kueue.x-k8s.io_localqueues.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_localqueues.yaml"
+  "kueue|kueue.x-k8s.io_clusterqueues.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_clusterqueues.yaml"
+  "kueue|kueue.x-k8s.io_cohorts.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_cohorts.yaml"
+  "kueue|kueue.x-k8s.io_workloads.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_workloads.yaml"
+  "kueue|kueue.x-k8s.io_resourceflavors.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_resourceflavors.yaml"
+  "kueue|kueue.x-k8s.io_admissionchecks.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_admissionchecks.yaml"
+  "kueue|kueue.x-k8s.io_workloadpriorityclasses.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_workloadpriorityclasses.yaml"
+  "kueue|kueue.x-k8s.io_provisioningrequestconfigs.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_provisioningrequestconfigs.yaml"
+  "kueue|kueue.x-k8s.io_multikueueconfigs.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_multikueueconfigs.yaml"
+  "kueue|kueue.x-k8s.io_multikueueclusters.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_multikueueclusters.yaml"
+  "kueue|kueue.x-k8s.io_topologies.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/bases/kueue.x-k8s.io_topologies.yaml"
+  "kueue|../webhooks/kueue.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/webhook/manifests.yaml"
+  "kueue|../crd-conversion/webhook_in_localqueues.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_localqueues.yaml"
+  "kueue|../crd-conversion/webhook_in_clusterqueues.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_clusterqueues.yaml"
+  "kueue|../crd-conversion/webhook_in_cohorts.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_cohorts.yaml"
+  "kueue|../crd-conversion/webhook_in_workloads.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_workloads.yaml"
+  "kueue|../crd-conversion/webhook_in_multikueueclusters.yaml|cluster/tools/kueue|sigs.k8s.io/kueue|config/components/crd/patches/webhook_in_multikueueclusters.yaml"
 )
-SETS=(cluster node trainer)
+SETS=(cluster node trainer kueue)
 
 set_name=cluster action=build
 while (($#)); do
   case "$1" in
     --set) set_name="${2:-}"; shift $(($# > 1 ? 2 : 1)) ;;
     --print-dir) action=print; shift ;;
-    *) echo "usage: $0 [--set cluster|node|trainer] [--print-dir]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--set cluster|node|trainer|kueue] [--print-dir]" >&2; exit 2 ;;
   esac
 done
 if [[ " ${SETS[*]} " != *" $set_name "* ]]; then

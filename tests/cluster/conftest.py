@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builds import build_dir  # noqa: E402
 from controlplane import CLAIMS, ControlPlane, create_bound_claims, pv_name  # noqa: E402
+from kueue import Kueue  # noqa: E402
 from nodeside import append_log, end_pod, pod_dir  # noqa: E402
 from rest import Api  # noqa: E402
+from stages import NODE_CAPACITY  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
@@ -38,9 +40,16 @@ NEEDS_TRAINER_SET = {"trainer_build", "lua_health"}
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that need the trainer set last, in their order; every other test keeps its
-    place (this hook sees the whole session's items: a stable sort moves only these)."""
-    items.sort(key=lambda item: bool(NEEDS_TRAINER_SET & set(getattr(item, "fixturenames", ()))))
+    """Tests that need the trainer set last, in their order, and those that use Kueue after
+    them; every other test keeps its place (this hook sees the whole session's items: a
+    stable sort moves only these). Kueue starts into the session's control plane when the
+    first of its tests asks, and its webhooks then see every MPIJob, PyTorchJob (and
+    TrainJob) created: it acts only on those with a queue label, but a test of the plain
+    cluster should not depend on that."""
+    def rank(item) -> tuple[bool, bool]:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        return "kueue" in fixtures, bool(NEEDS_TRAINER_SET & fixtures)
+    items.sort(key=rank)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -190,3 +199,35 @@ def real(control_plane, request, tmp_path, monkeypatch):
         for claim in CLAIMS:
             api.delete(f"/api/v1/persistentvolumes/{pv_name(ns, claim)}")
 
+
+
+@pytest.fixture(scope="session")
+def kueue(control_plane) -> Kueue:
+    """Kueue v0.19.2 (build.sh --set kueue) running in the session's control plane, with a
+    ResourceFlavor of the kwok nodes and the ClusterQueue kueue.CLUSTER_QUEUE whose quota
+    is what those nodes hold (nvidia.com/gpu, cpu, memory). Stopped with the control plane."""
+    running = Kueue(control_plane, build_dir("kueue")).start()
+    quota = {r: _times(NODE_CAPACITY[r], control_plane.kwok_nodes) for r in ("cpu", "memory", "nvidia.com/gpu")}
+    running.create_queues(quota)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _times(quantity: str, n: int) -> str:
+    """"512Gi" x 2 = "1024Gi" (the node capacities here are whole numbers with a suffix)."""
+    number, unit = re.fullmatch(r"(\d+)(\D*)", quantity).groups()
+    return f"{int(number) * n}{unit}"
+
+
+@pytest.fixture
+def local_queue(real, kueue) -> str:
+    """A LocalQueue of the test's namespace on kueue.CLUSTER_QUEUE; returns its name. The
+    test's jobs are deleted after it, and their Workloads waited out: the namespace goes
+    later (the namespace controller is slow with many namespaces to empty), and a Workload
+    left in the ClusterQueue would hold the next test's quota."""
+    kueue.wait_idle()
+    kueue.create_local_queue(real.ns, "team")
+    yield "team"
+    kueue.clear(real.ns)

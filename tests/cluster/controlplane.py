@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import random
 import re
 import shutil
 import signal
@@ -87,6 +88,23 @@ TRAINING_OPERATOR_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 
 def free_port() -> int:
+    """A port of 127.0.0.1 that nothing holds, below the kernel's ephemeral range
+    (/proc/sys/net/ipv4/ip_local_port_range). A port from bind(0) is in that range, where
+    the plane's own outgoing connections (each component to the API server) take their
+    source ports: one took kwok's port before kwok listened ("bind: address already in
+    use"), in the watchdog tests starting planes back to back."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # held: another cluster's, or anything's
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

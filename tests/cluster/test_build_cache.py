@@ -107,7 +107,18 @@ def test_holding_a_folder_that_was_removed_meanwhile_says_so(tmp_path):
 def test_a_bad_set_is_refused_with_its_choices(tmp_path):
     r = run_build(tmp_path, "--set", "nodes")
     assert r.returncode == 2
-    assert r.stderr.strip() == "build.sh: --set must be one of: cluster node trainer (not 'nodes')"
+    assert r.stderr.strip() == "build.sh: --set must be one of: cluster node trainer kueue (not 'nodes')"
+
+
+def test_kueue_is_a_set_of_its_own_pruned_like_the_others(cache):
+    # Its tool folder sits in tests/cluster/tools, but its key hashes only its own folder:
+    # not the cluster set's key, and a cluster build prunes its other keys too.
+    cluster, kueue = (Path(run_build(cache, "--set", s, "--print-dir").stdout.strip()) for s in ("cluster", "kueue"))
+    assert kueue.parent == cache / "kueue" and kueue.name != cluster.name
+    old = folder(cache / "kueue" / OLD, 1)
+    r = run_build(cache, "--set", "cluster")
+    assert r.returncode == 0, r.stderr
+    assert not old.exists() and f"kueue/{OLD}" in r.stderr
 
 
 def test_the_trainer_set_s_other_keys_are_pruned_too(cache):

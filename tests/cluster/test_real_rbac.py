@@ -22,9 +22,10 @@ ROLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests" / "rbac
 RBAC = "rbac.authorization.k8s.io/v1"
 
 
-def as_kjob_user(real, tmp_path, rules: list[dict]) -> str:
-    """A kubeconfig whose token is a ServiceAccount's bound (RoleBinding) to a Role with `rules`."""
-    api, name = real.api, "kjob-user"
+def as_kjob_user(real, tmp_path, rules: list[dict], *, name: str = "kjob-user") -> str:
+    """A kubeconfig whose token is a ServiceAccount's bound (RoleBinding) to a Role with
+    `rules`; the ServiceAccount, Role and binding are all called `name`."""
+    api = real.api
     api.create(real.path("serviceaccounts"), {"metadata": {"name": name}})
     api.create(real.path("roles", group=RBAC), {"metadata": {"name": name}, "rules": rules})
     api.create(real.path("rolebindings", group=RBAC), {
@@ -32,7 +33,7 @@ def as_kjob_user(real, tmp_path, rules: list[dict]) -> str:
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": real.ns}]})
     token = api.request("POST", real.path("serviceaccounts", name) + "/token",
                         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})["status"]["token"]
-    return str(real.plane.kubeconfig_for(tmp_path / "kjob-user", namespace=real.ns, token=token))
+    return str(real.plane.kubeconfig_for(tmp_path / name, namespace=real.ns, token=token))
 
 
 def checkpoints(real) -> dict:

@@ -3,7 +3,8 @@
 controller-manager, scheduler, kwok; no operators, to keep it cheap) is killed the two ways
 a session dies unasked, and within 10 s every process it recorded is gone, its watchdog
 (watchdog.py) too. The same with Trainer v2 and JobSet started into the plane
-(start_trainer): they were started later, by the same supervision, and go the same way."""
+(start_trainer), and with Kueue (kueue.py): they were started later, by the same
+supervision, and go the same way."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from builds import build_dir
 from processes import running
 from waiting import time_scale, wait_for
 
@@ -31,8 +33,13 @@ SESSION = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from controlplane import ControlPlane
     plane = ControlPlane(Path(sys.argv[2]), Path(sys.argv[3]), with_operators=False, kwok_nodes=1).start()
-    if len(sys.argv) > 4:
-        plane.start_trainer(Path(sys.argv[4]))
+    for extra in sys.argv[4:]:  # trainer=FOLDER, kueue=FOLDER: build.sh's folders of those sets
+        what, _, built = extra.partition("=")
+        if what == "trainer":
+            plane.start_trainer(Path(built))
+        else:
+            from kueue import Kueue
+            Kueue(plane, Path(built)).start()
     started = [[p.pid, p.create_time()] for p in plane.pids()]
     print(json.dumps({"started": started, "watchdog": plane.processes.watchdog.pid}), flush=True)
     sys.stdin.read()
@@ -55,8 +62,13 @@ def test_a_killed_session_leaves_no_process(kill, cluster_build, tmp_path):
 
 
 def test_a_killed_session_leaves_no_trainer_or_jobset(cluster_build, trainer_build, tmp_path):
-    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), str(trainer_build)],
+    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), f"trainer={trainer_build}"],
                                   {"jobset", "trainer-controller-manager"}, tmp_path)
+
+
+def test_a_killed_session_leaves_no_kueue(cluster_build, tmp_path):
+    # Kueue runs under unshare (its fixed metrics certificate path): the wrapper and Kueue both go.
+    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), f"kueue={build_dir('kueue')}"], {"kueue"}, tmp_path)
 
 
 def killed_session_leaves_nothing(kill, builds: list[str], more: set[str], tmp_path: Path) -> None:

@@ -18,8 +18,11 @@ from . import trainer
 from .store import CRDS, Fault, State, now_rfc3339
 
 KINDS = {"MPIJob": "mpijobs", "PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs", "ClusterTrainingRuntime": "clustertrainingruntimes",
-         "JobSet": "jobsets", "Job": "jobs", "Pod": "pods", "Event": "events", "Namespace": "namespaces"}
+         "JobSet": "jobsets", "Job": "jobs", "Pod": "pods", "Event": "events", "Namespace": "namespaces",
+         "Workload": "workloads", "LocalQueue": "localqueues"}
 CLUSTER_KINDS = ("Namespace", "namespaces", "ClusterTrainingRuntime", "clustertrainingruntimes")
+# Kueue v0.19's CRDs (kueue.x-k8s.io, served and stored at v1beta2) that kjob reads.
+KUEUE_CRDS = {("kueue.x-k8s.io", "v1beta2", "workloads"): "Workload", ("kueue.x-k8s.io", "v1beta2", "localqueues"): "LocalQueue"}
 # The operators' replica keys and the pod name they give each replica.
 REPLICAS = {"mpijobs": ("mpiReplicaSpecs", ("Launcher", "Worker")), "pytorchjobs": ("pytorchReplicaSpecs", ("Master", "Worker"))}
 
@@ -490,6 +493,49 @@ class KubeHandle:
             })
 
         self._call(apply)
+
+    # -- Kueue (sigs.k8s.io/kueue v0.19) ---------------------------------------------------------
+    def install_kueue(self) -> None:
+        """Serve Kueue's Workloads and LocalQueues (kueue.x-k8s.io/v1beta2), as its CRDs do."""
+        self._call(lambda s: s.crds.update(KUEUE_CRDS))
+
+    def local_queue(self, name: str, cluster_queue: str = "cluster-gpus", namespace: str | None = None) -> None:
+        ns = namespace or self.namespace
+        self._call(lambda s: s.put("localqueues", {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                                                   "metadata": {"name": name, "namespace": ns}, "spec": {"clusterQueue": cluster_queue}}))
+
+    def kueue_holds(self, name: str, namespace: str | None = None) -> None:
+        """What Kueue's webhook and the operator leave on a queued job: runPolicy.suspend
+        (Kueue's mutating webhook) and the condition Suspended (mpi-operator v0.8's
+        "MPIJobSuspended"; training-operator's "JobSuspended")."""
+        ns = namespace or self.namespace
+
+        def apply(s: State):
+            plural, job = self._job(s, name, ns)
+            job["spec"].setdefault("runPolicy", {})["suspend"] = True
+            s.put(plural, job)
+        self._call(apply)
+        self.set_condition(name, "Suspended", reason="JobSuspended", message=f"job {name} is suspended", namespace=ns)
+
+    def workload(self, job: str, conditions: list[dict], *, status: dict | None = None, namespace: str | None = None) -> str:
+        """Create or replace the job's Workload as Kueue's job reconciler makes it
+        (pkg/controller/jobframework: named <kind>-<job>-<hash>, controlled by the job,
+        labelled kueue.x-k8s.io/job-uid) with these status conditions (type, status,
+        reason, message, lastTransitionTime) and more `status` (admission, requeueState).
+        Returns its name."""
+        ns = namespace or self.namespace
+
+        def apply(s: State) -> str:
+            plural, obj = self._job(s, job, ns)
+            name = f"{obj['kind'].lower()}-{job}-5e1f2"
+            s.put("workloads", {
+                "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload",
+                "metadata": {"name": name, "namespace": ns, "labels": {"kueue.x-k8s.io/job-uid": obj["metadata"]["uid"]},
+                             "ownerReferences": [_owner(obj)]},
+                "spec": {"queueName": obj["metadata"].get("labels", {}).get("kueue.x-k8s.io/queue-name"), "podSets": []},
+                "status": {"conditions": [{"lastTransitionTime": now_rfc3339(), **c} for c in conditions], **(status or {})}})
+            return name
+        return self._call(apply)
 
     def object_event(self, kind: str, name: str, reason: str, message: str, *, type_: str = "Warning", namespace: str | None = None,
                      source: str = "job-controller") -> None:

@@ -13,6 +13,7 @@ from kjob.cluster.gitops import gitops_owner, recreated_note
 from kjob.cluster.kinds import kind_of
 from kjob.cluster.jobs import Submitted, delete_job, find_job, get_job, job_events, job_pods, list_jobs, poll_seconds, submit
 from kjob.cluster.logs import show_logs
+from kjob.cluster.queueing import held_states, queueing, with_queueing
 from kjob.cluster.status import job_state, job_status
 from kjob.cluster.stopping import checkpoint_before_delete
 from kjob.errors import Forbidden, InvalidInput, NotFound
@@ -70,6 +71,9 @@ class ClusterBackend:
 
     def status(self, name: str, namespace: str | None = None) -> JobStatus:
         job = self.job(name, namespace)
+        return with_queueing(self._status(job), queueing(self.kube, job))
+
+    def _status(self, job: dict) -> JobStatus:
         pods = job_pods(self.kube, job)
         try:
             events = job_events(self.kube, job, pods)
@@ -81,7 +85,9 @@ class ClusterBackend:
         return job_status(job, pods, events)
 
     def list_jobs(self, all_namespaces: bool = False) -> list[JobStatus]:
-        return [job_status(j, None, []) for j in list_jobs(self.kube, None if all_namespaces else self.namespace)]
+        namespace = None if all_namespaces else self.namespace
+        jobs = list_jobs(self.kube, namespace)
+        return held_states(self.kube, jobs, [job_status(j, None, []) for j in jobs], namespace)
 
     def delete(self, name: str, wait: bool = False, grace: float | None = None, now: bool = False) -> str:
         """Delete the job; a running trainer is first asked for a checkpoint where the

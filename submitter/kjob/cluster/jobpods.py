@@ -21,6 +21,7 @@ import threading
 import time
 
 from kjob.cluster.jobs import job_events, job_pods
+from kjob.cluster.queueing import Queueing, queueing
 from kjob.errors import KjobError
 
 
@@ -35,6 +36,10 @@ class JobPods:
         self._pods_asked = float("-inf")  # when the listing in hand was asked for (monotonic)
         self._events: list[dict] = []
         self._events_asked = float("-inf")
+        self._held_lock = threading.Lock()
+        self._held: Queueing | None = None
+        self._held_asked = float("-inf")
+        self._unserved: set[str] = set()  # Kueue's optional APIs that failed once: not asked again
 
     def pods(self, *, since: float | None = None) -> list[dict]:
         """The job's pods, as listed at most a poll ago; with `since` (a time.monotonic()
@@ -66,3 +71,14 @@ class JobPods:
                     pass
                 self._events_asked = now
             return self._events
+
+    def held(self) -> Queueing | None:
+        """Kueue's reason the job does not run (queued, preempted), asked at most once a
+        poll and only of a job that names a LocalQueue (kjob.cluster.queueing)."""
+        with self._held_lock:
+            now = time.monotonic()
+            if now - self._held_asked >= self.poll:
+                word = queueing(self.kube, self.job, self._unserved)
+                self._held = word if word is not None and word.state is not None else None
+                self._held_asked = now
+            return self._held

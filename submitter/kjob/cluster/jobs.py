@@ -19,6 +19,7 @@ from kjob.backend import finished_conflict
 from kjob.cluster.api import Kube
 from kjob.cluster.disruptions import DISRUPTION_EVENTS
 from kjob.cluster.kinds import JobKind, SchemaField, kind_of
+from kjob.cluster.queueing import check_local_queue
 from kjob.cluster.status import ended
 from kjob.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, KjobError, NotFound
 from kjob.names import GROUP, JOB_KINDS, POD_SECURITY_ENFORCE, RUNTIMES, SPEC_HASH
@@ -249,6 +250,7 @@ def submit(kube: Kube, objects: list[dict], namespace: str, *, replace: bool = F
     preflight(kube, job, namespace)
     level = _namespace_labels(kube, namespace).get(POD_SECURITY_ENFORCE)
     warnings = pod_security_warnings(level, namespace, job)
+    warnings += [w for w in [check_local_queue(kube, job, namespace)] if w]  # NotFound: no such LocalQueue
     existing = get_job(kube, name, namespace, kinds=[kind], missing_ok=True)
     if existing is not None:
         ours = job["metadata"].get("annotations", {}).get(SPEC_HASH)

@@ -155,10 +155,12 @@ class Follower:
     def say_waiting(self, pod: dict | None) -> None:
         # The launcher of an MPIJob appears only once the workers are ready, so a missing
         # pod is explained by the first troubled pod of the job.
+        held = self.s.listing.held()  # Kueue's reason, of a job that names a LocalQueue
         pods = [pod] if pod is not None else self.s.pods()
-        events = self.s.listing.events()
-        why = next((f"{replica_name(p)}: {r}" if pod is None else r for p in pods if (r := pod_reason(p, events))), None)
-        if pod is None:
+        why = None if held else next((f"{replica_name(p)}: {r}" if pod is None else r for p in pods if (r := pod_reason(p, self.s.listing.events()))), None)
+        if held is not None:
+            line = f"waiting for the {self.replica} pod of {self.s.name}: {held.message}"
+        elif pod is None:
             line = f"waiting for the {self.replica} pod of {self.s.name} to be created" + (f" ({why})" if why else "")
         else:
             why = why or (pod.get("status") or {}).get("phase", "Pending")

@@ -201,3 +201,22 @@ def exec_query(argv: list[str], container: str | None) -> list[tuple[str, str]]:
     `command` parameter per argument, stdout and stderr only."""
     query = [("command", arg) for arg in argv] + ([("container", container)] if container else [])
     return query + [("stderr", "true"), ("stdin", "false"), ("stdout", "true"), ("tty", "false")]
+
+
+# -- Kueue (kjob.cluster.queueing) -------------------------------------------------------------
+def list_workloads(namespace: str | None, label_selector: str | None = None) -> Request:
+    """Kueue's Workloads (kueue.x-k8s.io/v1beta2) of a namespace or all (None); a job's by
+    its UID label."""
+    return Request("GET", api_path("kueue.x-k8s.io/v1beta2", "workloads", namespace), verb="list", resource="workloads.kueue.x-k8s.io",
+                   namespace=namespace, query={"labelSelector": label_selector} if label_selector else {})
+
+
+def get_local_queue(namespace: str, name: str) -> Request:
+    return Request("GET", api_path("kueue.x-k8s.io/v1beta2", "localqueues", namespace, name), verb="get",
+                   resource="localqueues.kueue.x-k8s.io", name=name, namespace=namespace)
+
+
+def pending_workloads(namespace: str, local_queue: str) -> Request:
+    """Kueue's visibility API: the pending Workloads of a LocalQueue, with their positions."""
+    return Request("GET", api_path("visibility.kueue.x-k8s.io/v1beta2", "localqueues", namespace, local_queue, "pendingworkloads"),
+                   verb="get", resource="localqueues/pendingworkloads.visibility.kueue.x-k8s.io", name=local_queue, namespace=namespace)
