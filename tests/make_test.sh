@@ -3,8 +3,8 @@
 #
 #   1. the real control plane's binaries (tests/cluster/build.sh; seconds when cached);
 #   2. in the background, at low priority: Kubeflow Trainer v2, JobSet and the Lua runner
-#      (build.sh --set trainer), the real node's binaries (build.sh --set node) and both
-#      trainer images (images/build-local.sh), while
+#      (build.sh --set trainer), Kueue (--set kueue), the real node's binaries (--set
+#      node), and beside them both trainer images (images/build-local.sh), while
 #   3. the suite (pytest -m "not node and not cluster") and, beside it, the control-plane
 #      tier (pytest -m cluster, in a session of its own); its Trainer v2
 #      tests run last (tests/cluster/conftest.py orders them), and their fixture waits
@@ -59,15 +59,17 @@ if ((real_tiers)); then
   timed "control plane binaries" bash tests/cluster/build.sh >/dev/null || { summary; exit 1; }
   mkdir -p "$cache"
   log="$cache/make-test-builds.log"
-  echo "make test: building Trainer v2 and JobSet, the node's binaries and the trainer images in the background (log: $log)"
+  echo "make test: building Trainer v2, JobSet, Kueue, the node's binaries and the trainer images in the background (log: $log)"
   # Its own process group, so an interrupted `make test` stops the builds too. It runs
-  # this script's timed() through an exported function.
-  export -f timed && export times
-  # The trainer set first: the suite's last tests need it. Its failure does not stop the
-  # others (the Trainer v2 tests' fixture runs it again and shows the error).
-  setsid bash -c 'timed "trainer v2 binaries" nice -n 10 bash tests/cluster/build.sh --set trainer >/dev/null; \
-                  timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null \
-                  && timed "trainer images" images/build-local.sh' >"$log" 2>&1 &
+  # this script's timed() through an exported function. Two chains side by side: the Go
+  # builds (the trainer and Kueue sets first: the control-plane tier's last tests need
+  # them) and the images (the longest build, needed only by the node tier, and partly
+  # download and disk rather than CPU). A failed set does not stop the next: the fixture
+  # that needs it runs it again and shows the error.
+  setsid bash -c '{ timed "trainer v2 binaries" nice -n 10 bash tests/cluster/build.sh --set trainer >/dev/null; \
+                    timed "kueue binaries" nice -n 10 bash tests/cluster/build.sh --set kueue >/dev/null; \
+                    timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null; } & go=$!; \
+                  timed "trainer images" images/build-local.sh; images=$?; wait $go && exit $images' >"$log" 2>&1 &
   background=$!
 else
   printf '%s\t0\tskipped\t%s\n' "real tiers' builds" "$why" >>"$times/builds.tsv"
