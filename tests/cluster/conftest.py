@@ -202,10 +202,13 @@ def real(control_plane, request, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def kueue(control_plane) -> Kueue:
+def kueue(trainer_v2) -> Kueue:
     """Kueue v0.19.2 (build.sh --set kueue) running in the session's control plane, with a
     ResourceFlavor of the kwok nodes and the ClusterQueue kueue.CLUSTER_QUEUE whose quota
-    is what those nodes hold (nvidia.com/gpu, cpu, memory). Stopped with the control plane."""
+    is what those nodes hold (nvidia.com/gpu, cpu, memory). Stopped with the control plane.
+    Trainer v2 runs first: Kueue turns on its TrainJob integration only when the TrainJob
+    CRD is there when it starts."""
+    control_plane = trainer_v2
     running = Kueue(control_plane, build_dir("kueue")).start()
     quota = {r: _times(NODE_CAPACITY[r], control_plane.kwok_nodes) for r in ("cpu", "memory", "nvidia.com/gpu")}
     running.create_queues(quota)

@@ -195,10 +195,11 @@ class Kueue:
                  alive=self.plane.check_alive, interval=0.2)
 
     def clear(self, namespace: str) -> None:
-        """Delete the namespace's MPIJobs and PyTorchJobs and wait until their Workloads
-        (owned by them: the garbage collector's) are gone."""
-        for plural, version in (("mpijobs", "v2beta1"), ("pytorchjobs", "v1")):
-            path = f"/apis/kubeflow.org/{version}/namespaces/{namespace}/{plural}"
+        """Delete the namespace's MPIJobs, PyTorchJobs and TrainJobs and wait until their
+        Workloads (owned by them: the garbage collector's) are gone."""
+        for plural, group_version in (("mpijobs", "kubeflow.org/v2beta1"), ("pytorchjobs", "kubeflow.org/v1"),
+                                      ("trainjobs", "trainer.kubeflow.org/v1alpha1")):
+            path = f"/apis/{group_version}/namespaces/{namespace}/{plural}"
             for job in self.api.items(path):
                 self.api.delete(f"{path}/{job['metadata']['name']}", propagationPolicy="Background")
         wait_for(f"the Workloads of {namespace} gone", lambda: not self.workloads(namespace), 60, alive=self.plane.check_alive, interval=0.2)

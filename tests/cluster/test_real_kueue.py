@@ -18,7 +18,10 @@ import pytest
 import yaml
 
 from kueue import API, CLUSTER_QUEUE
+from kjob.names import JOBSET_NAME_LABEL
 from test_real_rbac import ROLE, as_kjob_user
+from test_real_trainjob import apply_runtime, runtime_docs
+from test_real_trainjob import spec_file as trainjob_spec
 from test_real_why import high_priority, spec_file, status  # noqa: F401 (high_priority: a fixture)
 from waiting import time_scale, wait_for
 
@@ -146,3 +149,17 @@ def test_the_shipped_role_reads_kueue_and_without_its_kueue_rule_kjob_warns(real
     out = " ".join(run_kjob("status", "big", *kc).out.split())
     assert ("Warning: forbidden: cannot list workloads in namespace" in out
             and f"whether Kueue holds the job back (LocalQueue {local_queue}) is not shown" in out), out
+
+
+def test_a_trainjob_over_the_quota_is_queued_too(real, local_queue, kueue, run_kjob, tmp_path):
+    """Kueue's trainer.kubeflow.org/trainjob integration (on: Trainer v2 runs before Kueue
+    starts) holds a TrainJob as it does the operators' kinds, and kjob says why."""
+    for doc in runtime_docs():
+        apply_runtime(real.api, doc)
+    assert run_kjob("submit", trainjob_spec(tmp_path, "mpi", "tj-big", workers=3, gpusPerWorker=8, queue=local_queue)).code == 0
+    wait_for("Kueue's verdict on tj-big", lambda: (c := condition(real, "tj-big", "QuotaReserved")) and c["status"] == "False"
+             and "nvidia.com/gpu" in c.get("message", ""), 60, interval=0.2)
+    out = status(run_kjob, "tj-big")
+    assert f"State: Pending Message: queued in LocalQueue {local_queue} (ClusterQueue {CLUSTER_QUEUE}): couldn't assign flavors to pod set" in out, out
+    assert "insufficient quota for nvidia.com/gpu" in out, out
+    assert real.api.items(real.path("pods"), labelSelector=f"{JOBSET_NAME_LABEL}=tj-big") == []
