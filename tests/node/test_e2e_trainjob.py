@@ -138,8 +138,22 @@ def trains_on_two_node_pods(space: Namespace, tmp_path: Path, spec: str, job: st
     assert hosts == {f"{job}-node-0-0", f"{job}-node-0-1"}, hosts
 
 
+def node_env(space: Namespace, job: str) -> dict[str, str]:
+    """The node container's plain variables in the JobSet the trainer made of the TrainJob
+    (it outlives the pods, as long as the TrainJob)."""
+    jobset = space.cluster.plane.api.get(f"/apis/jobset.x-k8s.io/v1alpha2/namespaces/{space.ns}/jobsets/{job}")
+    (rjob,) = jobset["spec"]["replicatedJobs"]
+    (node,) = [c for c in rjob["template"]["spec"]["template"]["spec"]["containers"] if c["name"] == "node"]
+    return {e["name"]: e.get("value") for e in node.get("env", []) if "value" in e}
+
+
 def test_openmpi_trainjob_trains_across_node_pods_follows_and_fetches(space, tmp_path):
     trains_on_two_node_pods(space, tmp_path, "mpi.yaml", "e2e-tj-mpi")
+    # The hostfile node 0's mpirun was given (the MPI plugin's ConfigMap) names both pods by
+    # their DNS names, one slot each.
+    hostfile = space.cluster.plane.api.get(f"/api/v1/namespaces/{space.ns}/configmaps/e2e-tj-mpi-mpi-hostfile")
+    assert hostfile["data"]["hostfile"].split("\n") == ["e2e-tj-mpi-node-0-0.e2e-tj-mpi slots=1",
+                                                         "e2e-tj-mpi-node-0-1.e2e-tj-mpi slots=1", ""], hostfile["data"]
     fetches_every_checkpoint(space, "e2e-tj-mpi", tmp_path / "fetched")
 
 
@@ -153,3 +167,8 @@ def test_openmpi_trainjob_deleted_mid_run_resumes_from_its_step(space, tmp_path)
 
 def test_torch_trainjob_two_nodes_under_torchrun(space, tmp_path):
     trains_on_two_node_pods(space, tmp_path, "torchrun.yaml", "e2e-tj-torch")
+    # torchrun's rendezvous came from the torch plugin's PET_* (the spec sets none).
+    env = node_env(space, "e2e-tj-torch")
+    assert {k: env.get(k) for k in ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT")} == {
+        "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": "e2e-tj-torch-node-0-0.e2e-tj-torch",
+        "PET_MASTER_PORT": "29500"}, env
