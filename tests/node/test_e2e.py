@@ -129,28 +129,42 @@ def test_mpijob_two_workers_trains_follows_and_fetches(namespace, tmp_path):
     assert "on 2 x cpu" in out, out
     assert re.search(r"^done: step 30\b", out, re.M), out
     both_ranks_trained(namespace.volume, "e2e-mpi")
-    dest = tmp_path / "fetched"
-    r = namespace.kjob("fetch-ckpt", "e2e-mpi", "--all", "--dest", str(dest))
-    assert r.code == 0, f"{r}\n{namespace.diagnosis()}"
-    # What the trainer wrote (its index names the checkpoints) arrived byte for byte.
-    index_path = next((namespace.volume / "e2e-mpi").rglob("index.json"))
+    fetches_every_checkpoint(namespace, "e2e-mpi", tmp_path / "fetched")
+
+
+def fetches_every_checkpoint(space: Namespace, job: str, dest: Path, count: int = 3) -> None:
+    """`kjob fetch-ckpt --all`: what the trainer wrote (its index names the checkpoints)
+    arrives byte for byte."""
+    r = space.kjob("fetch-ckpt", job, "--all", "--dest", str(dest))
+    assert r.code == 0, f"{r}\n{space.diagnosis()}"
+    index_path = next((space.volume / job).rglob("index.json"))
     names = [e["file"] for e in json.loads(index_path.read_text())["checkpoints"]]
-    assert len(names) == 3, names
+    assert len(names) == count, names
     fetched = {p.name: p for p in dest.rglob("*") if p.is_file()}
     for name in names:
         assert fetched[name].read_bytes() == (index_path.parent / name).read_bytes(), name
 
 
 def test_mpijob_deleted_mid_run_resumes_from_its_step(namespace, tmp_path):
-    r = namespace.kjob("submit", str(SPECS / "resume.yaml"))
+    deleted_mid_run_resumes(namespace, SPECS / "resume.yaml", "e2e-resume", tmp_path, namespace.pods)
+
+
+def deleted_mid_run_resumes(space: Namespace, spec: Path, name: str, tmp_path: Path, pods, while_running=None) -> None:
+    """Submit the 80-step job `name`, delete it mid-run (`kjob delete --wait`: the
+    checkpoint first), check its pods (`pods(name)`) are gone, submit it again: it resumes
+    at the step the stop saved and ends at step 80. `while_running(space, name)` is
+    called once the job is submitted, while it runs."""
+    r = space.kjob("submit", str(spec))
     assert r.code == 0, r
-    follow = namespace.kjob_background("logs", "e2e-resume", "-f", log=tmp_path / "first.log")
+    follow = space.kjob_background("logs", name, "-f", log=tmp_path / "first.log")
     try:
+        if while_running is not None:
+            while_running(space, name)
         # Mid-run: some steps done, far from the 80 of the whole job.
         wait_for("the launcher logs step 14", lambda: re.search(r"\bstep (1[4-9]|[2-9]\d)\b", (tmp_path / "first.log").read_text()),
                  RUN_LIMIT, interval=1)
-        r = namespace.kjob("delete", "e2e-resume", "--wait", timeout=600)
-        assert r.code == 0, f"{r}\n{namespace.diagnosis()}"
+        r = space.kjob("delete", name, "--wait", timeout=600)
+        assert r.code == 0, f"{r}\n{space.diagnosis()}"
         follow.wait(120)
     finally:
         if follow.poll() is None:
@@ -161,8 +175,8 @@ def test_mpijob_deleted_mid_run_resumes_from_its_step(namespace, tmp_path):
     assert saved, first + "\n" + r.out + r.err
     step = int(saved.group(1))
     assert 0 < step < 80
-    assert not namespace.pods("e2e-resume")
-    out = submit_and_follow(namespace, "resume.yaml", "e2e-resume")
+    assert not pods(name)
+    out = submit_and_follow(space, str(spec), name)
     resumed = re.search(r"resumed from (\S+): epoch (\d+) step (\d+)", out)
     assert resumed and int(resumed.group(3)) == step, out
     assert re.search(r"^done: step 80\b", out, re.M), out
