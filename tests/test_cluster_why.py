@@ -93,6 +93,10 @@ def test_an_image_pull_failure_keeps_its_cause():
     assert pod_reason(p, [failed]) == 'ImagePullBackOff: cannot pull image "registry.local/kjob:nope": not found'
     denied = dict(failed, message='Failed to pull image "x": failed to authorize: failed to fetch oauth token: 401 Unauthorized')
     assert pod_reason(p, [denied]).endswith(": 401 Unauthorized")
+    # As the kubelet goes on: its back-off's own Failed Events come after the pull's error.
+    error = event("j-worker-0", "Failed", "Error: ErrImagePull", T1)
+    backoff = event("j-worker-0", "Failed", "Error: ImagePullBackOff", T2)
+    assert pod_reason(p, [failed, error, backoff]) == 'ImagePullBackOff: cannot pull image "registry.local/kjob:nope": not found'
 
 
 def test_the_headline_is_the_first_failure_in_time_and_an_oomkilled_that_is_over_is_history():

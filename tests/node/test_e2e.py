@@ -8,6 +8,7 @@ logs and exec go through the API server to the kubelet."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -245,6 +246,59 @@ def test_fetch_helper_waiting_on_an_image_pull_says_so_and_its_timeout_names_it(
     assert re.search(rf'Error: helper pod e2e-pull-fetch-\w+ did not start within 20 s: pulling image "{re.escape(image)}"',
                      p.stderr), p.stderr
     assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())
+
+
+@pytest.fixture
+def empty_registry():
+    """A registry on this machine that holds no image: it answers the API check (GET /v2/)
+    and every manifest with 404 MANIFEST_UNKNOWN, as a registry answers for a tag it lacks.
+    containerd talks plain HTTP to a loopback registry."""
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.answer()
+
+        def do_HEAD(self) -> None:
+            self.answer()
+
+        def answer(self) -> None:
+            found = self.path.rstrip("/") == "/v2"
+            body = b"{}" if found else json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}).encode()
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_image_the_registry_lacks_is_named_with_the_registrys_cause(namespace, empty_registry, tmp_path):
+    """The real kubelet pulls a tag the registry lacks: `kjob status` says which image and
+    the registry's cause, from the kubelet's Failed Event, not a bare Pending (issue 24
+    point 2)."""
+    spec = yaml.safe_load((SPECS / "mpi.yaml").read_text())
+    image = f"{empty_registry}/kjob/trainer:nope"
+    spec.update(name="e2e-nope", image=image, imagePullPolicy="IfNotPresent")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    assert namespace.kjob("submit", str(tmp_path / "job.yaml")).code == 0
+
+    def said() -> str | None:
+        st = namespace.kjob("status", "e2e-nope")
+        return st.out if re.search(r"Message: +worker-\d: (ImagePullBackOff|ErrImagePull): cannot pull image", st.out) else None
+    out = wait_for("status naming the pull", said, 180, interval=1)
+    assert f'cannot pull image "{image}": not found' in out, f"{out}\n{namespace.diagnosis()}"
 
 
 # What each rank of the pod-environment job runs instead of the trainer: it takes the worker

@@ -88,13 +88,24 @@ def exit_code(pod: dict) -> int | None:
     return None
 
 
+# The kubelet records a pull's own error ('Failed to pull image "x": ...: not found') and
+# then, on every retry in its back-off, 'Error: ImagePullBackOff', all under one reason,
+# Failed (pkg/kubelet/events: FailedToPullImage and FailedToCreateContainer): the newest
+# Failed Event seldom holds the cause. The newest pull error is also kept under this key.
+PULL_ERROR = "Failed to pull image"
+
+
 def _latest_events(pod: dict, events: list[dict]) -> dict[str, dict]:
     """reason -> newest Event about this pod (by name: also those of an earlier pod of the
-    same name, which the operator replaced)."""
+    same name, which the operator replaced); PULL_ERROR -> the newest pull error."""
     name = pod["metadata"]["name"]
     mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
     mine.sort(key=event_time)
-    return {e.get("reason"): e for e in mine}
+    latest = {e.get("reason"): e for e in mine}
+    pulls = [e for e in mine if e.get("reason") == "Failed" and (e.get("message") or "").startswith(PULL_ERROR)]
+    if pulls:
+        latest[PULL_ERROR] = pulls[-1]
+    return latest
 
 
 def _claim_in(pod: dict, message: str) -> str:
@@ -110,10 +121,9 @@ def _claim_in(pod: dict, message: str) -> str:
 
 def _pull_cause(pod: dict, waiting: dict, latest: dict[str, dict]) -> str:
     """Why an image pull fails, in the registry's words: the last part of the kubelet's
-    "Failed" Event ('Failed to pull image "x": ...: not found'), else of the waiting message."""
-    text = (latest.get("Failed") or {}).get("message") or ""
-    if "pull" not in text:
-        text = waiting.get("message") or ""
+    newest pull error ('Failed to pull image "x": ...: not found'), else of the waiting
+    message (ErrImagePull's holds the error; ImagePullBackOff's only says it backs off)."""
+    text = (latest.get(PULL_ERROR) or {}).get("message") or waiting.get("message") or ""
     cause = text.rstrip(" .").rpartition(": ")[2].strip()
     return f": {cause}" if cause and "Back-off pulling image" not in cause else ""
 
