@@ -1,12 +1,13 @@
 """Pod Security admission on the real control plane (issue 16, item 5): each of kjob's
 examples submitted into a namespace that enforces `restricted`, and one that enforces
-`baseline`; the real mpi-operator and training-operator create the pods, the real
-kube-apiserver admits or refuses them, and what it did is compared with what `kjob
-submit` warned (kjob.cluster.jobs.pod_security_warnings).
+`baseline`; the real mpi-operator, training-operator or Trainer v2 and JobSet create the
+pods, the real kube-apiserver admits or refuses them, and what it did is compared with
+what `kjob submit` warned (kjob.cluster.jobs.pod_security_warnings).
 
 A refused pod never exists: the refusal is read from the Events of whoever tried to
-create it (mpi-operator for MPIJob workers, the batch Job controller for the launcher,
-training-operator for PyTorchJob pods): `pods "NAME" is forbidden: violates PodSecurity`.
+create it (mpi-operator for MPIJob workers, the batch Job controller for the launcher and
+for a TrainJob's node pods, training-operator for PyTorchJob pods): `pods "NAME" is
+forbidden: violates PodSecurity`.
 An MPIJob's launcher is created only once its workers are Ready (WaitForWorkersReady),
 so a job whose workers are refused never gets one."""
 
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from waiting import time_scale, wait_for
+from kjob.names import JOB_NAME_LABEL, JOBSET_NAME_LABEL
 from kjob.render.manifests import render_objects
 from kjob.spec.load import load_spec
+from test_real_trainjob import apply_runtime, runtime_docs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180 * time_scale())]
 
@@ -33,20 +36,30 @@ REFUSED = re.compile(r'pods "([^"]+)" is forbidden: violates PodSecurity "([a-z]
 EXPECTED_REFUSALS = {
     ("restricted", "resnest50"): ({"worker-0"}, '"nfs"'),  # NFS data volume; the launcher is never made
     ("restricted", "resnext50-torchrun"): ({"worker-0"}, '"init-pytorch"'),  # training-operator's init container
+    ("restricted", "resnest50-trainjob"): ({"node-0"}, '"nfs"'),  # the same NFS volume, through runtimePatches
 }
 
 
 def replicas(example: str) -> tuple[str, str, dict[str, int]]:
     """(kind, name, {replica: count}) of the job kjob renders for `example`."""
-    job = next(o for o in render_objects(load_spec(example)) if o["kind"] in ("MPIJob", "PyTorchJob"))
+    job = next(o for o in render_objects(load_spec(example)) if o["kind"] in ("MPIJob", "PyTorchJob", "TrainJob"))
+    if job["kind"] == "TrainJob":  # kjob's runtimes: one replicated job, `node`
+        return job["kind"], job["metadata"]["name"], {"node": job["spec"]["trainer"]["numNodes"]}
     specs = next(v for k, v in job["spec"].items() if k.endswith("ReplicaSpecs"))
     return job["kind"], job["metadata"]["name"], {k.lower(): v["replicas"] for k, v in specs.items()}
 
 
 def replica_of(job: str, pod: str) -> str:
-    """worker-0 / master-0 / launcher from a pod name the operators made."""
+    """worker-0 / master-0 / launcher from a pod name the operators made; node-<i> from a
+    TrainJob's <job>-node-<job index>-<completion index>-<suffix> (the Job controller's)."""
     rest = pod[len(job) + 1:]
-    return "launcher" if rest.startswith("launcher") else rest
+    node = re.fullmatch(r"node-\d+-(\d+)-[a-z0-9]+", rest)
+    return "launcher" if rest.startswith("launcher") else f"node-{node.group(1)}" if node else rest
+
+
+def pods_of(real, kind: str, job: str) -> list[dict]:
+    label = JOBSET_NAME_LABEL if kind == "TrainJob" else JOB_NAME_LABEL
+    return real.api.items(real.path("pods"), labelSelector=f"{label}={job}")
 
 
 def refusals(real, job: str) -> dict[str, str]:
@@ -77,8 +90,11 @@ OPT_INS = {
 
 @pytest.mark.parametrize("level", ["restricted", "baseline"])
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.split("/")[-1].removesuffix(".yaml"))
-def test_real_admission_refuses_exactly_what_kjob_submit_warns(real, run_kjob, level, example):
+def test_real_admission_refuses_exactly_what_kjob_submit_warns(real, run_kjob, level, example, request):
     kind, job, counts = replicas(example)
+    if kind == "TrainJob":  # Trainer v2 only for these: the others need not wait for its build
+        for doc in runtime_docs():
+            apply_runtime(request.getfixturevalue("trainer_v2").api, doc)
     refused_want, reason_word = EXPECTED_REFUSALS.get((level, job), (set(), None))
     admitted_as_warned(real, run_kjob, level, example, refused_want, reason_word)
 
@@ -110,7 +126,7 @@ def admitted_as_warned(real, run_kjob, level: str, example: str, refused_want: s
     want = expected_pods(kind, counts, refused_want)
 
     def settled():
-        pods = {replica_of(job, p["metadata"]["name"]) for p in real.pods(job)}
+        pods = {replica_of(job, p["metadata"]["name"]) for p in pods_of(real, kind, job)}
         refused = refusals(real, job)
         return (pods, refused) if pods >= want and set(refused) >= refused_want else None
 
