@@ -66,6 +66,7 @@ if ((real_tiers)); then
   # them) and the images (the longest build, needed only by the node tier, and partly
   # download and disk rather than CPU). A failed set does not stop the next: the fixture
   # that needs it runs it again and shows the error.
+  export -f timed && export times
   setsid bash -c '{ timed "trainer v2 binaries" nice -n 10 bash tests/cluster/build.sh --set trainer >/dev/null; \
                     timed "kueue binaries" nice -n 10 bash tests/cluster/build.sh --set kueue >/dev/null; \
                     timed "node binaries" nice -n 10 bash tests/cluster/build.sh --set node >/dev/null; } & go=$!; \
