@@ -8,6 +8,7 @@ per poll of its main loop."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300 * time_scale())]
 
 WORKERS = 12  # 13 pods of 2 CPUs: they fit on the harness's two kwok nodes
 POLLS = 10
+POLL_SECONDS = 0.2  # KJOB_POLL_SECONDS of the `real` fixture
 
 
 def requests_total(api, verb: str, resource: str, scope: str) -> int:
@@ -60,9 +62,16 @@ def test_following_every_replica_lists_the_pods_once_a_poll(real, run_kjob, tmp_
         real.end_pod(launcher, 0)
 
     threading.Thread(target=end_after_polls, daemon=True).start()
+    t0 = time.monotonic()
     r = run_kjob("logs", "smoke", "-f", "--all")
+    seconds = time.monotonic() - t0
     made_polls, made_lists = polls() - polls_before, pod_lists() - lists_before
     assert r.code == 0 and r.err.splitlines()[-1] == "job smoke Succeeded", r
     assert sorted(r.out.splitlines()) == sorted(f"[{'launcher' if p == launcher else p.removeprefix('smoke-')}] hello from {p}" for p in pods), r
-    # One listing a poll, shared by the 13 followers; a few more for the start and the closing status.
-    assert made_lists <= made_polls + 4, (made_lists, made_polls)
+    # One listing a poll, shared by the 13 followers; a few more for the start and the closing
+    # status. A poll is a period of time, not a turn of the main loop: on a loaded machine the
+    # loop's GET and its work make a turn longer than the period, while a listing is made
+    # again each period (it was 24 lists to 17 turns beside the suite). Unshared, every
+    # follower listed before each reconnect of its silent stream: 13 times as many.
+    assert made_lists <= seconds / POLL_SECONDS + 4, (made_lists, made_polls, seconds)
+    assert made_polls >= POLLS, made_polls
