@@ -30,13 +30,15 @@ $(UV): $(BIN)/python
 # tests' editable install in .venv is never replaced by it. The lock constrains the subset:
 # every package it brings is at the locked version. kjob itself is reinstalled from the tree
 # at every `make demo` (a wheel build, seconds): a change to the sources is what runs.
+# --compile-bytecode: pip writes .pyc files at install time and uv does not; without them
+# every kjob command compiles its dependencies again (twice the start-up, BENCHMARKS.md).
 DEMO_VENV ?= .venv-demo
 $(DEMO_VENV)/bin/python:
 	$(PY) -m venv $(DEMO_VENV)
 
 demo-install: $(UV) $(DEMO_VENV)/bin/python
 	@rm -rf build/lib  # setuptools never empties it: a moved module would still ship
-	$(UV) pip install -q -p $(DEMO_VENV)/bin/python -c $(LOCK) --reinstall-package kjob ".[pytorch,mpi]"
+	$(UV) pip install -q --compile-bytecode -p $(DEMO_VENV)/bin/python -c $(LOCK) --reinstall-package kjob ".[pytorch,mpi]"
 
 # Tests: everything, MindSpore, DALI (its CPU mode) and the test tools included.
 # `pip sync` makes the environment exactly the lock (nothing more, nothing older), then

@@ -36,7 +36,9 @@ def plain_kjob() -> Path:
     # setuptools builds the wheel through build/lib and never empties it: a module moved or
     # removed since the last build would still ship.
     shutil.rmtree(ROOT / "build" / "lib", ignore_errors=True)
-    done = subprocess.run([str(UV), "pip", "install", "-q", "-p", str(python), "-c", str(ROOT / "requirements.lock"),
+    # --compile-bytecode: as pip does; uv writes no .pyc files unless asked, and a kjob
+    # without them compiles pydantic, click and Jinja2 again in every process.
+    done = subprocess.run([str(UV), "pip", "install", "-q", "--compile-bytecode", "-p", str(python), "-c", str(ROOT / "requirements.lock"),
                            "--reinstall-package", "kjob", f"{ROOT}[mpi]"], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"plain install of kjob into {VENV} failed:\n{done.stderr.strip()}")
