@@ -5,15 +5,17 @@
 #   2. in the background, at low priority: Kubeflow Trainer v2, JobSet and the Lua runner
 #      (build.sh --set trainer), Kueue (--set kueue), the real node's binaries (--set
 #      node), and beside them both trainer images (images/build-local.sh), while
-#   3. the suite (pytest -m "not node and not cluster") and, beside it, the control-plane
-#      tier (pytest -m cluster, in a session of its own); its Trainer v2
-#      tests run last (tests/cluster/conftest.py orders them), and their fixture waits
-#      for the trainer set's build if it is still going (build.sh's build lock);
-#   4. once step 2 is done, the real-node tier (pytest -m node tests/node), whose fixtures
-#      find the builds cached, or run a failed one again and report its error;
+#   3. the suite (pytest -m "not node and not cluster") and, beside it, in a process group
+#      of their own, one after the other:
+#      a. the control-plane tier (pytest -m cluster, a session of its own); its Trainer v2
+#         tests run last (tests/cluster/conftest.py orders them), and their fixture waits
+#         for the trainer set's build if it is still going (build.sh's build lock);
+#      b. once step 2 is done, the real-node tier (pytest -m node tests/node), whose
+#         fixtures find the builds cached, or run a failed one again and report its error;
+#   4. the two real tiers' output, once the suite is done;
 #   5. a one-screen summary: each tier's tests and time, each build's, the slowest tests.
 #
-# The cluster tiers need root and Go. Without them step 1, 2 and 4 are skipped, saying
+# The cluster tiers need root and Go. Without them steps 1, 2, 3a and 3b are skipped, saying
 # why; under CI that is a failure, so CI never passes without them. Every pytest run always
 # runs; the exit status is non-zero if any failed.
 set -uo pipefail
@@ -48,10 +50,11 @@ if [[ "$(id -u)" != 0 ]]; then why="not root"; real_tiers=0; fi
 if ! command -v go >/dev/null; then why="no Go on PATH"; real_tiers=0; fi
 
 background=
-cluster_tier=
+real_tiers_pid=
 stop_background() {
   [[ -n "$background" ]] && kill -- "-$background" 2>/dev/null
-  [[ -n "$cluster_tier" ]] && kill "$cluster_tier" 2>/dev/null  # its watchdog ends its control plane
+  # the tiers' pytest sessions end with it; each plane's watchdog ends its processes
+  [[ -n "$real_tiers_pid" ]] && kill -- "-$real_tiers_pid" 2>/dev/null
 }
 trap stop_background EXIT
 
@@ -78,33 +81,42 @@ fi
 
 status=0
 if ((real_tiers)); then
-  # The control-plane tier beside the suite: it mostly waits on controllers while the pure
-  # tier keeps one core busy, so side by side they take little more than the longer one.
-  # Its own pytest session and report; its output is shown when it ends.
-  echo "make test: the real control-plane tier runs beside the suite (output: $times/cluster.log)"
-  $py -m pytest -m cluster -p no:cacheprovider --durations=15 --junitxml="$times/cluster.xml" tests \
-    >"$times/cluster.log" 2>&1 &
-  cluster_tier=$!
+  # The real tiers beside the suite, one after the other in a process group of their own:
+  # the control-plane tier (it mostly waits on controllers), then, once step 2's builds are
+  # done, the real-node tier. The suite's real OpenMPI runs are the longest part of
+  # `make test`, so the node tier no longer waits for them to end. Each tier is its own
+  # pytest session with its own report; their output is shown when the suite is done.
+  echo "make test: the real control-plane tier, then the real-node tier, run beside the suite (output: $times/cluster.log, $times/node.log)"
+  export py times background log
+  setsid bash -c '
+    $py -m pytest -m cluster -p no:cacheprovider --durations=15 --junitxml="$times/cluster.xml" tests \
+      >"$times/cluster.log" 2>&1
+    echo $? >"$times/cluster.rc"
+    # The builds first (usually long done): the node fixtures then find them cached, and
+    # if one failed they run it again and show its error.
+    while kill -0 "$background" 2>/dev/null; do sleep 2; done
+    $py -m pytest -m node -p no:cacheprovider --durations=0 --junitxml="$times/node.xml" tests/node \
+      >"$times/node.log" 2>&1
+    echo $? >"$times/node.rc"' &
+  real_tiers_pid=$!
   $py -m pytest -m "not node and not cluster" --junitxml="$times/suite.xml" || status=1
-  wait "$cluster_tier" || status=1
-  cluster_tier=
-  echo "================ the real control-plane tier ($times/cluster.log) ================"
-  cat "$times/cluster.log"
+  wait "$background" || echo "make test: a background build failed (log: $log); the node tier retried it"
+  background=
+  wait "$real_tiers_pid"
+  real_tiers_pid=
+  for tier in cluster node; do
+    echo "================ the real ${tier/cluster/control-plane} tier ($times/$tier.log) ================"
+    cat "$times/$tier.log" 2>/dev/null
+    [[ "$(cat "$times/$tier.rc" 2>/dev/null)" == 0 ]] || status=1
+  done
 else
   $py -m pytest -m "not node" --junitxml="$times/suite.xml" || status=1
-fi
-
-if ((real_tiers)); then
-  # The builds first (usually long done): the tier's fixtures then find them cached, and
-  # if one failed they run it again and show its error.
-  wait "$background" || echo "make test: a background build failed (log: $log); the node tier retries it"
-  background=
-  $py -m pytest -m node --durations=0 --junitxml="$times/node.xml" tests/node || status=1
-elif [[ -n "${CI:-}" ]]; then
-  echo "make test: the real-node tier cannot run ($why); CI must run it" >&2
-  status=1
-else
-  echo "make test: the real-node tier skipped: $why (it needs root and Go)" >&2
+  if [[ -n "${CI:-}" ]]; then
+    echo "make test: the real tiers cannot run ($why); CI must run them" >&2
+    status=1
+  else
+    echo "make test: the real control-plane and node tiers skipped: $why (they need root and Go)" >&2
+  fi
 fi
 summary
 exit $status
