@@ -17,6 +17,24 @@ from kubefake import FakeServer, KubeHandle
 from timing import TIME_SCALE
 
 
+def pytest_configure(config):
+    """Mark every process this session starts (KJOB_TEST_SESSION in the environment they
+    inherit) and start the reaper that ends the marked ones still running once the session
+    is gone, however it ended: a detached local run leaves the test's process group on
+    purpose, and nothing else would stop it (tests/session_reaper.py)."""
+    import sys
+    import time
+    from pathlib import Path
+
+    token = f"{os.getpid()}-{time.time_ns()}"
+    env = {k: v for k, v in os.environ.items() if k != "KJOB_TEST_SESSION"}
+    # posix_spawn, not Popen: the session never waits for it (it outlives the session).
+    os.posix_spawn(sys.executable, [sys.executable, str(Path(__file__).with_name("session_reaper.py")),
+                                    "--owner", str(os.getpid()), "--mark", token],
+                   env, setsid=True, file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+    os.environ["KJOB_TEST_SESSION"] = token
+
+
 def pytest_collection_modifyitems(items):
     """Each test's pytest-timeout is a bound against hangs, never the check itself: scale it
     with KJOB_TEST_TIME_SCALE like every other bound (timing.py). Slow tests are named so in
