@@ -170,6 +170,13 @@ all_up_to_date() {
   for n in "$@"; do up_to_date "$n" "${TAGS[$n]}" "$(inputs_hash "$n")" || return 1; done
 }
 
+# Free disk a cold build wants: the PyTorch image's venv (about 7 GB) is held at once by
+# its build stage, by the layer that copies it into the image, and by containerd's import.
+# A fresh machine's `make test` (Go builds and tests beside it) took the disk from 32 to
+# 5 GB free during that build, and an earlier one failed ("no space left on device").
+NEED_GB=30
+free_gb() { df --output=avail -BG "$cache" | tail -1 | tr -dc 0-9; }
+
 build() {
   local name="$1" tag="${TAGS[$1]}" stamp="$cache/$1.stamp" hash t0=$SECONDS
   hash="$(inputs_hash "$name")"
@@ -180,6 +187,9 @@ build() {
     rm -f "$stamp"
     if [[ -z "${KJOB_NO_LOAD:-}" ]]; then unload "$tag"; fi
     log "$tag: building from images/$name/Dockerfile on $BASE_IMAGE"
+    if (($(free_gb) < NEED_GB)); then
+      log "warning: $(free_gb) GB free on $cache's disk; a cold build can need about $NEED_GB GB"
+    fi
     printf '[global]\ncert = %s\n' "$CA_IN_BUILD" >"$cache/pip.conf"
     # The build stage first, tagged: its layers (the multi-GB dependency layer above all)
     # are what a rebuild after a change to the sources reuses, so they outlive the image.
@@ -189,7 +199,11 @@ build() {
                 --build-arg "CUDA_IMAGE=$BASE_IMAGE" -f "images/$name/Dockerfile")
     (cd "$repo" && podman build "${args[@]}" --target build -t "$(build_cache_tag "$name")" . \
       && podman build "${args[@]}" --label "kjob.inputs=$hash" -t "$tag" .) >"$cache/$name.build.log" 2>&1 \
-      || { tail -40 "$cache/$name.build.log" >&2; log "$tag: build failed; the whole log is $cache/$name.build.log"; return 1; }
+      || { tail -40 "$cache/$name.build.log" >&2; log "$tag: build failed; the whole log is $cache/$name.build.log"
+           if grep -q "no space left on device" "$cache/$name.build.log"; then
+             log "$tag: the disk ran out ($(free_gb) GB free now; a cold build can need about $NEED_GB GB): free some and run it again"
+           fi
+           return 1; }
     echo "$hash" >"$stamp"
     log "$tag: built in $((SECONDS - t0)) s ($(podman image inspect -f '{{.Size}}' "$tag" | numfmt --to=iec))"
   fi
