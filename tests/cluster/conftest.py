@@ -37,6 +37,11 @@ _startup: list[tuple[str, float]] = []
 # Fixtures that need the trainer set's build (build.sh --set trainer); `trainer_v2` uses
 # `trainer_build`, test_argocd_lua.py's `lua_health` may wait for the build.
 NEEDS_TRAINER_SET = {"trainer_build", "lua_health"}
+NEEDS_KUEUE_SET = {"kueue", "kueue_build"}
+# The first test that needs a set may wait in its setup for make test's background build
+# of it (build.sh's build lock): on a fresh machine Kueue's set ended 14 minutes after the
+# trainer set's, and a 300 s timeout ended the test that waited. Their timeouts get this much more.
+SET_BUILD_WAIT_S = 1200
 
 
 def pytest_collection_modifyitems(items):
@@ -48,8 +53,12 @@ def pytest_collection_modifyitems(items):
     cluster should not depend on that."""
     def rank(item) -> tuple[bool, bool]:
         fixtures = set(getattr(item, "fixturenames", ()))
-        return "kueue" in fixtures, bool(NEEDS_TRAINER_SET & fixtures)
+        return bool(NEEDS_KUEUE_SET & fixtures), bool(NEEDS_TRAINER_SET & fixtures)
     items.sort(key=rank)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if any(rank(item)) and marker is not None and marker.args:
+            item.add_marker(pytest.mark.timeout(marker.args[0] + SET_BUILD_WAIT_S), append=False)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -76,6 +85,13 @@ def trainer_build(cluster_build) -> Path:
     """The folder of Trainer v2, JobSet, the Lua runner and their CRDs (build.sh --set
     trainer): cached, or waited for while make test's background build makes it, or built."""
     return build_dir("trainer")
+
+
+@pytest.fixture(scope="session")
+def kueue_build(cluster_build) -> Path:
+    """The folder of Kueue (build.sh --set kueue): cached, or waited for while make test's
+    background build makes it, or built."""
+    return build_dir("kueue")
 
 
 @pytest.fixture(scope="session")
@@ -202,14 +218,14 @@ def real(control_plane, request, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def kueue(trainer_v2) -> Kueue:
+def kueue(trainer_v2, kueue_build) -> Kueue:
     """Kueue v0.19.2 (build.sh --set kueue) running in the session's control plane, with a
     ResourceFlavor of the kwok nodes and the ClusterQueue kueue.CLUSTER_QUEUE whose quota
     is what those nodes hold (nvidia.com/gpu, cpu, memory). Stopped with the control plane.
     Trainer v2 runs first: Kueue turns on its TrainJob integration only when the TrainJob
     CRD is there when it starts."""
     control_plane = trainer_v2
-    running = Kueue(control_plane, build_dir("kueue")).start()
+    running = Kueue(control_plane, kueue_build).start()
     quota = {r: _times(NODE_CAPACITY[r], control_plane.kwok_nodes) for r in ("cpu", "memory", "nvidia.com/gpu")}
     running.create_queues(quota)
     try:

@@ -55,15 +55,28 @@ def _crd(real, name: str) -> dict | None:
     return real.api.get(f"{CRDS}/{name}")
 
 
+def _serving(real, version: str) -> bool:
+    """The API server's discovery lists mpijobs at kubeflow.org/VERSION (what kjob's
+    preflight reads)."""
+    found = real.api.get(f"/apis/kubeflow.org/{version}") or {}
+    return any(r.get("name") == "mpijobs" for r in found.get("resources", []))
+
+
 def _replace_crd(real, doc: dict | None) -> None:
-    """Delete the mpijobs CRD, then (doc given) create doc and wait until it is Established."""
+    """Delete the mpijobs CRD, then (doc given) create doc and wait until it is Established;
+    each time until discovery says so too. The API server updates discovery a moment after
+    the CRD changes (on a loaded machine, seconds): a submit in between passed preflight on
+    the old discovery and met the vanished API's 404 instead."""
     real.api.delete(f"{CRDS}/{MPIJOBS_CRD}")
     wait_for("mpijobs CRD gone", lambda: _crd(real, MPIJOBS_CRD) is None, 60)
+    wait_for("mpijobs gone from discovery", lambda: not any(_serving(real, v) for v in ("v1", "v2beta1")), 60)
     if doc is None:
         return
     real.api.create(CRDS, doc)
     wait_for("mpijobs CRD Established", lambda: any(c["type"] == "Established" and c["status"] == "True"
                                                      for c in (_crd(real, MPIJOBS_CRD) or {}).get("status", {}).get("conditions", [])), 60)
+    served = [v["name"] for v in doc["spec"]["versions"] if v.get("served")]
+    wait_for("mpijobs in discovery", lambda: all(_serving(real, v) for v in served), 60)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from builds import build_dir
 from processes import running
 from waiting import time_scale, wait_for
 
@@ -66,9 +65,9 @@ def test_a_killed_session_leaves_no_trainer_or_jobset(cluster_build, trainer_bui
                                   {"jobset", "trainer-controller-manager"}, tmp_path)
 
 
-def test_a_killed_session_leaves_no_kueue(cluster_build, tmp_path):
+def test_a_killed_session_leaves_no_kueue(cluster_build, kueue_build, tmp_path):
     # Kueue runs under unshare (its fixed metrics certificate path): the wrapper and Kueue both go.
-    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), f"kueue={build_dir('kueue')}"], {"kueue"}, tmp_path)
+    killed_session_leaves_nothing(kill_the_process, [str(cluster_build), f"kueue={kueue_build}"], {"kueue"}, tmp_path)
 
 
 def killed_session_leaves_nothing(kill, builds: list[str], more: set[str], tmp_path: Path) -> None:
